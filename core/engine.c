@@ -1,0 +1,635 @@
+// choreo — the engine. See engine.h.
+#include "engine.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../lua/rules.h"
+#include "err.h"
+#include "log.h"
+#include "metrics.h"
+
+struct ch_engine {
+	ch_engine_opts  o;
+	ch_rules       *rules;
+	pthread_t       thread;
+	bool            started;
+	pthread_mutex_t mu;
+	pthread_cond_t  cv;
+	ch_job         *head, *tail;
+	int             depth;
+	bool            stopping;
+	msgpack_sbuffer state; // scratch: a customer's new state
+	msgpack_sbuffer tmp;   // scratch
+};
+
+static int64_t
+real_clock(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ((int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+static uint64_t
+mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ((uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000);
+}
+
+void
+ch_job_init(ch_job *j)
+{
+	memset(j, 0, sizeof(*j));
+	msgpack_sbuffer_init(&j->reply);
+	msgpack_sbuffer_init(&j->emits);
+}
+
+void
+ch_job_fini(ch_job *j)
+{
+	msgpack_sbuffer_destroy(&j->reply);
+	msgpack_sbuffer_destroy(&j->emits);
+}
+
+static int
+sbuf_write(void *data, const char *buf, size_t len)
+{
+	return (msgpack_sbuffer_write(data, buf, len));
+}
+
+int
+ch_mp_map_reheader(msgpack_sbuffer *out, const void *src, size_t len,
+    uint32_t extra)
+{
+	const uint8_t *p = src;
+	uint32_t       n;
+	size_t         h;
+	if (len >= 1 && (p[0] & 0xf0) == 0x80) {
+		n = p[0] & 0x0f, h = 1;
+	} else if (len >= 3 && p[0] == 0xde) {
+		n = (uint32_t) p[1] << 8 | p[2], h = 3;
+	} else if (len >= 5 && p[0] == 0xdf) {
+		n = (uint32_t) p[1] << 24 | (uint32_t) p[2] << 16 |
+		    (uint32_t) p[3] << 8 | p[4];
+		h = 5;
+	} else {
+		return (CH_EINTERNAL);
+	}
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, out, sbuf_write);
+	msgpack_pack_map(&pk, n + extra);
+	msgpack_sbuffer_write(out, (const char *) p + h, len - h);
+	return (CH_OK);
+}
+
+/*
+** {======================================================
+** Replies
+** =======================================================
+*/
+
+static void
+reply_err(ch_job *j, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+reply_err(ch_job *j, int err, const char *fmt, ...)
+{
+	char    msg[600];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	j->reply.size = 0;
+	j->emits.size = 0;
+	j->err        = err;
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, &j->reply, sbuf_write);
+	ch_pack_error(&pk, err, msg);
+}
+
+static void
+reply_ok(ch_job *j)
+{
+	j->reply.size = 0;
+	j->err        = CH_OK;
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, &j->reply, sbuf_write);
+	msgpack_pack_map(&pk, 1);
+	ch_pack_str(&pk, "ok");
+	msgpack_pack_true(&pk);
+}
+
+#define BIZ_FMT "%.*s"
+#define BIZ_ARG(s) (int) (s).n, (s).p
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Running one job inside the batch's transaction
+** =======================================================
+*/
+
+// Each run_* returns CH_OK once the job's reply is set (an error reply
+// included), or CH_ESTORAGEFULL when the map is full and the whole batch
+// must be replayed after growing it.
+
+static ch_biz *
+biz_or_reply(ch_engine *e, ch_job *j)
+{
+	ch_biz *b = ch_rules_find(e->rules, j->req->business);
+	if (b == NULL) {
+		reply_err(j, CH_EUNKNOWNBUSINESS,
+		    "no rule set is loaded for business '" BIZ_FMT "'",
+		    BIZ_ARG(j->req->business));
+	}
+	return (b);
+}
+
+static int
+store_failed(ch_job *j, MDB_txn *txn, int rc)
+{
+	if (txn != NULL) {
+		ch_store_abort(txn);
+	}
+	if (rc == CH_ESTORAGEFULL) {
+		return (rc);
+	}
+	reply_err(j, CH_EINTERNAL, "the store failed; see the server log");
+	return (CH_OK);
+}
+
+static int
+run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
+{
+	const ch_req *r   = j->req;
+	ch_store     *s   = e->o.store;
+	MDB_txn      *txn = NULL;
+	char          ckey[64 + 1 + 256], dkey[64 + 1 + 128];
+	size_t        cklen, dklen = 0;
+	MDB_val       v;
+	int           rc;
+	ch_biz       *b = biz_or_reply(e, j);
+
+	if (b == NULL) {
+		return (CH_OK);
+	}
+	if ((rc = ch_store_begin(s, parent, &txn)) != CH_OK) {
+		return (store_failed(j, NULL, rc));
+	}
+	if (r->op == CH_OP_EVENT && r->id.n > 0) {
+		dklen = ch_store_key(dkey, r->business, r->id);
+		rc    = ch_store_get(s, txn, CH_DB_DEDUP, dkey, dklen, &v);
+		if (rc == CH_OK && v.mv_size >= 8) {
+			int64_t at;
+			memcpy(&at, v.mv_data, 8);
+			if (now - at < e->o.dedup_window_ms) {
+				j->reply.size = 0;
+				j->err        = CH_OK;
+				if (ch_mp_map_reheader(&j->reply,
+				        (char *) v.mv_data + 8, v.mv_size - 8,
+				        1) != CH_OK) {
+					ch_store_abort(txn);
+					reply_err(j, CH_EINTERNAL,
+					    "a dedup record is damaged");
+					return (CH_OK);
+				}
+				msgpack_packer pk;
+				msgpack_packer_init(&pk, &j->reply, sbuf_write);
+				ch_pack_str(&pk, "duplicate");
+				msgpack_pack_true(&pk);
+				ch_store_abort(txn);
+				CH_COUNT(duplicates, 1);
+				return (CH_OK);
+			}
+		} else if (rc != CH_ENOTFOUND && rc != CH_OK) {
+			return (store_failed(j, txn, rc));
+		}
+	}
+	cklen = ch_store_key(ckey, r->business, r->customer);
+	rc    = ch_store_get(s, txn, CH_DB_CUSTOMERS, ckey, cklen, &v);
+	if (rc != CH_OK && rc != CH_ENOTFOUND) {
+		return (store_failed(j, txn, rc));
+	}
+	ch_rule_out out;
+	e->state.size  = 0;
+	j->reply.size  = 0;
+	j->emits.size  = 0;
+	out.state      = &e->state;
+	out.reply      = &j->reply;
+	out.emits      = &j->emits;
+	out.errmsg[0]  = '\0';
+	const void *st = rc == CH_OK ? v.mv_data : NULL;
+	size_t      sl = rc == CH_OK ? v.mv_size : 0;
+	rc             = r->op == CH_OP_EVENT
+	                ? ch_biz_event(b, r, st, sl, now, &out)
+	                : ch_biz_decide(b, r, st, sl, now, &out);
+	if (rc != CH_OK) {
+		ch_store_abort(txn);
+		reply_err(j, rc, "%s", out.errmsg);
+		return (CH_OK);
+	}
+	j->err = CH_OK;
+	if (e->state.size > 0 &&
+	    (rc = ch_store_put(s, txn, CH_DB_CUSTOMERS, ckey, cklen,
+	         e->state.data, e->state.size)) != CH_OK) {
+		return (store_failed(j, txn, rc));
+	}
+	if (dklen > 0) {
+		e->tmp.size = 0;
+		msgpack_sbuffer_write(&e->tmp, (const char *) &now, 8);
+		msgpack_sbuffer_write(&e->tmp, j->reply.data, j->reply.size);
+		if ((rc = ch_store_put(s, txn, CH_DB_DEDUP, dkey, dklen,
+		         e->tmp.data, e->tmp.size)) != CH_OK) {
+			return (store_failed(j, txn, rc));
+		}
+	}
+	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
+		return (store_failed(j, NULL, rc));
+	}
+	return (CH_OK);
+}
+
+static int
+run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
+{
+	const ch_req *r = j->req;
+	char          key[64 + 1 + 256];
+	MDB_val       v;
+	if (biz_or_reply(e, j) == NULL) {
+		return (CH_OK);
+	}
+	size_t klen = ch_store_key(key, r->business, r->customer);
+	int rc = ch_store_get(e->o.store, parent, CH_DB_CUSTOMERS, key, klen, &v);
+	if (rc == CH_ENOTFOUND) {
+		reply_err(j, CH_ENOTFOUND,
+		    "business '" BIZ_FMT "' has never seen customer '" BIZ_FMT
+		    "'",
+		    BIZ_ARG(r->business), BIZ_ARG(r->customer));
+		return (CH_OK);
+	}
+	if (rc != CH_OK) {
+		return (store_failed(j, NULL, rc));
+	}
+	j->reply.size = 0;
+	j->err        = CH_OK;
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, &j->reply, sbuf_write);
+	msgpack_pack_map(&pk, 2);
+	ch_pack_str(&pk, "ok");
+	msgpack_pack_true(&pk);
+	ch_pack_str(&pk, "customer");
+	msgpack_sbuffer_write(&j->reply, v.mv_data, v.mv_size);
+	return (CH_OK);
+}
+
+static int
+run_forget(ch_engine *e, ch_job *j, MDB_txn *parent)
+{
+	const ch_req *r = j->req;
+	char          key[64 + 1 + 256];
+	if (biz_or_reply(e, j) == NULL) {
+		return (CH_OK);
+	}
+	size_t klen = ch_store_key(key, r->business, r->customer);
+	int    rc   = ch_store_del(e->o.store, parent, CH_DB_CUSTOMERS, key, klen);
+	if (rc == CH_ENOTFOUND) {
+		reply_err(j, CH_ENOTFOUND,
+		    "business '" BIZ_FMT "' has never seen customer '" BIZ_FMT
+		    "'",
+		    BIZ_ARG(r->business), BIZ_ARG(r->customer));
+		return (CH_OK);
+	}
+	if (rc != CH_OK) {
+		return (store_failed(j, NULL, rc));
+	}
+	reply_ok(j);
+	return (CH_OK);
+}
+
+static void
+run_rules_info(ch_engine *e, ch_job *j)
+{
+	j->reply.size = 0;
+	j->err        = CH_OK;
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, &j->reply, sbuf_write);
+	if (ch_rules_pack_info(e->rules, j->req->business, &pk) != CH_OK) {
+		reply_err(j, CH_EUNKNOWNBUSINESS,
+		    "no rule set is known for business '" BIZ_FMT "'",
+		    BIZ_ARG(j->req->business));
+	}
+}
+
+static void
+run_reload(ch_engine *e, ch_job *j)
+{
+	ch_rules_opts o = { CH_DEFAULT_INSTR_BUDGET, CH_DEFAULT_MEM_LIMIT };
+	ch_rules     *fresh;
+	if (ch_rules_load(&fresh, e->o.rules_dir, &o) != CH_OK) {
+		reply_err(j, CH_EINTERNAL, "cannot read the rules folder '%s'",
+		    e->o.rules_dir);
+		return;
+	}
+	ch_rules_keep_serving(fresh, e->rules);
+	ch_rules_free(e->rules);
+	e->rules = fresh;
+	CH_COUNT(reloads, 1);
+	ch_req all = *j->req;
+	all.business.n = 0;
+	const ch_req *saved = j->req;
+	j->req = &all;
+	run_rules_info(e, j);
+	j->req = saved;
+}
+
+static int
+run_job(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
+{
+	switch (j->req->op) {
+	case CH_OP_EVENT:
+	case CH_OP_DECIDE:
+		return (run_rules(e, j, parent, now));
+	case CH_OP_GET:
+		return (run_get(e, j, parent));
+	case CH_OP_FORGET:
+		return (run_forget(e, j, parent));
+	case CH_OP_RULES:
+		run_rules_info(e, j);
+		return (CH_OK);
+	case CH_OP_RELOAD:
+		run_reload(e, j);
+		return (CH_OK);
+	case CH_OP_PING:
+		reply_ok(j);
+		return (CH_OK);
+	default:
+		reply_err(j, CH_EBADREQ, "op '%s' is not served by an engine",
+		    ch_op_name(j->req->op));
+		return (CH_OK);
+	}
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Group commit
+** =======================================================
+*/
+
+static void
+finish(ch_engine *e, ch_job **jobs, int n)
+{
+	for (int i = 0; i < n; i++) {
+		ch_job *j = jobs[i];
+		if (j->err == CH_OK && j->req->op == CH_OP_EVENT) {
+			CH_COUNT(events, 1);
+		}
+		if (j->err != CH_OK) {
+			CH_COUNT(errors[ch_err_index(j->err)], 1);
+		}
+		// publish what the rules emitted, now that it is durable
+		size_t off = 0;
+		while (j->err == CH_OK && off + 4 <= j->emits.size) {
+			uint32_t len;
+			memcpy(&len, j->emits.data + off, 4);
+			if (e->o.publish != NULL) {
+				e->o.publish(e->o.publish_arg,
+				    j->emits.data + off + 4, len);
+			}
+			CH_COUNT(emitted, 1);
+			off += 4 + len;
+		}
+		j->done(j);
+	}
+}
+
+// run_alone runs each job in its own transaction: the path once the map
+// cannot grow any further, so that what still fits is applied.
+static void
+run_alone(ch_engine *e, ch_job **jobs, int n, int64_t now)
+{
+	for (int i = 0; i < n; i++) {
+		MDB_txn *txn;
+		int      rc = ch_store_begin(e->o.store, NULL, &txn);
+		if (rc == CH_OK) {
+			rc = run_job(e, jobs[i], txn, now);
+			if (rc == CH_OK && jobs[i]->err == CH_OK) {
+				rc = ch_store_commit(e->o.store, txn);
+			} else {
+				ch_store_abort(txn);
+			}
+		}
+		if (rc == CH_ESTORAGEFULL) {
+			reply_err(jobs[i], CH_ESTORAGEFULL,
+			    "the store is full (--max-size); nothing was "
+			    "applied");
+		} else if (rc != CH_OK) {
+			reply_err(jobs[i], CH_EINTERNAL,
+			    "the store failed; see the server log");
+		}
+	}
+}
+
+static void
+run_batch(ch_engine *e, ch_job **jobs, int n)
+{
+	int64_t  now = e->o.clock ? e->o.clock() : real_clock();
+	MDB_txn *txn;
+	int      rc;
+	for (;;) {
+		if ((rc = ch_store_begin(e->o.store, NULL, &txn)) != CH_OK) {
+			break;
+		}
+		for (int i = 0; i < n && rc == CH_OK; i++) {
+			rc = run_job(e, jobs[i], txn, now);
+		}
+		if (rc != CH_OK) {
+			ch_store_abort(txn);
+		} else {
+			uint64_t t0 = mono_us();
+			rc          = ch_store_commit(e->o.store, txn);
+			CH_COUNT(commit_us, mono_us() - t0);
+		}
+		if (rc != CH_ESTORAGEFULL) {
+			break;
+		}
+		// Every transaction of this store is closed: grow and replay.
+		if (ch_store_grow(e->o.store) != CH_OK) {
+			run_alone(e, jobs, n, now);
+			rc = CH_OK;
+			break;
+		}
+		CH_COUNT(map_grows, 1);
+	}
+	if (rc != CH_OK) {
+		for (int i = 0; i < n; i++) {
+			reply_err(jobs[i], CH_EINTERNAL,
+			    "the store failed to commit; nothing was applied");
+		}
+	}
+	CH_COUNT(batches, 1);
+	CH_COUNT(batch_jobs, (uint64_t) n);
+	finish(e, jobs, n);
+}
+
+static void *
+engine_main(void *arg)
+{
+	ch_engine *e   = arg;
+	int        cap = e->o.batch_max;
+	ch_job   **jobs = calloc((size_t) cap, sizeof(ch_job *));
+	if (jobs == NULL) {
+		ch_log_error("engine: out of memory");
+		abort();
+	}
+	for (;;) {
+		pthread_mutex_lock(&e->mu);
+		while (e->head == NULL && !e->stopping) {
+			pthread_cond_wait(&e->cv, &e->mu);
+		}
+		if (e->head == NULL) {
+			pthread_mutex_unlock(&e->mu);
+			break;
+		}
+		int n = 0;
+		while (e->head != NULL && n < cap) {
+			jobs[n++] = e->head;
+			e->head   = e->head->next;
+		}
+		if (e->head == NULL) {
+			e->tail = NULL;
+		}
+		e->depth -= n;
+		pthread_mutex_unlock(&e->mu);
+		atomic_fetch_sub(&ch_m.queue_depth, n);
+		run_batch(e, jobs, n);
+	}
+	free(jobs);
+	return (NULL);
+}
+
+/* }====================================================== */
+
+int
+ch_engine_new(ch_engine **out, const ch_engine_opts *o)
+{
+	ch_engine *e = calloc(1, sizeof(*e));
+	if (e == NULL) {
+		return (CH_EINTERNAL);
+	}
+	e->o     = *o;
+	e->rules = o->rules;
+	if (e->o.batch_max <= 0) {
+		e->o.batch_max = 256;
+	}
+	if (e->o.queue_cap <= 0) {
+		e->o.queue_cap = 4096;
+	}
+	if (e->o.dedup_window_ms <= 0) {
+		e->o.dedup_window_ms = 24 * 3600 * 1000;
+	}
+	pthread_mutex_init(&e->mu, NULL);
+	pthread_cond_init(&e->cv, NULL);
+	msgpack_sbuffer_init(&e->state);
+	msgpack_sbuffer_init(&e->tmp);
+	*out = e;
+	return (CH_OK);
+}
+
+void
+ch_engine_set_publish_arg(ch_engine *e, void *arg)
+{
+	e->o.publish_arg = arg;
+}
+
+int
+ch_engine_run(ch_engine *e)
+{
+	if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+		return (CH_EINTERNAL);
+	}
+	e->started = true;
+	return (CH_OK);
+}
+
+int
+ch_engine_start(ch_engine **out, const ch_engine_opts *o)
+{
+	ch_engine *e;
+	if (ch_engine_new(&e, o) != CH_OK) {
+		return (CH_EINTERNAL);
+	}
+	if (ch_engine_run(e) != CH_OK) {
+		ch_engine_free(e);
+		return (CH_EINTERNAL);
+	}
+	*out = e;
+	return (CH_OK);
+}
+
+int
+ch_engine_submit(ch_engine *e, ch_job *j, bool force)
+{
+	j->next = NULL;
+	pthread_mutex_lock(&e->mu);
+	if ((!force && e->depth >= e->o.queue_cap) || e->stopping) {
+		pthread_mutex_unlock(&e->mu);
+		return (CH_EOVERLOADED);
+	}
+	if (e->tail != NULL) {
+		e->tail->next = j;
+	} else {
+		e->head = j;
+	}
+	e->tail = j;
+	e->depth++;
+	pthread_cond_signal(&e->cv);
+	pthread_mutex_unlock(&e->mu);
+	atomic_fetch_add(&ch_m.queue_depth, 1);
+	return (CH_OK);
+}
+
+void
+ch_engine_run_one(ch_engine *e, ch_job *j)
+{
+	run_batch(e, &j, 1);
+}
+
+void
+ch_engine_stop(ch_engine *e)
+{
+	if (e == NULL || !e->started) {
+		return;
+	}
+	pthread_mutex_lock(&e->mu);
+	e->stopping = true;
+	pthread_cond_broadcast(&e->cv);
+	pthread_mutex_unlock(&e->mu);
+	pthread_join(e->thread, NULL);
+	e->started = false;
+}
+
+void
+ch_engine_free(ch_engine *e)
+{
+	if (e == NULL) {
+		return;
+	}
+	ch_engine_stop(e);
+	ch_rules_free(e->rules);
+	msgpack_sbuffer_destroy(&e->state);
+	msgpack_sbuffer_destroy(&e->tmp);
+	pthread_mutex_destroy(&e->mu);
+	pthread_cond_destroy(&e->cv);
+	free(e);
+}

@@ -1,0 +1,82 @@
+// choreo — the engine: one thread per shard that owns the shard's LMDB
+// write transaction and its Lua states.
+//
+// nng callbacks decode a request and submit a job. The engine drains its
+// queue in batches (group commit): one write transaction per batch, one
+// nested transaction per job, so a failing rule rolls back only its own
+// event; then it commits, publishes what the rules emitted, and calls every
+// job's done callback, which sends the reply. A reply therefore always
+// follows the commit of its event.
+#ifndef CORE_ENGINE_H
+#define CORE_ENGINE_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "store.h"
+
+typedef struct ch_engine ch_engine;
+typedef struct ch_job    ch_job;
+typedef struct ch_rules  ch_rules;
+
+// done runs on the engine thread once the job's reply is final (after
+// commit for writes). It must not block.
+typedef void (*ch_job_done)(ch_job *job);
+
+struct ch_job {
+	ch_job         *next;    // queue link (engine's)
+	const ch_req   *req;     // what to run (borrowed)
+	ch_job_done     done;
+	void           *owner;   // the submitter's
+	uint32_t        index;   // the submitter's (e.g. batch slot)
+	int             err;     // CH_OK or the error of the reply
+	msgpack_sbuffer reply;   // the reply map (engine writes)
+	msgpack_sbuffer emits;   // pub messages: u32 len ‖ topic \0 map
+};
+
+// ch_job_init/fini manage the job's buffers.
+void ch_job_init(ch_job *j);
+void ch_job_fini(ch_job *j);
+
+typedef void (*ch_publish_fn)(void *arg, const void *msg, size_t len);
+
+typedef struct {
+	int         shard;
+	const char *rules_dir;
+	ch_rules   *rules;        // taken over by the engine
+	ch_store   *store;        // borrowed
+	int         queue_cap;    // beyond it, submit says overloaded
+	int         batch_max;    // jobs per group commit
+	int64_t     dedup_window_ms;
+	ch_publish_fn publish;    // for c:emit; called on the engine thread
+	void         *publish_arg;
+	int64_t (*clock)(void);   // ms since the epoch; NULL: the real clock
+} ch_engine_opts;
+
+int  ch_engine_start(ch_engine **out, const ch_engine_opts *o);
+// ch_engine_submit queues a job: CH_OK, or CH_EOVERLOADED when the queue is
+// full (unless force). Thread-safe.
+int  ch_engine_submit(ch_engine *e, ch_job *j, bool force);
+// ch_engine_stop runs every job already queued, then joins the thread.
+void ch_engine_stop(ch_engine *e);
+void ch_engine_free(ch_engine *e);
+
+// ch_engine_run_one runs one job synchronously on the caller's thread, in
+// its own transaction (for tools and tests; never while the thread runs).
+void ch_engine_run_one(ch_engine *e, ch_job *j);
+
+// ch_engine_new builds an engine without starting its thread; ch_engine_run
+// starts it (ch_engine_start does both).
+int  ch_engine_new(ch_engine **out, const ch_engine_opts *o);
+int  ch_engine_run(ch_engine *e);
+void ch_engine_set_publish_arg(ch_engine *e, void *arg);
+
+// Helpers to extend a packed reply map with extra fields.
+// ch_mp_map_reheader copies src (a packed map) into out with its count
+// raised by extra; the caller then packs extra key/value pairs.
+int ch_mp_map_reheader(msgpack_sbuffer *out, const void *src, size_t len,
+    uint32_t extra);
+
+#endif

@@ -1,0 +1,74 @@
+// choreo — the LMDB store: one environment per shard.
+//
+// Named databases: customers (business \0 customer → msgpack state), dedup
+// (business \0 id → u64 time ‖ reply), models, stats, timers and meta
+// (schema version). Write transactions belong to the engine thread that
+// owns the store; MDB_MAP_FULL comes back as CH_ESTORAGEFULL so the engine
+// can abort, ch_store_grow, and replay the batch.
+#ifndef CORE_STORE_H
+#define CORE_STORE_H
+
+#include <lmdb.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec.h"
+
+typedef struct ch_store ch_store;
+
+enum ch_db {
+	CH_DB_CUSTOMERS,
+	CH_DB_DEDUP,
+	CH_DB_MODELS,
+	CH_DB_STATS,
+	CH_DB_TIMERS,
+	CH_DB_META,
+	CH_DB_COUNT,
+};
+
+typedef struct {
+	bool   sync_full; // fsync at every commit (else MDB_NOSYNC)
+	size_t max_size;  // the map never grows past this
+	size_t init_size; // first map size (0: 64 MiB, capped by max_size)
+} ch_store_opts;
+
+// ch_store_open opens (creating if needed) the environment in dir.
+// Returns CH_OK, or CH_EINTERNAL with why filled.
+int  ch_store_open(ch_store **out, const char *dir, const ch_store_opts *o,
+     char *why, size_t whylen);
+void ch_store_close(ch_store *s);
+
+MDB_env *ch_store_env(ch_store *s);
+MDB_dbi  ch_store_dbi(ch_store *s, enum ch_db db);
+size_t   ch_store_map_size(ch_store *s);
+
+// ch_store_begin starts a write transaction, nested in parent when given.
+int ch_store_begin(ch_store *s, MDB_txn *parent, MDB_txn **txn);
+// ch_store_commit commits (and frees) txn: CH_OK, CH_ESTORAGEFULL on
+// MDB_MAP_FULL, CH_EINTERNAL otherwise (logged).
+int  ch_store_commit(ch_store *s, MDB_txn *txn);
+void ch_store_abort(MDB_txn *txn);
+
+// ch_store_grow doubles the map, up to max_size. No transaction of the
+// process may be open. CH_OK, or CH_ESTORAGEFULL at the cap.
+int ch_store_grow(ch_store *s);
+
+// ch_store_key builds business \0 rest into buf (at least 64+1+256 bytes).
+size_t ch_store_key(char *buf, ch_str business, ch_str rest);
+
+// ch_store_get: CH_OK (val borrowed until the txn's next write or end),
+// CH_ENOTFOUND, or CH_EINTERNAL.
+int ch_store_get(ch_store *s, MDB_txn *txn, enum ch_db db, const void *key,
+    size_t klen, MDB_val *val);
+// ch_store_put: CH_OK, CH_ESTORAGEFULL or CH_EINTERNAL.
+int ch_store_put(ch_store *s, MDB_txn *txn, enum ch_db db, const void *key,
+    size_t klen, const void *val, size_t vlen);
+// ch_store_del: CH_OK, CH_ENOTFOUND or CH_EINTERNAL.
+int ch_store_del(ch_store *s, MDB_txn *txn, enum ch_db db, const void *key,
+    size_t klen);
+
+// ch_parse_size reads "1048576", "64M", "2G"... Returns 0 when invalid.
+size_t ch_parse_size(const char *s);
+
+#endif

@@ -1,0 +1,484 @@
+// choreo — msgpack ↔ Lua conversion. See conv.h.
+#include "conv.h"
+
+#include <lauxlib.h>
+#include <string.h>
+
+static const char ARRAY_MT_KEY = 'a'; // its address keys the registry
+
+void
+ch_conv_init(lua_State *L)
+{
+	lua_newtable(L);                         /* the array metatable */
+	lua_pushliteral(L, "array");
+	lua_setfield(L, -2, "__name");           /* mt.__name = "array" */
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &ARRAY_MT_KEY);
+}
+
+void
+ch_conv_push_array_mt(lua_State *L)
+{
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &ARRAY_MT_KEY);
+}
+
+void
+ch_conv_push_obj(lua_State *L, const msgpack_object *o)
+{
+	switch (o->type) {
+	case MSGPACK_OBJECT_NIL:
+		lua_pushnil(L);
+		break;
+	case MSGPACK_OBJECT_BOOLEAN:
+		lua_pushboolean(L, o->via.boolean);
+		break;
+	case MSGPACK_OBJECT_POSITIVE_INTEGER:
+		if (o->via.u64 > (uint64_t) LUA_MAXINTEGER) {
+			lua_pushnumber(L, (lua_Number) o->via.u64);
+		} else {
+			lua_pushinteger(L, (lua_Integer) o->via.u64);
+		}
+		break;
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+		lua_pushinteger(L, (lua_Integer) o->via.i64);
+		break;
+	case MSGPACK_OBJECT_FLOAT32:
+	case MSGPACK_OBJECT_FLOAT64:
+		lua_pushnumber(L, o->via.f64);
+		break;
+	case MSGPACK_OBJECT_STR:
+		lua_pushlstring(L, o->via.str.ptr, o->via.str.size);
+		break;
+	case MSGPACK_OBJECT_BIN:
+		lua_pushlstring(L, o->via.bin.ptr, o->via.bin.size);
+		break;
+	case MSGPACK_OBJECT_EXT:
+		lua_pushlstring(L, o->via.ext.ptr, o->via.ext.size);
+		break;
+	case MSGPACK_OBJECT_ARRAY:
+		luaL_checkstack(L, 4, "msgpack nested too deeply");
+		lua_createtable(L, (int) o->via.array.size, 0);
+		for (uint32_t i = 0; i < o->via.array.size; i++) {
+			ch_conv_push_obj(L, &o->via.array.ptr[i]);
+			lua_rawseti(L, -2, (lua_Integer) i + 1);
+		}
+		ch_conv_push_array_mt(L);
+		lua_setmetatable(L, -2);
+		break;
+	case MSGPACK_OBJECT_MAP:
+		luaL_checkstack(L, 4, "msgpack nested too deeply");
+		lua_createtable(L, 0, (int) o->via.map.size);
+		for (uint32_t i = 0; i < o->via.map.size; i++) {
+			ch_conv_push_obj(L, &o->via.map.ptr[i].key);
+			if (lua_isnil(L, -1)) {
+				lua_pop(L, 1); /* a nil key cannot be kept */
+				continue;
+			}
+			ch_conv_push_obj(L, &o->via.map.ptr[i].val);
+			lua_rawset(L, -3);
+		}
+		break;
+	}
+}
+
+/*
+** {======================================================
+** Bytes → Lua: a bounds-checked cursor, no allocation besides Lua's
+** =======================================================
+*/
+
+typedef struct {
+	const uint8_t *p, *end;
+} cursor;
+
+static int
+need(cursor *c, size_t n)
+{
+	return ((size_t) (c->end - c->p) >= n ? 0 : -1);
+}
+
+static uint64_t
+rd(cursor *c, int n)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < n; i++) {
+		v = (v << 8) | *c->p++;
+	}
+	return (v);
+}
+
+static int push_value(lua_State *L, cursor *c, int depth);
+
+static int
+push_container(lua_State *L, cursor *c, int depth, uint64_t n, int map)
+{
+	if (depth >= CH_CONV_MAX_DEPTH || n > (uint64_t) (c->end - c->p)) {
+		return (-1);
+	}
+	luaL_checkstack(L, 4, "msgpack nested too deeply");
+	if (map) {
+		lua_createtable(L, 0, (int) n);
+		for (uint64_t i = 0; i < n; i++) {
+			if (push_value(L, c, depth + 1) != 0) {
+				lua_pop(L, 1);
+				return (-1);
+			}
+			if (push_value(L, c, depth + 1) != 0) {
+				lua_pop(L, 2);
+				return (-1);
+			}
+			if (lua_isnil(L, -2) ||
+			    (lua_type(L, -2) == LUA_TNUMBER &&
+			        lua_tonumber(L, -2) != lua_tonumber(L, -2))) {
+				lua_pop(L, 2); /* nil or NaN key: drop */
+				continue;
+			}
+			lua_rawset(L, -3);
+		}
+	} else {
+		lua_createtable(L, (int) n, 0);
+		for (uint64_t i = 0; i < n; i++) {
+			if (push_value(L, c, depth + 1) != 0) {
+				lua_pop(L, 1);
+				return (-1);
+			}
+			lua_rawseti(L, -2, (lua_Integer) i + 1);
+		}
+		ch_conv_push_array_mt(L);
+		lua_setmetatable(L, -2);
+	}
+	return (0);
+}
+
+static int
+push_bytes_n(lua_State *L, cursor *c, uint64_t n)
+{
+	if (n > (uint64_t) (c->end - c->p)) {
+		return (-1);
+	}
+	lua_pushlstring(L, (const char *) c->p, (size_t) n);
+	c->p += n;
+	return (0);
+}
+
+static int
+push_value(lua_State *L, cursor *c, int depth)
+{
+	if (need(c, 1) != 0) {
+		return (-1);
+	}
+	uint8_t b = *c->p++;
+	if (b <= 0x7f) {
+		lua_pushinteger(L, b);
+		return (0);
+	}
+	if (b >= 0xe0) {
+		lua_pushinteger(L, (int8_t) b);
+		return (0);
+	}
+	if (b >= 0x80 && b <= 0x8f) {
+		return (push_container(L, c, depth, b & 0x0f, 1));
+	}
+	if (b >= 0x90 && b <= 0x9f) {
+		return (push_container(L, c, depth, b & 0x0f, 0));
+	}
+	if (b >= 0xa0 && b <= 0xbf) {
+		return (push_bytes_n(L, c, b & 0x1f));
+	}
+	int w;
+	switch (b) {
+	case 0xc0:
+		lua_pushnil(L);
+		return (0);
+	case 0xc2:
+		lua_pushboolean(L, 0);
+		return (0);
+	case 0xc3:
+		lua_pushboolean(L, 1);
+		return (0);
+	case 0xc4: case 0xd9: w = 1; goto bytes;
+	case 0xc5: case 0xda: w = 2; goto bytes;
+	case 0xc6: case 0xdb: w = 4;
+	bytes:
+		if (need(c, (size_t) w) != 0) {
+			return (-1);
+		}
+		return (push_bytes_n(L, c, rd(c, w)));
+	case 0xca: {
+		if (need(c, 4) != 0) {
+			return (-1);
+		}
+		uint32_t u = (uint32_t) rd(c, 4);
+		float    f;
+		memcpy(&f, &u, 4);
+		lua_pushnumber(L, f);
+		return (0);
+	}
+	case 0xcb: {
+		if (need(c, 8) != 0) {
+			return (-1);
+		}
+		uint64_t u = rd(c, 8);
+		double   d;
+		memcpy(&d, &u, 8);
+		lua_pushnumber(L, d);
+		return (0);
+	}
+	case 0xcc: case 0xcd: case 0xce: case 0xcf: {
+		w = 1 << (b - 0xcc);
+		if (need(c, (size_t) w) != 0) {
+			return (-1);
+		}
+		uint64_t u = rd(c, w);
+		if (u > (uint64_t) LUA_MAXINTEGER) {
+			lua_pushnumber(L, (lua_Number) u);
+		} else {
+			lua_pushinteger(L, (lua_Integer) u);
+		}
+		return (0);
+	}
+	case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+		w = 1 << (b - 0xd0);
+		if (need(c, (size_t) w) != 0) {
+			return (-1);
+		}
+		uint64_t u = rd(c, w);
+		int64_t  v;
+		if (w == 1) {
+			v = (int8_t) u;
+		} else if (w == 2) {
+			v = (int16_t) u;
+		} else if (w == 4) {
+			v = (int32_t) u;
+		} else {
+			v = (int64_t) u;
+		}
+		lua_pushinteger(L, v);
+		return (0);
+	}
+	case 0xdc: case 0xde:
+		if (need(c, 2) != 0) {
+			return (-1);
+		}
+		return (push_container(L, c, depth, rd(c, 2), b == 0xde));
+	case 0xdd: case 0xdf:
+		if (need(c, 4) != 0) {
+			return (-1);
+		}
+		return (push_container(L, c, depth, rd(c, 4), b == 0xdf));
+	case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: {
+		size_t n = (size_t) 1 << (b - 0xd4);
+		if (need(c, 1 + n) != 0) {
+			return (-1);
+		}
+		c->p++; /* ext type */
+		return (push_bytes_n(L, c, n));
+	}
+	case 0xc7: case 0xc8: case 0xc9: {
+		w = 1 << (b - 0xc7);
+		if (need(c, (size_t) w + 1) != 0) {
+			return (-1);
+		}
+		uint64_t n = rd(c, w);
+		c->p++; /* ext type */
+		return (push_bytes_n(L, c, n));
+	}
+	default:
+		return (-1);
+	}
+}
+
+int
+ch_conv_push_bytes(lua_State *L, const void *buf, size_t len)
+{
+	cursor c = { buf, (const uint8_t *) buf + len };
+	int    top = lua_gettop(L);
+	if (push_value(L, &c, 0) != 0 || c.p != c.end) {
+		lua_settop(L, top);
+		return (-1);
+	}
+	return (0);
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Lua → msgpack
+** =======================================================
+*/
+
+typedef struct {
+	const char *what;
+	const char *path[CH_CONV_MAX_DEPTH + 1];
+	char        idx[CH_CONV_MAX_DEPTH + 1][24];
+} packctx;
+
+static void
+pack_fail(lua_State *L, packctx *pc, int depth, const char *why)
+{
+	luaL_Buffer b;
+	luaL_buffinit(L, &b);
+	luaL_addstring(&b, pc->what);
+	for (int i = 1; i <= depth; i++) {
+		if (pc->path[i] != NULL) {
+			luaL_addchar(&b, '.');
+			luaL_addstring(&b, pc->path[i]);
+		} else {
+			luaL_addstring(&b, pc->idx[i]);
+		}
+	}
+	luaL_addstring(&b, ": ");
+	luaL_addstring(&b, why);
+	luaL_pushresult(&b);
+	lua_error(L);
+}
+
+// is_array: a table with the array metatable, or a non-empty sequence.
+static int
+is_array(lua_State *L, int idx, lua_Integer *n)
+{
+	*n = (lua_Integer) lua_rawlen(L, idx);
+	if (lua_getmetatable(L, idx)) {               /* mt */
+		ch_conv_push_array_mt(L);               /* mt, amt */
+		int yes = lua_rawequal(L, -1, -2);
+		lua_pop(L, 2);
+		if (yes) {
+			return (1);
+		}
+	}
+	if (*n == 0) {
+		return (0);
+	}
+	lua_Integer count = 0;
+	lua_pushnil(L);
+	while (lua_next(L, idx) != 0) {
+		lua_pop(L, 1);
+		if (++count > *n) {
+			lua_pop(L, 1);
+			return (0);
+		}
+	}
+	return (count == *n);
+}
+
+static void pack_value(lua_State *L, int idx, msgpack_packer *pk, packctx *pc,
+    int depth);
+
+static void
+pack_table(lua_State *L, int idx, msgpack_packer *pk, packctx *pc, int depth)
+{
+	lua_Integer n;
+	if (depth >= CH_CONV_MAX_DEPTH) {
+		pack_fail(L, pc, depth, "tables nested too deeply (or a cycle)");
+	}
+	luaL_checkstack(L, 6, "tables nested too deeply");
+	if (is_array(L, idx, &n)) {
+		msgpack_pack_array(pk, (size_t) n);
+		for (lua_Integer i = 1; i <= n; i++) {
+			lua_rawgeti(L, idx, i);
+			pc->path[depth + 1] = NULL;
+			snprintf(pc->idx[depth + 1], sizeof(pc->idx[0]), "[%lld]",
+			    (long long) i);
+			pack_value(L, lua_gettop(L), pk, pc, depth + 1);
+			lua_pop(L, 1);
+		}
+		return;
+	}
+	size_t count = 0;
+	lua_pushnil(L);
+	while (lua_next(L, idx) != 0) {
+		int t = lua_type(L, -1);
+		if (t != LUA_TFUNCTION) {
+			count++;
+		}
+		lua_pop(L, 1);
+	}
+	msgpack_pack_map(pk, count);
+	lua_pushnil(L);
+	while (lua_next(L, idx) != 0) {             /* key, value */
+		int kt = lua_type(L, -2);
+		if (lua_type(L, -1) == LUA_TFUNCTION) {
+			lua_pop(L, 1); /* functions are behaviour, not data */
+			continue;
+		}
+		if (kt == LUA_TSTRING) {
+			size_t      kl;
+			const char *k = lua_tolstring(L, -2, &kl);
+			msgpack_pack_str(pk, kl);
+			msgpack_pack_str_body(pk, k, kl);
+			pc->path[depth + 1] = k;
+		} else if (kt == LUA_TNUMBER && lua_isinteger(L, -2)) {
+			msgpack_pack_int64(pk, lua_tointeger(L, -2));
+			pc->path[depth + 1] = NULL;
+			snprintf(pc->idx[depth + 1], sizeof(pc->idx[0]), "[%lld]",
+			    (long long) lua_tointeger(L, -2));
+		} else if (kt == LUA_TNUMBER) {
+			msgpack_pack_double(pk, lua_tonumber(L, -2));
+			pc->path[depth + 1] = NULL;
+			snprintf(pc->idx[depth + 1], sizeof(pc->idx[0]), "[%g]",
+			    lua_tonumber(L, -2));
+		} else if (kt == LUA_TBOOLEAN) {
+			if (lua_toboolean(L, -2)) {
+				msgpack_pack_true(pk);
+			} else {
+				msgpack_pack_false(pk);
+			}
+			pc->path[depth + 1] = lua_toboolean(L, -2) ? "[true]"
+			                                           : "[false]";
+		} else {
+			pack_fail(L, pc, depth,
+			    "a table key must be a string, number or boolean");
+		}
+		pack_value(L, lua_gettop(L), pk, pc, depth + 1);
+		lua_pop(L, 1);                          /* key */
+	}
+}
+
+static void
+pack_value(lua_State *L, int idx, msgpack_packer *pk, packctx *pc, int depth)
+{
+	switch (lua_type(L, idx)) {
+	case LUA_TNIL:
+		msgpack_pack_nil(pk);
+		break;
+	case LUA_TBOOLEAN:
+		if (lua_toboolean(L, idx)) {
+			msgpack_pack_true(pk);
+		} else {
+			msgpack_pack_false(pk);
+		}
+		break;
+	case LUA_TNUMBER:
+		if (lua_isinteger(L, idx)) {
+			msgpack_pack_int64(pk, lua_tointeger(L, idx));
+		} else {
+			msgpack_pack_double(pk, lua_tonumber(L, idx));
+		}
+		break;
+	case LUA_TSTRING: {
+		size_t      n;
+		const char *s = lua_tolstring(L, idx, &n);
+		msgpack_pack_str(pk, n);
+		msgpack_pack_str_body(pk, s, n);
+		break;
+	}
+	case LUA_TTABLE:
+		pack_table(L, idx, pk, pc, depth);
+		break;
+	default:
+		pack_fail(L, pc, depth,
+		    lua_pushfstring(L, "cannot store a value of type %s",
+		        luaL_typename(L, idx)));
+	}
+}
+
+void
+ch_conv_pack(lua_State *L, int idx, msgpack_packer *pk, const char *what)
+{
+	packctx pc;
+	pc.what    = what;
+	pc.path[0] = NULL;
+	pack_value(L, lua_absindex(L, idx), pk, &pc, 0);
+}
+
+/* }====================================================== */

@@ -1,0 +1,35 @@
+// choreo — msgpack ↔ Lua conversion.
+//
+// Maps become tables; arrays become tables carrying the array metatable
+// (ch_conv_array_mt), so that an empty list packs back as an array and not
+// as a map. Integers stay integers, floats stay floats.
+#ifndef LUA_CONV_H
+#define LUA_CONV_H
+
+#include <lua.h>
+#include <msgpack.h>
+#include <stddef.h>
+
+// Nesting deeper than this is refused both ways (it also stops cycles).
+#define CH_CONV_MAX_DEPTH 64
+
+// ch_conv_init registers the array metatable in L's registry. Call once.
+void ch_conv_init(lua_State *L);
+
+// ch_conv_push_array_mt pushes the array metatable.
+void ch_conv_push_array_mt(lua_State *L);
+
+// ch_conv_push_obj pushes a decoded msgpack object. Raises on memory errors.
+void ch_conv_push_obj(lua_State *L, const msgpack_object *o);
+
+// ch_conv_push_bytes decodes one msgpack value from buf and pushes it.
+// Returns 0, or -1 (pushing nothing) when the bytes are not one well-formed
+// value. Raises on memory errors.
+int ch_conv_push_bytes(lua_State *L, const void *buf, size_t len);
+
+// ch_conv_pack packs the value at idx. Raises a Lua error naming the path
+// ("c.attrs.x: cannot store a function") on a value msgpack cannot hold.
+// what names the root in messages ("payload", "state").
+void ch_conv_pack(lua_State *L, int idx, msgpack_packer *pk, const char *what);
+
+#endif

@@ -1,0 +1,871 @@
+// choreo — business rule sets. See rules.h.
+#include "rules.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "../core/err.h"
+#include "../core/log.h"
+#include "conv.h"
+#include "prelude.h" // generated: ch_prelude_lua[], ch_prelude_lua_len
+
+typedef struct {
+	char *message;
+	char *file;
+	int   line;
+	int64_t at;
+} load_error;
+
+struct ch_biz {
+	char       name[65];
+	lua_State *L;
+	char       version[17];
+	int64_t    loaded_at;
+	char     **files; // display paths, in load order
+	int        nfiles;
+	load_error err;   // err.message != NULL: failed, serves nothing
+	int        api;   // registry ref of the prelude's API table
+	// the sandbox's budgets
+	size_t   mem_used, mem_limit;
+	uint64_t budget;
+	bool     limit_hit;  // the running call ran out of budget
+	const char *limit_what;
+};
+
+struct ch_rules {
+	ch_biz       **biz; // sorted by name
+	int            n;
+	ch_rules_opts  opts;
+};
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ((int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+/*
+** {======================================================
+** The sandbox: allocator cap, instruction budget, error messages
+** =======================================================
+*/
+
+static void *
+biz_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	ch_biz *b = ud;
+	if (ptr == NULL) {
+		osize = 0; // osize encodes the object's type then
+	}
+	if (nsize == 0) {
+		b->mem_used -= osize;
+		free(ptr);
+		return (NULL);
+	}
+	if (nsize > osize && b->mem_used + (nsize - osize) > b->mem_limit) {
+		b->limit_hit  = true;
+		b->limit_what = "memory limit";
+		return (NULL);
+	}
+	void *p = realloc(ptr, nsize);
+	if (p != NULL) {
+		b->mem_used = b->mem_used - osize + nsize;
+	}
+	return (p);
+}
+
+static ch_biz *
+biz_of(lua_State *L)
+{
+	void *ud;
+	lua_getallocf(L, &ud);
+	return (ud);
+}
+
+// The budget hook fires once the event's instructions are spent; it then
+// re-arms itself on every instruction, so a pcall in the rule that swallows
+// the error only meets it again (Redis does the same).
+static void
+budget_hook(lua_State *L, lua_Debug *ar)
+{
+	(void) ar;
+	ch_biz *b = biz_of(L);
+	b->limit_hit  = true;
+	b->limit_what = "instruction budget";
+	lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+	luaL_error(L, "rule ran past its instruction budget (%llu instructions)",
+	    (unsigned long long) b->budget);
+}
+
+static void
+arm(ch_biz *b)
+{
+	b->limit_hit = false;
+	int count    = b->budget > (uint64_t) INT32_MAX ? INT32_MAX
+	                                                : (int) b->budget;
+	lua_sethook(b->L, budget_hook, LUA_MASKCOUNT, count);
+}
+
+static void
+disarm(ch_biz *b)
+{
+	lua_sethook(b->L, NULL, 0, 0);
+}
+
+// msgh turns any error value into "file:line: message": when the message
+// does not already start with a rule file's position, the innermost frame
+// of a rule file is prefixed.
+static int
+msgh(lua_State *L)
+{
+	const char *msg;
+	if (lua_type(L, 1) == LUA_TSTRING) {
+		msg = lua_tostring(L, 1);
+	} else if (luaL_callmeta(L, 1, "__tostring") &&
+	    lua_type(L, -1) == LUA_TSTRING) {
+		msg = lua_tostring(L, -1);
+	} else {
+		msg = lua_pushfstring(L, "error object is a %s value",
+		    luaL_typename(L, 1));
+	}
+	lua_Debug ar;
+	for (int level = 0; lua_getstack(L, level, &ar); level++) {
+		lua_getinfo(L, "Sl", &ar);
+		if (ar.source[0] != '@' || ar.currentline <= 0) {
+			continue;
+		}
+		size_t n = strlen(ar.source + 1);
+		if (strncmp(msg, ar.source + 1, n) == 0 && msg[n] == ':') {
+			lua_pushstring(L, msg);
+			return (1); // already located in a rule file
+		}
+		lua_pushfstring(L, "%s:%d: %s", ar.source + 1, ar.currentline,
+		    msg);
+		return (1);
+	}
+	lua_pushstring(L, msg);
+	return (1);
+}
+
+// pcall_rule calls the function below nargs arguments with the budget armed
+// and returns CH_OK, CH_ERULE or CH_ERULELIMIT, leaving the error message
+// (or the nres results) on the stack.
+static int
+pcall_rule(ch_biz *b, int nargs, int nres)
+{
+	lua_State *L    = b->L;
+	int        base = lua_gettop(L) - nargs;
+	lua_pushcfunction(L, msgh);
+	lua_insert(L, base);
+	arm(b);
+	int st = lua_pcall(L, nargs, nres, base);
+	disarm(b);
+	lua_remove(L, base);
+	if (st == LUA_OK) {
+		return (CH_OK);
+	}
+	if (st == LUA_ERRMEM) {
+		lua_pop(L, 1);
+		lua_pushfstring(L,
+		    "rule ran past its memory limit (%d MiB for the business)",
+		    (int) (b->mem_limit >> 20));
+		lua_gc(L, LUA_GCCOLLECT);
+		return (CH_ERULELIMIT);
+	}
+	return (b->limit_hit ? CH_ERULELIMIT : CH_ERULE);
+}
+
+static int
+l_log(lua_State *L)
+{
+	ch_biz     *b = biz_of(L);
+	luaL_Buffer buf;
+	int         n = lua_gettop(L);
+	luaL_buffinit(L, &buf);
+	for (int i = 1; i <= n; i++) {
+		if (i > 1) {
+			luaL_addchar(&buf, '\t');
+		}
+		luaL_tolstring(L, i, NULL);
+		luaL_addvalue(&buf);
+	}
+	luaL_pushresult(&buf);
+	ch_log_info("rules[%s]: %s", b->name, lua_tostring(L, -1));
+	return (0);
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Loading a business
+** =======================================================
+*/
+
+static void
+set_error(ch_biz *b, const char *msg, const char *file)
+{
+	free(b->err.message);
+	free(b->err.file);
+	b->err.message = strdup(msg);
+	b->err.file    = file ? strdup(file) : NULL;
+	b->err.line    = 0;
+	b->err.at      = now_ms();
+	// "path:line: text" — take the position from the message itself
+	for (int i = 0; i < b->nfiles; i++) {
+		size_t n = strlen(b->files[i]);
+		if (strncmp(msg, b->files[i], n) == 0 && msg[n] == ':') {
+			free(b->err.file);
+			b->err.file = strdup(b->files[i]);
+			b->err.line = atoi(msg + n + 1);
+			break;
+		}
+	}
+}
+
+static int
+cmp_str(const void *a, const void *b)
+{
+	return (strcmp(*(char *const *) a, *(char *const *) b));
+}
+
+static bool
+ident_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n < 1 || n > 64) {
+		return (false);
+	}
+	for (; *s; s++) {
+		char c = *s;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		        (c >= '0' && c <= '9') || c == '_' || c == '-')) {
+			return (false);
+		}
+	}
+	return (true);
+}
+
+static char *
+read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL) {
+		return (NULL);
+	}
+	size_t cap = 4096, n = 0;
+	char  *buf = malloc(cap);
+	size_t r;
+	while (buf != NULL && (r = fread(buf + n, 1, cap - n, f)) > 0) {
+		n += r;
+		if (n == cap) {
+			char *nb = realloc(buf, cap *= 2);
+			if (nb == NULL) {
+				free(buf);
+				buf = NULL;
+			}
+			buf = nb;
+		}
+	}
+	fclose(f);
+	*len = n;
+	return (buf);
+}
+
+// list_lua returns the *.lua regular files of dir, sorted.
+static char **
+list_lua(const char *dir, int *count)
+{
+	DIR *d = opendir(dir);
+	*count = 0;
+	if (d == NULL) {
+		return (NULL);
+	}
+	char         **names = NULL;
+	int            n = 0, cap = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		size_t l = strlen(e->d_name);
+		if (l < 5 || strcmp(e->d_name + l - 4, ".lua") != 0 ||
+		    e->d_name[0] == '.') {
+			continue;
+		}
+		char path[4096];
+		struct stat st;
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+			continue;
+		}
+		if (n == cap) {
+			cap       = cap ? cap * 2 : 16;
+			char **nn = realloc(names, (size_t) cap * sizeof(char *));
+			if (nn == NULL) {
+				break;
+			}
+			names = nn;
+		}
+		names[n++] = strdup(e->d_name);
+	}
+	closedir(d);
+	if (n > 0) {
+		qsort(names, (size_t) n, sizeof(char *), cmp_str);
+	}
+	*count = n;
+	return (names);
+}
+
+static uint64_t
+fnv1a(uint64_t h, const void *p, size_t n)
+{
+	const unsigned char *s = p;
+	for (size_t i = 0; i < n; i++) {
+		h ^= s[i];
+		h *= 0x100000001b3ull;
+	}
+	return (h);
+}
+
+// open_state makes the Lua state with only the safe libraries, runs the
+// prelude and keeps its API table. Returns 0, or -1 with the error set.
+static int
+open_state(ch_biz *b)
+{
+	lua_State *L = lua_newstate(biz_alloc, b);
+	if (L == NULL) {
+		set_error(b, "cannot create a Lua state (out of memory)", NULL);
+		return (-1);
+	}
+	b->L = L;
+	luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+	luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+	luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
+	luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
+	luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 1);
+	luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 1);
+	luaL_requiref(L, LUA_DBLIBNAME, luaopen_debug, 0); /* not global */
+	lua_settop(L, 0);
+	ch_conv_init(L);
+	lua_gc(L, LUA_GCGEN, 0, 0);
+
+	if (luaL_loadbufferx(L, (const char *) ch_prelude_lua,
+	        ch_prelude_lua_len, "=prelude", "t") != LUA_OK) {
+		set_error(b, lua_tostring(L, -1), NULL);
+		return (-1);
+	}
+	lua_createtable(L, 0, 3);                 /* prelude, H */
+	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+	lua_getfield(L, -1, LUA_DBLIBNAME);       /* prelude, H, loaded, debug */
+	lua_getfield(L, -1, "getinfo");
+	lua_setfield(L, -4, "getinfo");           /* H.getinfo = debug.getinfo */
+	lua_pop(L, 2);                            /* prelude, H */
+	ch_conv_push_array_mt(L);
+	lua_setfield(L, -2, "array_mt");
+	lua_pushcfunction(L, l_log);
+	lua_setfield(L, -2, "log");
+	if (pcall_rule(b, 1, 1) != CH_OK) {       /* API */
+		set_error(b, lua_tostring(L, -1), NULL);
+		return (-1);
+	}
+	b->api = luaL_ref(L, LUA_REGISTRYINDEX);
+	// The debug library was only for the prelude: drop it from the state.
+	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+	lua_pushnil(L);
+	lua_setfield(L, -2, LUA_DBLIBNAME);
+	lua_pop(L, 1);
+	lua_pushnil(L);
+	lua_setglobal(L, "debug");
+	return (0);
+}
+
+static void
+biz_free(ch_biz *b)
+{
+	if (b == NULL) {
+		return;
+	}
+	if (b->L != NULL) {
+		lua_close(b->L);
+	}
+	for (int i = 0; i < b->nfiles; i++) {
+		free(b->files[i]);
+	}
+	free(b->files);
+	free(b->err.message);
+	free(b->err.file);
+	free(b);
+}
+
+static ch_biz *
+biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
+{
+	ch_biz *b = calloc(1, sizeof(*b));
+	if (b == NULL) {
+		return (NULL);
+	}
+	snprintf(b->name, sizeof(b->name), "%s", name);
+	b->mem_limit = o->mem_limit;
+	b->budget    = o->instr_budget;
+	b->loaded_at = now_ms();
+	b->api       = LUA_NOREF;
+
+	char dir[4096];
+	snprintf(dir, sizeof(dir), "%s/%s", rules_dir, name);
+	int    n;
+	char **names = list_lua(dir, &n);
+	b->files     = calloc((size_t) (n > 0 ? n : 1), sizeof(char *));
+	if (b->files == NULL) {
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		char path[4096];
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		b->files[b->nfiles++] = strdup(path);
+	}
+
+	uint64_t h = 0xcbf29ce484222325ull;
+	if (open_state(b) != 0) {
+		goto out;
+	}
+	if (n == 0) {
+		set_error(b, "the folder holds no .lua rule files", dir);
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		lua_State *L = b->L;
+		size_t     len;
+		char      *src = read_file(b->files[i], &len);
+		if (src == NULL) {
+			char m[512];
+			snprintf(m, sizeof(m), "%s: cannot read: %s",
+			    b->files[i], strerror(errno));
+			set_error(b, m, b->files[i]);
+			goto out;
+		}
+		h = fnv1a(h, names[i], strlen(names[i]) + 1);
+		h = fnv1a(h, src, len);
+		h = fnv1a(h, "", 1);
+		char chunk[4100];
+		snprintf(chunk, sizeof(chunk), "@%s", b->files[i]);
+		int st = luaL_loadbufferx(L, src, len, chunk, "t");
+		free(src);
+		if (st != LUA_OK) {
+			set_error(b, lua_tostring(L, -1), b->files[i]);
+			lua_settop(L, 0);
+			goto out;
+		}
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b->api); /* chunk, API */
+		lua_getfield(L, -1, "env");                /* chunk, API, env */
+		lua_remove(L, -2);
+		lua_setupvalue(L, -2, 1);                  /* chunk._ENV = env */
+		if (pcall_rule(b, 0, 0) != CH_OK) {
+			set_error(b, lua_tostring(L, -1), b->files[i]);
+			lua_settop(L, 0);
+			goto out;
+		}
+	}
+	snprintf(b->version, sizeof(b->version), "%012llx",
+	    (unsigned long long) (h & 0xffffffffffffull));
+out:
+	for (int i = 0; i < n; i++) {
+		free(names[i]);
+	}
+	free(names);
+	if (b->err.message != NULL) {
+		ch_log_error("rules[%s]: not serving: %s", name, b->err.message);
+		if (b->L != NULL) {
+			lua_close(b->L);
+			b->L = NULL;
+		}
+	} else {
+		ch_log_info("rules[%s]: version %s, %d file(s)", name,
+		    b->version, b->nfiles);
+	}
+	return (b);
+}
+
+static int
+cmp_biz(const void *a, const void *b)
+{
+	return (strcmp((*(ch_biz *const *) a)->name,
+	    (*(ch_biz *const *) b)->name));
+}
+
+int
+ch_rules_load(ch_rules **out, const char *dir, const ch_rules_opts *o)
+{
+	ch_rules *r = calloc(1, sizeof(*r));
+	if (r == NULL) {
+		return (CH_EINTERNAL);
+	}
+	r->opts = *o;
+	DIR *d  = opendir(dir);
+	if (d == NULL) {
+		ch_log_error("rules: cannot open '%s': %s", dir, strerror(errno));
+		free(r);
+		return (CH_EINTERNAL);
+	}
+	struct dirent *e;
+	int            cap = 0;
+	while ((e = readdir(d)) != NULL) {
+		char        path[4096];
+		struct stat st;
+		if (e->d_name[0] == '.') {
+			continue;
+		}
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+			continue;
+		}
+		if (!ident_ok(e->d_name)) {
+			ch_log_warn("rules: skipping folder '%s': a business "
+			            "name is 1-64 of [A-Za-z0-9_-]",
+			    e->d_name);
+			continue;
+		}
+		if (r->n == cap) {
+			cap         = cap ? cap * 2 : 8;
+			ch_biz **nb = realloc(r->biz, (size_t) cap * sizeof(*nb));
+			if (nb == NULL) {
+				break;
+			}
+			r->biz = nb;
+		}
+		ch_biz *b = biz_load(dir, e->d_name, o);
+		if (b != NULL) {
+			r->biz[r->n++] = b;
+		}
+	}
+	closedir(d);
+	if (r->n > 0) {
+		qsort(r->biz, (size_t) r->n, sizeof(ch_biz *), cmp_biz);
+	}
+	*out = r;
+	return (CH_OK);
+}
+
+void
+ch_rules_free(ch_rules *r)
+{
+	if (r == NULL) {
+		return;
+	}
+	for (int i = 0; i < r->n; i++) {
+		biz_free(r->biz[i]);
+	}
+	free(r->biz);
+	free(r);
+}
+
+static ch_biz *
+lookup(ch_rules *r, ch_str name)
+{
+	int lo = 0, hi = r->n - 1;
+	while (lo <= hi) {
+		int    mid = (lo + hi) / 2;
+		size_t ml  = strlen(r->biz[mid]->name);
+		int    c   = memcmp(r->biz[mid]->name, name.p,
+		             ml < name.n ? ml : name.n);
+		if (c == 0) {
+			c = (ml > name.n) - (ml < name.n);
+		}
+		if (c == 0) {
+			return (r->biz[mid]);
+		}
+		if (c < 0) {
+			lo = mid + 1;
+		} else {
+			hi = mid - 1;
+		}
+	}
+	return (NULL);
+}
+
+ch_biz *
+ch_rules_find(ch_rules *r, ch_str business)
+{
+	ch_biz *b = lookup(r, business);
+	return ((b != NULL && b->L != NULL) ? b : NULL);
+}
+
+void
+ch_rules_keep_serving(ch_rules *fresh, ch_rules *old)
+{
+	for (int i = 0; i < fresh->n; i++) {
+		ch_biz *fb = fresh->biz[i];
+		if (fb->L != NULL) {
+			continue;
+		}
+		ch_str  name = { fb->name, (uint32_t) strlen(fb->name) };
+		ch_biz *ob   = lookup(old, name);
+		if (ob == NULL || ob->L == NULL) {
+			continue;
+		}
+		// The old version keeps serving, with the new version's error.
+		for (int j = 0; j < old->n; j++) {
+			if (old->biz[j] == ob) {
+				old->biz[j] = fb;
+			}
+		}
+		free(ob->err.message);
+		free(ob->err.file);
+		ob->err        = fb->err;
+		fb->err.message = NULL;
+		fb->err.file    = NULL;
+		fresh->biz[i]   = ob;
+		ch_log_warn("rules[%s]: version %s keeps serving", ob->name,
+		    ob->version);
+	}
+}
+
+int
+ch_rules_count(const ch_rules *r)
+{
+	return (r->n);
+}
+
+const char *
+ch_biz_version(const ch_biz *b)
+{
+	return (b->version);
+}
+
+static void
+pack_biz(const ch_biz *b, msgpack_packer *pk)
+{
+	ch_pack_str(pk, b->name);
+	msgpack_pack_map(pk, b->err.message ? 4 : 3);
+	ch_pack_str(pk, "version");
+	if (b->L == NULL) {
+		msgpack_pack_nil(pk);
+	} else {
+		ch_pack_str(pk, b->version);
+	}
+	ch_pack_str(pk, "loaded_at");
+	msgpack_pack_int64(pk, b->loaded_at);
+	ch_pack_str(pk, "files");
+	msgpack_pack_array(pk, (size_t) b->nfiles);
+	for (int i = 0; i < b->nfiles; i++) {
+		ch_pack_str(pk, b->files[i]);
+	}
+	if (b->err.message) {
+		ch_pack_str(pk, "error");
+		msgpack_pack_map(pk, 4);
+		ch_pack_kv_str(pk, "message", b->err.message);
+		ch_pack_str(pk, "file");
+		if (b->err.file) {
+			ch_pack_str(pk, b->err.file);
+		} else {
+			msgpack_pack_nil(pk);
+		}
+		ch_pack_str(pk, "line");
+		msgpack_pack_int(pk, b->err.line);
+		ch_pack_str(pk, "at");
+		msgpack_pack_int64(pk, b->err.at);
+	}
+}
+
+int
+ch_rules_pack_info(ch_rules *r, ch_str business, msgpack_packer *pk)
+{
+	ch_biz *one = NULL;
+	if (business.n > 0 && (one = lookup(r, business)) == NULL) {
+		return (CH_EUNKNOWNBUSINESS);
+	}
+	msgpack_pack_map(pk, 2);
+	ch_pack_str(pk, "ok");
+	msgpack_pack_true(pk);
+	ch_pack_str(pk, "businesses");
+	if (one != NULL) {
+		msgpack_pack_map(pk, 1);
+		pack_biz(one, pk);
+		return (CH_OK);
+	}
+	msgpack_pack_map(pk, (size_t) r->n);
+	for (int i = 0; i < r->n; i++) {
+		pack_biz(r->biz[i], pk);
+	}
+	return (CH_OK);
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Running an event or a decision
+** =======================================================
+*/
+
+static void
+setfield_str(lua_State *L, const char *k, ch_str s)
+{
+	if (s.n > 0) {
+		lua_pushlstring(L, s.p, s.n);
+		lua_setfield(L, -2, k);
+	}
+}
+
+static void
+push_req(lua_State *L, const ch_req *r)
+{
+	lua_createtable(L, 0, 12);
+	setfield_str(L, "customer", r->customer);
+	setfield_str(L, "type", r->type);
+	setfield_str(L, "id", r->id);
+	setfield_str(L, "channel", r->channel);
+	setfield_str(L, "region", r->region);
+	setfield_str(L, "product", r->product);
+	if (r->ts != 0) {
+		lua_pushinteger(L, r->ts);
+		lua_setfield(L, -2, "ts");
+	}
+	if (r->data != NULL) {
+		ch_conv_push_obj(L, r->data);
+		lua_setfield(L, -2, "data");
+	}
+	lua_pushboolean(L, r->decide);
+	lua_setfield(L, -2, "decide");
+	lua_pushboolean(L, r->record);
+	lua_setfield(L, -2, "record");
+	lua_pushboolean(L, r->explain);
+	lua_setfield(L, -2, "explain");
+	lua_pushinteger(L, r->limit);
+	lua_setfield(L, -2, "limit");
+}
+
+typedef struct {
+	ch_biz         *b;
+	const char     *entry; // "event" or "decide"
+	const ch_req   *req;
+	const void     *state;
+	size_t          slen;
+	int64_t         now;
+	ch_rule_out    *out;
+} call_args;
+
+static int
+sbuf_write(void *data, const char *buf, size_t len)
+{
+	return (msgpack_sbuffer_write(data, buf, len));
+}
+
+// pack_emits turns the reply's emitted list into pub messages.
+static void
+pack_emits(lua_State *L, int reply, call_args *a)
+{
+	lua_getfield(L, reply, "emitted");
+	if (!lua_istable(L, -1)) {
+		lua_pop(L, 1);
+		return;
+	}
+	int             list = lua_gettop(L);
+	lua_Integer     n    = (lua_Integer) lua_rawlen(L, list);
+	msgpack_sbuffer one;
+	msgpack_packer  pk;
+	msgpack_sbuffer_init(&one);
+	msgpack_packer_init(&pk, &one, sbuf_write);
+	for (lua_Integer i = 1; i <= n; i++) {
+		lua_rawgeti(L, list, i);                 /* {name=, data=} */
+		lua_getfield(L, -1, "name");
+		size_t      nl;
+		const char *name = lua_tolstring(L, -1, &nl);
+		char        topic[256];
+		int tl = snprintf(topic, sizeof(topic), "choreo/%s/emit/%.*s",
+		    a->b->name, (int) (nl > 128 ? 128 : nl), name);
+		one.size = 0;
+		msgpack_sbuffer_write(&one, topic, (size_t) tl + 1);
+		msgpack_pack_map(&pk, 5);
+		ch_pack_kv_str(&pk, "business", a->b->name);
+		ch_pack_str(&pk, "customer");
+		ch_pack_strn(&pk, a->req->customer.p, a->req->customer.n);
+		ch_pack_str(&pk, "name");
+		ch_pack_strn(&pk, name, nl);
+		ch_pack_str(&pk, "at");
+		msgpack_pack_int64(&pk, a->now);
+		ch_pack_str(&pk, "data");
+		lua_getfield(L, -2, "data");
+		ch_conv_pack(L, -1, &pk, "emit data");
+		lua_pop(L, 3);
+		uint32_t len = (uint32_t) one.size;
+		msgpack_sbuffer_write(a->out->emits, (const char *) &len, 4);
+		msgpack_sbuffer_write(a->out->emits, one.data, one.size);
+	}
+	msgpack_sbuffer_destroy(&one);
+	lua_pop(L, 1);
+}
+
+// do_call runs in protected mode: decode the state, call the prelude's
+// entry, pack the new state and the reply.
+static int
+do_call(lua_State *L)
+{
+	call_args *a = lua_touserdata(L, 1);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, a->b->api);
+	lua_getfield(L, -1, a->entry);                /* fn */
+	if (a->state == NULL) {
+		lua_pushnil(L);
+	} else if (ch_conv_push_bytes(L, a->state, a->slen) != 0) {
+		return (luaL_error(L, "the stored state of customer '%s' is "
+		                      "damaged",
+		    lua_pushlstring(L, a->req->customer.p, a->req->customer.n)));
+	}
+	push_req(L, a->req);
+	lua_pushinteger(L, a->now);
+	lua_pushstring(L, a->b->version);
+	lua_call(L, 4, 2);                             /* state, reply */
+	msgpack_packer pk;
+	if (!lua_isnil(L, -2)) {
+		msgpack_packer_init(&pk, a->out->state, sbuf_write);
+		ch_conv_pack(L, -2, &pk, "customer state");
+	}
+	msgpack_packer_init(&pk, a->out->reply, sbuf_write);
+	ch_conv_pack(L, -1, &pk, "reply");
+	pack_emits(L, lua_gettop(L), a);
+	return (0);
+}
+
+static int
+run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
+    size_t slen, int64_t now, ch_rule_out *out)
+{
+	call_args  a = { b, entry, req, state, slen, now, out };
+	lua_State *L = b->L;
+	lua_settop(L, 0);
+	lua_pushcfunction(L, do_call);
+	lua_pushlightuserdata(L, &a);
+	int rv = pcall_rule(b, 1, 0);
+	if (rv != CH_OK) {
+		snprintf(out->errmsg, sizeof(out->errmsg), "%s",
+		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "rule failed");
+		out->state->size = 0;
+		out->reply->size = 0;
+		out->emits->size = 0;
+	}
+	lua_settop(L, 0);
+	return (rv);
+}
+
+int
+ch_biz_event(ch_biz *b, const ch_req *req, const void *state, size_t slen,
+    int64_t now, ch_rule_out *out)
+{
+	return (run(b, "event", req, state, slen, now, out));
+}
+
+int
+ch_biz_decide(ch_biz *b, const ch_req *req, const void *state, size_t slen,
+    int64_t now, ch_rule_out *out)
+{
+	return (run(b, "decide", req, state, slen, now, out));
+}
+
+/* }====================================================== */

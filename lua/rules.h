@@ -1,0 +1,70 @@
+// choreo — business rule sets: one sandboxed Lua state per business.
+//
+// A rule set is loaded from rules/<business>/*.lua in lexical order, text
+// only, into an environment that sees the safe libraries and the rule
+// language (lua/prelude.lua). All functions here run on the thread that owns
+// the ch_rules (an engine thread); none is thread-safe.
+#ifndef LUA_RULES_H
+#define LUA_RULES_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../core/codec.h"
+
+typedef struct ch_rules ch_rules;
+typedef struct ch_biz   ch_biz;
+
+typedef struct {
+	uint64_t instr_budget; // per event, Lua VM instructions
+	size_t   mem_limit;    // per business, bytes
+} ch_rules_opts;
+
+#define CH_DEFAULT_INSTR_BUDGET 10000000u
+#define CH_DEFAULT_MEM_LIMIT (64u << 20)
+
+// ch_rules_load loads every business folder under dir. A business whose
+// files fail to load is kept with its error (ch_rules_find skips it).
+// Returns CH_OK, or CH_EINTERNAL when dir cannot be read.
+int  ch_rules_load(ch_rules **out, const char *dir, const ch_rules_opts *o);
+void ch_rules_free(ch_rules *r);
+
+// ch_rules_keep_serving: every business that failed to load in fresh but
+// was serving in old keeps its old version (moved into fresh), carrying the
+// new error for the rules op to report.
+void ch_rules_keep_serving(ch_rules *fresh, ch_rules *old);
+
+// ch_rules_find returns the serving rule set of a business, or NULL.
+ch_biz *ch_rules_find(ch_rules *r, ch_str business);
+
+// ch_rules_count returns how many businesses were found (serving or not).
+int ch_rules_count(const ch_rules *r);
+
+// ch_rules_pack_info packs the rules op's reply: {ok, businesses={...}},
+// for one business when business.n > 0 (unknown_business if absent).
+int ch_rules_pack_info(ch_rules *r, ch_str business, msgpack_packer *pk);
+
+// ch_biz_version returns the rule version (a short hash of the files).
+const char *ch_biz_version(const ch_biz *b);
+
+// What one rule call produced. The caller owns the buffers and clears them
+// before each call.
+typedef struct {
+	msgpack_sbuffer *state;   // the new customer state; empty: unchanged
+	msgpack_sbuffer *reply;   // the reply map
+	msgpack_sbuffer *emits;   // pub messages, each: u32 length ‖ topic \0 map
+	char             errmsg[512];
+} ch_rule_out;
+
+// ch_biz_event runs the handlers of an event and, when asked, the next best
+// action. state/slen is the stored customer (NULL for a new one). Returns
+// CH_OK, CH_ERULE or CH_ERULELIMIT (errmsg says why, with file:line).
+int ch_biz_event(ch_biz *b, const ch_req *req, const void *state, size_t slen,
+    int64_t now, ch_rule_out *out);
+
+// ch_biz_decide ranks next best actions without an event.
+int ch_biz_decide(ch_biz *b, const ch_req *req, const void *state,
+    size_t slen, int64_t now, ch_rule_out *out);
+
+#endif
