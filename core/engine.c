@@ -223,6 +223,8 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	e->state.size  = 0;
 	j->reply.size  = 0;
 	j->emits.size  = 0;
+	out.store      = s;
+	out.txn        = txn;
 	out.state      = &e->state;
 	out.reply      = &j->reply;
 	out.emits      = &j->emits;
@@ -232,6 +234,9 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	rc             = r->op == CH_OP_EVENT
 	                ? ch_biz_event(b, r, st, sl, now, &out)
 	                : ch_biz_decide(b, r, st, sl, now, &out);
+	if (rc == CH_ESTORAGEFULL || rc == CH_EINTERNAL) {
+		return (store_failed(j, txn, rc));
+	}
 	if (rc != CH_OK) {
 		ch_store_abort(txn);
 		reply_err(j, rc, "%s", out.errmsg);

@@ -23,15 +23,27 @@ local function arr(t)
   return setmetatable(t or {}, array_mt)
 end
 
--- The business's declarations, filled while its files load.
+-- The business's declarations, filled while its files load. The base layer
+-- holds the declarations made outside any variation; each variation holds
+-- its own overrides, applied per request by resolve().
 local B = {
   params = {},
   journeys = {}, jorder = {},
-  actions = {}, aorder = {},
+  action_specs = {}, aorder = {},  -- raw specs, merged per circumstance
+  all_actions = {},                -- every action name, base or variation
   cases = {},
-  handlers = {},      -- { {type=, fn=} ... } in file order
-  by_type = {},       -- cache: type -> list of functions
+  levers = {},
+  policy = nil,                    -- contact_policy { ... }
+  max_per_group = nil,
+  arbitrate = nil,
+  handlers = {},                   -- { {type=, fn=} ... } in file order
+  by_type = {},                    -- cache: type -> list of functions
+  variations = {},                 -- in declaration order
+  views = {}, nviews = 0,          -- resolved views by circumstance
+  where = {},                      -- "kind:name" -> "file:line" declared
 }
+
+local MAX_VIEWS = 4096
 
 ------------------------------------------------------------------------
 -- Helpers for declaration checks
@@ -53,6 +65,25 @@ local function fail(msg)
 end
 prelude_src = getinfo(1, "S").source
 
+-- here returns "file:line" of the analyst's line making a declaration.
+local function here()
+  local level = 2
+  while true do
+    local info = getinfo(level, "Sl")
+    if not info then return "?" end
+    if info.source ~= prelude_src and info.what ~= "C" then
+      return ssub(info.source, 2) .. ":" .. info.currentline
+    end
+    level = level + 1
+  end
+end
+
+-- An error the host turns into a reply code other than rule_error.
+local CODED = {}
+local function coded(code, msg)
+  error(setmetatable({ code = code, message = msg }, CODED), 0)
+end
+
 local function tname(v)
   local t = type(v)
   if t == "number" then
@@ -62,6 +93,7 @@ local function tname(v)
 end
 
 local DUR = { s = 1000, m = 60000, h = 3600000, d = 86400000, w = 604800000 }
+local DAY = DUR.d
 
 -- duration turns "30s", "15m", "48h", "3d", "2w" into milliseconds.
 local function duration(v, what)
@@ -81,6 +113,34 @@ local function is_list_of_strings(v)
     n = n + 1
   end
   return n == #v
+end
+
+-- is_list: an array-like table (lists are replaced by a variation, not
+-- merged).
+local function is_list(t)
+  if type(t) ~= "table" then return false end
+  if getmetatable(t) == array_mt then return true end
+  local n = #t
+  if n == 0 then return false end
+  local count = 0
+  for _ in pairs(t) do count = count + 1 end
+  return count == n
+end
+
+-- merge returns base with over merged in, field by field: tables merge
+-- recursively; lists, functions and scalars replace.
+local function merge(base, over)
+  local out = {}
+  if base then for k, v in pairs(base) do out[k] = v end end
+  for k, v in pairs(over) do
+    local b = out[k]
+    if type(v) == "table" and not is_list(v) and type(b) == "table" and not is_list(b) then
+      out[k] = merge(b, v)
+    else
+      out[k] = v
+    end
+  end
+  return out
 end
 
 -- check validates spec against a schema { field = checker } where a checker
@@ -130,6 +190,18 @@ end
 
 local D = {}
 
+-- While a variation's declarations are evaluated, this is the variation
+-- they belong to. `variation {...} {...}` calls variation(circumstance)
+-- before Lua builds the table of declarations, so the declarations made in
+-- between are the variation's.
+local open_variation = nil
+local open_variation_line = nil
+
+-- target returns where a declaration goes: the open variation, or the base.
+local function target()
+  return open_variation or B
+end
+
 -- params is both the declaration, params { name = value }, and the table
 -- the declared values are read from later, as in params.premium_price.
 D.params = setmetatable({}, {
@@ -137,9 +209,10 @@ D.params = setmetatable({}, {
     if type(t) ~= "table" then
       fail(sfmt("params: expected a table, got %s", tname(t)))
     end
+    local into = target().params
     for k, v in pairs(t) do
       if type(k) ~= "string" then fail("params: every name must be a string") end
-      B.params[k] = v
+      into[k] = v
     end
   end,
   __index = B.params,
@@ -152,34 +225,62 @@ local JOURNEY = {
   description = "string",
 }
 
+local function finish_journey(name, spec)
+  if spec.stages == nil or #spec.stages == 0 then
+    fail(sfmt("journey '%s': stages must list at least one stage", name))
+  end
+  local set = {}
+  for i, s in ipairs(spec.stages) do
+    if set[s] then fail(sfmt("journey '%s': stage '%s' is listed twice", name, s)) end
+    set[s] = i
+  end
+  if spec.goal ~= nil and not set[spec.goal] then
+    fail(sfmt("journey '%s': goal '%s' is not one of its stages", name, spec.goal))
+  end
+  return {
+    name = name, stages = spec.stages, stage_set = set, goal = spec.goal,
+    inactive_after = spec.inactive_after and duration(spec.inactive_after),
+    description = spec.description, spec = spec,
+  }
+end
+
 function D.journey(name)
   check_name("journey", name)
+  local into = target()
   return function(spec)
     check("journey", name, spec, JOURNEY)
-    if spec.stages == nil or #spec.stages == 0 then
-      fail(sfmt("journey '%s': stages must list at least one stage", name))
+    if into == B then
+      if B.journeys[name] == nil then B.jorder[#B.jorder + 1] = name end
+      B.journeys[name] = finish_journey(name, spec)
+    else
+      if B.journeys[name] == nil then
+        fail(sfmt("variation: journey '%s' is not declared outside the variation", name))
+      end
+      into.journeys[name] = spec
     end
-    local set = {}
-    for i, s in ipairs(spec.stages) do
-      if set[s] then fail(sfmt("journey '%s': stage '%s' is listed twice", name, s)) end
-      set[s] = i
-    end
-    if spec.goal ~= nil and not set[spec.goal] then
-      fail(sfmt("journey '%s': goal '%s' is not one of its stages", name, spec.goal))
-    end
-    if B.journeys[name] == nil then B.jorder[#B.jorder + 1] = name end
-    B.journeys[name] = {
-      name = name, stages = spec.stages, stage_set = set, goal = spec.goal,
-      inactive_after = spec.inactive_after and duration(spec.inactive_after),
-      description = spec.description,
-    }
   end
 end
 
 local LIMITS = {
-  max_impressions = "number", per_day = "number", cooldown = "duration",
-  stop_after_rejects = "number",
+  max_impressions = true, per_day = true, cooldown = true,
+  stop_after_rejects = true,
 }
+
+local function check_limits(v, what)
+  if type(v) ~= "table" then
+    return sfmt("%s must be a table, got %s", what, tname(v))
+  end
+  for k, x in pairs(v) do
+    if not LIMITS[k] then
+      return sfmt("%s: unknown limit '%s' (known: cooldown, max_impressions, per_day, stop_after_rejects)",
+                  what, tostring(k))
+    elseif k == "cooldown" then
+      duration(x, what .. ".cooldown")
+    elseif type(x) ~= "number" or x < 0 then
+      return sfmt("%s.%s must be a non-negative number, got %s", what, k, tname(x))
+    end
+  end
+end
 
 local function prob(v, what)
   if type(v) ~= "number" or v < 0 or v > 1 then
@@ -192,42 +293,21 @@ local ACTION = {
   group = "string", channels = "strings", value = "number", weight = "number",
   eligible = "function", propensity = "function", prior = prob,
   explore = "boolean", payload = "table", description = "string",
-  limits = function(v, what)
-    if type(v) ~= "table" then
-      return sfmt("%s must be a table, got %s", what, tname(v))
-    end
-    for k, x in pairs(v) do
-      local want = LIMITS[k]
-      if want == nil then
-        return sfmt("%s: unknown limit '%s' (known: cooldown, max_impressions, per_day, stop_after_rejects)",
-                    what, tostring(k))
-      elseif want == "duration" then
-        duration(x, what .. "." .. k)
-      elseif type(x) ~= "number" or x < 0 then
-        return sfmt("%s.%s must be a non-negative number, got %s", what, k, tname(x))
-      end
-    end
-  end,
+  limits = check_limits,
 }
 
 function D.action(name)
   check_name("action", name)
+  local into = target()
   return function(spec)
     check("action", name, spec, ACTION)
-    if B.actions[name] == nil then B.aorder[#B.aorder + 1] = name end
-    local a = { name = name }
-    for k, v in pairs(spec) do a[k] = v end
-    a.value = a.value or 0
-    a.weight = a.weight or 1
-    a.prior = a.prior or 0.5
-    if a.channels then
-      a.channel_set = {}
-      for _, ch in ipairs(a.channels) do a.channel_set[ch] = true end
+    if into == B and spec.value == nil then
+      fail(sfmt("action '%s': value is required", name))
     end
-    if a.limits and a.limits.cooldown then
-      a.cooldown_ms = duration(a.limits.cooldown)
-    end
-    B.actions[name] = a
+    if into.action_specs[name] == nil then into.aorder[#into.aorder + 1] = name end
+    into.action_specs[name] = spec
+    B.all_actions[name] = true
+    B.where["action:" .. name] = B.where["action:" .. name] or here()
   end
 end
 
@@ -235,13 +315,73 @@ local CASE = { sla = "duration", description = "string" }
 
 function D.case(name)
   check_name("case", name)
+  local into = target()
   return function(spec)
     check("case", name, spec, CASE)
-    B.cases[name] = { name = name, sla = spec.sla and duration(spec.sla) }
+    if into == B then
+      B.cases[name] = { name = name, sla = spec.sla and duration(spec.sla), spec = spec }
+    else
+      if B.cases[name] == nil then
+        fail(sfmt("variation: case '%s' is not declared outside the variation", name))
+      end
+      into.cases[name] = spec
+    end
   end
 end
 
+-- levers { action_or_group = multiplier }: the analyst's hand on the score.
+function D.levers(t)
+  if type(t) ~= "table" then fail(sfmt("levers: expected a table, got %s", tname(t))) end
+  local into = target().levers
+  local at = here()
+  for k, v in pairs(t) do
+    if type(k) ~= "string" then fail("levers: every key must be an action or group name") end
+    if type(v) ~= "number" or v < 0 then
+      fail(sfmt("levers: '%s' must be a non-negative number, got %s", k, tname(v)))
+    end
+    into[k] = v
+    B.where["lever:" .. k] = at
+  end
+end
+
+local POLICY = {
+  max_per_day = "number",
+  per_channel = function(v, what)
+    if type(v) ~= "table" then return sfmt("%s must be a table, got %s", what, tname(v)) end
+    for ch, n in pairs(v) do
+      if type(ch) ~= "string" or type(n) ~= "number" or n < 0 then
+        return sfmt("%s: every entry must be channel = number", what)
+      end
+    end
+  end,
+}
+
+-- contact_policy { max_per_day = N, per_channel = { email = 1 } }: a
+-- customer's budget of contacts across every action and journey.
+function D.contact_policy(t)
+  check("contact_policy", "business", t, POLICY)
+  local into = target()
+  into.policy = merge(into.policy, t)
+end
+
+function D.max_per_group(n)
+  if type(n) ~= "number" or n < 1 then
+    fail(sfmt("max_per_group: expected a number of at least 1, got %s", tname(n)))
+  end
+  target().max_per_group = n
+end
+
+function D.arbitrate(fn)
+  if type(fn) ~= "function" then
+    fail(sfmt("arbitrate: expected a function(c, candidates), got %s", tname(fn)))
+  end
+  target().arbitrate = fn
+end
+
 function D.on(etype, fn)
+  if open_variation then
+    fail("on(): handlers cannot be declared inside a variation")
+  end
   if type(etype) ~= "string" or etype == "" then
     fail(sfmt("on: the event type must be a string, got %s", tname(etype)))
   end
@@ -252,6 +392,195 @@ function D.on(etype, fn)
   B.by_type = {}
 end
 
+local CIRCUMSTANCE = { region = true, channel = true, product = true }
+
+-- variation { region=, channel=, product= } { declarations... }
+function D.variation(circ)
+  if open_variation then
+    fail("variation: variations cannot be nested")
+  end
+  if type(circ) ~= "table" then
+    fail(sfmt("variation: expected { region = ..., channel = ..., product = ... }, got %s", tname(circ)))
+  end
+  local keys = 0
+  for k, v in pairs(circ) do
+    if not CIRCUMSTANCE[k] then
+      fail(sfmt("variation: unknown circumstance '%s' (known: channel, product, region)", tostring(k)))
+    end
+    if type(v) ~= "string" then
+      fail(sfmt("variation: %s must be a string, got %s", k, tname(v)))
+    end
+    keys = keys + 1
+  end
+  if keys == 0 then fail("variation: name at least one of region, channel, product") end
+  local v = {
+    circ = { region = circ.region, channel = circ.channel, product = circ.product },
+    keys = keys, order = #B.variations + 1,
+    params = {}, action_specs = {}, aorder = {}, cases = {}, journeys = {},
+    levers = {},
+  }
+  open_variation = v
+  open_variation_line = here()
+  return function(decls)
+    open_variation = nil
+    if type(decls) ~= "table" then
+      fail(sfmt("variation: expected a table of declarations, got %s", tname(decls)))
+    end
+    B.variations[#B.variations + 1] = v
+    B.views, B.nviews = {}, 0
+  end
+end
+
+------------------------------------------------------------------------
+-- Resolution: the view of the declarations for one circumstance
+------------------------------------------------------------------------
+
+local function finish_action(name, spec)
+  local a = { name = name }
+  for k, v in pairs(spec) do a[k] = v end
+  if type(a.value) ~= "number" then
+    fail(sfmt("action '%s': value must be a number, got %s", name, tname(a.value)))
+  end
+  a.weight = a.weight or 1
+  a.prior = a.prior or 0.5
+  if a.channels then
+    a.channel_set = {}
+    for _, ch in ipairs(a.channels) do a.channel_set[ch] = true end
+  end
+  local l = a.limits
+  if l then
+    a.cooldown_ms = l.cooldown and duration(l.cooldown)
+  end
+  return a
+end
+
+local function matches(v, ctx)
+  local c = v.circ
+  return (c.region == nil or c.region == ctx.region)
+     and (c.channel == nil or c.channel == ctx.channel)
+     and (c.product == nil or c.product == ctx.product)
+end
+
+local function by_specificity(x, y)
+  if x.keys ~= y.keys then return x.keys < y.keys end
+  return x.order < y.order
+end
+
+-- build_view merges every matching variation into the base, least specific
+-- first, later declarations winning ties.
+local function build_view(ctx)
+  local list = {}
+  for _, v in ipairs(B.variations) do
+    if matches(v, ctx) then list[#list + 1] = v end
+  end
+  tsort(list, by_specificity)
+  local params, specs, aorder = B.params, {}, {}
+  local seen = {}
+  for _, name in ipairs(B.aorder) do
+    specs[name] = B.action_specs[name]; aorder[#aorder + 1] = name; seen[name] = true
+  end
+  local levers, policy = B.levers, B.policy
+  local max_per_group, arbitrate = B.max_per_group, B.arbitrate
+  local cases, journeys = B.cases, B.journeys
+  local applied = arr()
+  for _, v in ipairs(list) do
+    applied[#applied + 1] = v.circ
+    params = merge(params, v.params)
+    for _, name in ipairs(v.aorder) do
+      specs[name] = merge(specs[name], v.action_specs[name])
+      if not seen[name] then aorder[#aorder + 1] = name; seen[name] = true end
+    end
+    levers = merge(levers, v.levers)
+    if v.policy then policy = merge(policy, v.policy) end
+    max_per_group = v.max_per_group or max_per_group
+    arbitrate = v.arbitrate or arbitrate
+    if next(v.cases) then
+      cases = merge(cases, {})
+      for name, spec in pairs(v.cases) do
+        local s = merge(B.cases[name].spec, spec)
+        cases[name] = { name = name, sla = s.sla and duration(s.sla), spec = s }
+      end
+    end
+    if next(v.journeys) then
+      journeys = merge(journeys, {})
+      for name, spec in pairs(v.journeys) do
+        journeys[name] = finish_journey(name, merge(journeys[name].spec, spec))
+      end
+    end
+  end
+  local actions = {}
+  for _, name in ipairs(aorder) do actions[name] = finish_action(name, specs[name]) end
+  return {
+    params = params, actions = actions, aorder = aorder, levers = levers,
+    policy = policy, max_per_group = max_per_group, arbitrate = arbitrate,
+    cases = cases, journeys = journeys, applied = applied,
+  }
+end
+
+-- resolve costs one table lookup once a circumstance has been seen.
+local function resolve(ctx)
+  local key = (ctx.region or "") .. "\1" .. (ctx.channel or "") .. "\1" .. (ctx.product or "")
+  local view = B.views[key]
+  if view then return view end
+  view = build_view(ctx)
+  if B.nviews >= MAX_VIEWS then B.views, B.nviews = {}, 0 end
+  B.views[key] = view
+  B.nviews = B.nviews + 1
+  return view
+end
+
+-- check_all runs once every file has loaded: the references between
+-- declarations, and every variation's view resolved once so that its
+-- errors surface at load and not on a customer's event.
+local function check_all()
+  if open_variation then
+    local at = open_variation_line or "?"
+    open_variation = nil
+    error(sfmt("%s: variation {...} must be followed by a table of declarations", at), 0)
+  end
+  local groups = {}
+  for name, spec in pairs(B.action_specs) do
+    if spec.group then groups[spec.group] = true end
+  end
+  for _, v in ipairs(B.variations) do
+    for name, spec in pairs(v.action_specs) do
+      if spec.group then groups[spec.group] = true end
+    end
+  end
+  local function check_levers(levers, where)
+    for k in pairs(levers) do
+      if not B.all_actions[k] and not groups[k] then
+        error(sfmt("%s: %slevers: '%s' is neither an action nor a group",
+                   B.where["lever:" .. k] or "?", where, k), 0)
+      end
+    end
+  end
+  check_levers(B.levers, "")
+  for name, j in pairs(B.journeys) do
+    if j.goal and not j.stage_set[j.goal] then
+      error(sfmt("journey '%s': goal '%s' is not one of its stages", name, j.goal), 0)
+    end
+  end
+  for name, spec in pairs(B.action_specs) do
+    if spec.value == nil then
+      error(sfmt("%s: action '%s': value is required", B.where["action:" .. name] or "?", name), 0)
+    end
+  end
+  for _, v in ipairs(B.variations) do
+    local where = sfmt("variation %s: ", tostring(v.circ.region or "") .. "/" ..
+                       tostring(v.circ.channel or "") .. "/" .. tostring(v.circ.product or ""))
+    check_levers(v.levers, where)
+    for name, spec in pairs(v.action_specs) do
+      if not B.action_specs[name] and spec.value == nil then
+        error(sfmt("%s: %saction '%s' exists only in this variation, so it needs a value",
+                   B.where["action:" .. name] or "?", where, name), 0)
+      end
+    end
+    build_view(v.circ)
+  end
+  build_view({})
+end
+
 ------------------------------------------------------------------------
 -- The customer object
 ------------------------------------------------------------------------
@@ -260,8 +589,8 @@ local C = {}
 C.__index = C
 C.__name = "customer"
 
-local function journey_of(name)
-  local j = B.journeys[name]
+local function journey_of(c, name)
+  local j = c._view.journeys[name]
   if not j then
     fail(sfmt("unknown journey '%s'", tostring(name)))
   end
@@ -269,13 +598,13 @@ local function journey_of(name)
 end
 
 function C:stage(jname)
-  journey_of(jname)
+  journey_of(self, jname)
   local js = self._s.journeys[jname]
   return js and js.stage
 end
 
 function C:advance(jname, stage)
-  local j = journey_of(jname)
+  local j = journey_of(self, jname)
   if not j.stage_set[stage] then
     fail(sfmt("journey '%s' has no stage '%s'", jname, tostring(stage)))
   end
@@ -320,7 +649,7 @@ function C:history(action)
 end
 
 function C:open_case(name, data)
-  local k = B.cases[name]
+  local k = self._view.cases[name]
   if not k then fail(sfmt("unknown case '%s'", tostring(name))) end
   local cs = { status = "open", opened_at = self.now, data = data }
   if k.sla then cs.due_at = self.now + k.sla end
@@ -335,6 +664,39 @@ function C:close_case(name, outcome)
   cs.status, cs.outcome, cs.closed_at = "closed", outcome, self.now
 end
 
+-- c:cohort(experiment, { name = share, ... }): a stable assignment, from a
+-- hash of business, experiment and customer, kept in the customer's state
+-- so that later changes of the shares do not move anyone.
+function C:cohort(exp, shares)
+  if type(exp) ~= "string" or exp == "" then
+    fail(sfmt("c:cohort: the experiment name must be a string, got %s", tname(exp)))
+  end
+  local cs = self._s.cohorts
+  if cs and cs[exp] then return cs[exp] end
+  if type(shares) ~= "table" then
+    fail(sfmt("c:cohort('%s', shares): shares must be a table such as { control = 0.1, treatment = 0.9 }", exp))
+  end
+  local names, total = {}, 0
+  for k, v in pairs(shares) do
+    if type(k) ~= "string" or type(v) ~= "number" or v < 0 then
+      fail(sfmt("c:cohort('%s', shares): every share must be name = number", exp))
+    end
+    names[#names + 1] = k
+    total = total + v
+  end
+  if total <= 0 then fail(sfmt("c:cohort('%s', shares): the shares add up to 0", exp)) end
+  tsort(names)
+  local u = H.hash01(H.business .. "\0" .. exp .. "\0" .. self.id) * total
+  local pick = names[#names]
+  for _, k in ipairs(names) do
+    u = u - shares[k]
+    if u < 0 then pick = k; break end
+  end
+  if not cs then cs = {}; self._s.cohorts = cs end
+  cs[exp] = pick
+  return pick
+end
+
 local function new_state(id, now)
   return {
     id = id, attrs = {}, counters = {}, journeys = {}, cases = {},
@@ -342,10 +704,10 @@ local function new_state(id, now)
   }
 end
 
-local function new_customer(st, ctx, now)
+local function new_customer(st, ctx, view, now)
   return setmetatable({
-    id = st.id, attrs = st.attrs, context = ctx, params = B.params, now = now,
-    _s = st, _emitted = arr(),
+    id = st.id, attrs = st.attrs, context = ctx, params = view.params, now = now,
+    _s = st, _view = view, _emitted = arr(),
   }, C)
 end
 
@@ -373,51 +735,230 @@ local function by_score(x, y)
   return x.name < y.name
 end
 
-local function nba(c, channel, limit, record)
-  local cands = {}
-  local hist = c._s.actions
-  for _, name in ipairs(B.aorder) do
-    local a = B.actions[name]
-    local ok = true
-    if channel and a.channel_set and not a.channel_set[channel] then ok = false end
-    if ok and a.eligible and not a.eligible(c) then ok = false end
-    if ok then
-      local p
-      if a.propensity then
-        p = a.propensity(c)
-        if type(p) ~= "number" then
-          fail(sfmt("action '%s': propensity(c) must return a number, got %s", name, tname(p)))
-        end
-        p = clamp01(p)
-      else
-        local h = hist[name]
-        local acc = h and h.accepted or 0
-        local rej = (h and h.rejected or 0) + (h and h.ignored or 0)
-        p = (2 * a.prior + acc) / (2 + acc + rej)
+-- A small seeded generator (splitmix64) so that exploration is
+-- reproducible for a given request.
+local function rng(seed)
+  local s = seed
+  return function()
+    s = s + 0x9E3779B97F4A7C15
+    local z = s
+    z = (z ~ (z >> 30)) * 0xBF58476D1CE4E5B9
+    z = (z ~ (z >> 27)) * 0x94D049BB133111EB
+    z = z ~ (z >> 31)
+    return ((z >> 11) + 0.5) / 9007199254740992.0
+  end
+end
+
+local function gamma(k, u)
+  if k < 1 then
+    return gamma(k + 1, u) * u() ^ (1 / k)
+  end
+  local d = k - 1 / 3
+  local c = 1 / math.sqrt(9 * d)
+  while true do
+    local x = math.sqrt(-2 * math.log(u())) * math.cos(2 * math.pi * u())
+    local v = 1 + c * x
+    if v > 0 then
+      v = v * v * v
+      local w = u()
+      if math.log(w) < 0.5 * x * x + d - d * v + d * math.log(v) then
+        return d * v
       end
+    end
+  end
+end
+
+local function beta_sample(a, b, u)
+  local x, y = gamma(a, u), gamma(b, u)
+  return x / (x + y)
+end
+
+-- propensity: the action's own function, else the adaptive model: a
+-- Beta-Bernoulli estimate per (action, channel) learnt from responses,
+-- with the action's prior worth two responses.
+local function propensity(c, a, channel, seed)
+  if a.propensity then
+    local p = a.propensity(c)
+    if type(p) ~= "number" then
+      fail(sfmt("action '%s': propensity(c) must return a number, got %s", a.name, tname(p)))
+    end
+    return clamp01(p), "rule"
+  end
+  local acc, fails = H.model_get(a.name, channel or "*")
+  local alpha, beta = 2 * a.prior + acc, 2 * (1 - a.prior) + fails
+  if a.explore then
+    if alpha <= 0 then return 0, "explore" end
+    if beta <= 0 then return 1, "explore" end
+    local u = rng(H.hash64(seed .. "\0" .. a.name))
+    return beta_sample(alpha, beta, u), "explore"
+  end
+  return alpha / (alpha + beta), "model"
+end
+
+local function prune(list, since)
+  local out, j = arr(), 0
+  for i = 1, #list do
+    local t = list[i]
+    if (type(t) == "table" and t.at or t) >= since then j = j + 1; out[j] = t end
+  end
+  return out
+end
+
+-- limit_reason checks an action's contact limits against the customer's
+-- history of it: nil when it may be shown, else which limit and why.
+local function limit_reason(a, h, now)
+  local l = a.limits
+  if not l or not h then return nil end
+  if l.max_impressions and (h.impressions or 0) >= l.max_impressions then
+    return "max_impressions", sfmt("shown %d times, at most %d", h.impressions or 0, l.max_impressions)
+  end
+  if l.stop_after_rejects and (h.rejected or 0) >= l.stop_after_rejects then
+    return "stop_after_rejects", sfmt("rejected %d times, stops after %d", h.rejected or 0, l.stop_after_rejects)
+  end
+  if a.cooldown_ms and h.last_shown and now - h.last_shown < a.cooldown_ms then
+    return "cooldown", sfmt("last shown %d s ago, cooldown %s", (now - h.last_shown) // 1000, l.cooldown)
+  end
+  if l.per_day and h.recent then
+    local n = 0
+    for _, t in ipairs(h.recent) do if t > now - DAY then n = n + 1 end end
+    if n >= l.per_day then
+      return "per_day", sfmt("shown %d times in the last 24 h, at most %d", n, l.per_day)
+    end
+  end
+  return nil
+end
+
+local function nba(c, view, req)
+  local st, now = c._s, c.now
+  local channel = c.context.channel
+  local limit = req.limit or 3
+  local record = req.record ~= false
+  local trace = req.explain and arr() or nil
+  local seed = c.id .. "\0" .. (req.id or tostring(now))
+  if trace then
+    trace[#trace + 1] = { step = "variations", applied = view.applied }
+  end
+  local hist = st.actions
+  local cands = {}
+  for _, name in ipairs(view.aorder) do
+    local a = view.actions[name]
+    local reason, why
+    if channel and a.channel_set and not a.channel_set[channel] then
+      reason, why = "channel", sfmt("not offered on channel '%s'", channel)
+    elseif a.eligible and not a.eligible(c) then
+      reason, why = "ineligible", "eligible(c) returned false"
+    else
+      reason, why = limit_reason(a, hist[name], now)
+    end
+    if reason then
+      if trace then
+        trace[#trace + 1] = { step = "action", action = name, kept = false, reason = reason, why = why }
+      end
+    else
+      local p, source = propensity(c, a, channel, seed)
+      local lever = (view.levers[name] or 1) * (a.group and view.levers[a.group] or 1)
       cands[#cands + 1] = {
-        name = name, score = p * a.value * a.weight, value = a.value,
+        name = name, score = p * a.value * a.weight * lever, value = a.value,
         propensity = p, group = a.group,
         channel = channel or (a.channels and a.channels[1]),
         payload = a.payload,
+        _weight = a.weight, _lever = lever, _source = source,
       }
     end
   end
   tsort(cands, by_score)
-  local out = arr()
-  for i = 1, math.min(limit, #cands) do
-    out[i] = cands[i]
-    if record then
-      local h = hist[cands[i].name]
-      if not h then
-        h = { impressions = 0, accepted = 0, rejected = 0, ignored = 0 }
-        hist[cands[i].name] = h
+  if view.arbitrate then
+    local out = view.arbitrate(c, cands)
+    if type(out) ~= "table" then
+      fail(sfmt("arbitrate: must return the list of candidates, got %s", tname(out)))
+    end
+    local known = {}
+    for _, x in ipairs(cands) do known[x] = true end
+    for i, x in ipairs(out) do
+      if not known[x] then
+        fail(sfmt("arbitrate: entry %d is not one of the candidates it was given", i))
       end
-      h.impressions = h.impressions + 1
-      h.last_shown = c.now
+    end
+    if trace then
+      local kept = {}
+      for _, x in ipairs(out) do kept[x] = true end
+      for _, x in ipairs(cands) do
+        if not kept[x] then
+          trace[#trace + 1] = { step = "action", action = x.name, kept = false,
+                                reason = "arbitrate", why = "removed by arbitrate(c, candidates)" }
+        end
+      end
+    end
+    cands = out
+  end
+  -- selection under max_per_group, the customer's contact budget and limit
+  local policy = view.policy
+  local day_total, by_channel = 0, {}
+  if policy then
+    for _, t in ipairs(st.contacts or {}) do
+      if t.at > now - DAY then
+        day_total = day_total + 1
+        if t.channel then by_channel[t.channel] = (by_channel[t.channel] or 0) + 1 end
+      end
     end
   end
-  return out
+  local per_group = {}
+  local out = arr()
+  for rank, x in ipairs(cands) do
+    local reason, why
+    local g = x.group
+    if view.max_per_group and g and (per_group[g] or 0) >= view.max_per_group then
+      reason, why = "max_per_group", sfmt("group '%s' already has %d", g, view.max_per_group)
+    elseif policy and policy.max_per_day and day_total >= policy.max_per_day then
+      reason, why = "max_per_day", sfmt("the customer's budget of %d contacts a day is spent", policy.max_per_day)
+    elseif policy and policy.per_channel and x.channel and policy.per_channel[x.channel]
+           and (by_channel[x.channel] or 0) >= policy.per_channel[x.channel] then
+      reason, why = "per_channel", sfmt("the budget of %d contacts a day on '%s' is spent",
+                                        policy.per_channel[x.channel], x.channel)
+    elseif #out >= limit then
+      reason, why = "limit", sfmt("ranked below the top %d", limit)
+    end
+    if trace then
+      trace[#trace + 1] = {
+        step = "action", action = x.name, kept = reason == nil, reason = reason, why = why,
+        rank = rank, score = x.score,
+        factors = { propensity = x.propensity, value = x.value, weight = x._weight,
+                    lever = x._lever, source = x._source },
+      }
+    end
+    if not reason then
+      out[#out + 1] = {
+        name = x.name, score = x.score, value = x.value, propensity = x.propensity,
+        group = x.group, channel = x.channel, payload = x.payload,
+      }
+      if g then per_group[g] = (per_group[g] or 0) + 1 end
+      day_total = day_total + 1
+      if x.channel then by_channel[x.channel] = (by_channel[x.channel] or 0) + 1 end
+    end
+  end
+  if record and #out > 0 then
+    for _, x in ipairs(out) do
+      local h = hist[x.name]
+      if not h then
+        h = { impressions = 0, accepted = 0, rejected = 0, ignored = 0 }
+        hist[x.name] = h
+      end
+      h.impressions = h.impressions + 1
+      h.last_shown = now
+      local a = view.actions[x.name]
+      if a.limits and a.limits.per_day then
+        local r = prune(h.recent or {}, now - DAY)
+        r[#r + 1] = now
+        h.recent = r
+      end
+    end
+    if policy then
+      local cl = prune(st.contacts or {}, now - DAY)
+      for _, x in ipairs(out) do cl[#cl + 1] = { at = now, channel = x.channel } end
+      st.contacts = cl
+    end
+  end
+  return out, trace, record and #out > 0
 end
 
 ------------------------------------------------------------------------
@@ -444,6 +985,31 @@ local function journeys_reply(st)
   return out
 end
 
+local OUTCOMES = { accepted = true, rejected = true, ignored = true }
+
+-- respond records a customer's answer to an action: the action's history
+-- and the adaptive model (in the event's transaction).
+local function respond(st, ctx, data, now)
+  local name, outcome = data.action, data.outcome
+  if type(name) ~= "string" or not B.all_actions[name] then
+    coded("bad_request", sfmt("a response needs data.action naming a declared action, got %s",
+                              type(name) == "string" and sfmt("'%s'", name) or tname(name)))
+  end
+  if not OUTCOMES[outcome] then
+    coded("bad_request", sfmt("a response needs data.outcome = accepted, rejected or ignored, got %s",
+                              type(outcome) == "string" and sfmt("'%s'", outcome) or tname(outcome)))
+  end
+  local h = st.actions[name]
+  if not h then
+    h = { impressions = 0, accepted = 0, rejected = 0, ignored = 0 }
+    st.actions[name] = h
+  end
+  h[outcome] = (h[outcome] or 0) + 1
+  h.last_response = now
+  H.model_add(name, "*", outcome)
+  if ctx.channel then H.model_add(name, ctx.channel, outcome) end
+end
+
 local API = {}
 
 -- event runs the handlers for req.type and, when asked, decides.
@@ -452,9 +1018,12 @@ local API = {}
 function API.event(st, req, now, version)
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
-  local c = new_customer(st, ctx, now)
+  local view = resolve(ctx)
+  local data = req.data or {}
+  if req.type == "response" then respond(st, ctx, data, now) end
+  local c = new_customer(st, ctx, view, now)
   local ev = {
-    type = req.type, id = req.id, ts = req.ts or now, data = req.data or {},
+    type = req.type, id = req.id, ts = req.ts or now, data = data,
     channel = req.channel, region = req.region, product = req.product,
   }
   local list = handlers_for(req.type)
@@ -462,10 +1031,17 @@ function API.event(st, req, now, version)
     list[i](c, ev)
   end
   st.updated_at = now
-  local reply = { ok = true, rules = version, journeys = journeys_reply(st) }
+  local reply = { ok = true, rules = version }
   if req.decide ~= false then
-    reply.actions = nba(c, ctx.channel, req.limit or 3, true)
+    -- the handlers may have changed what the circumstance is
+    local ctx2 = context_of(req, st)
+    if ctx2.region ~= ctx.region or ctx2.channel ~= ctx.channel or ctx2.product ~= ctx.product then
+      c.context, c._view = ctx2, resolve(ctx2)
+      c.params = c._view.params
+    end
+    reply.actions, reply.trace = nba(c, c._view, req)
   end
+  reply.journeys = journeys_reply(st)
   if #c._emitted > 0 then reply.emitted = c._emitted end
   return st, reply
 end
@@ -474,18 +1050,22 @@ end
 function API.decide(st, req, now, version)
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
-  local c = new_customer(st, ctx, now)
-  local record = req.record ~= false
+  local view = resolve(ctx)
+  local c = new_customer(st, ctx, view, now)
+  local actions, trace, changed = nba(c, view, req)
   local reply = {
     ok = true, rules = version, journeys = journeys_reply(st),
-    actions = nba(c, ctx.channel, req.limit or 3, record),
+    actions = actions, trace = trace,
   }
-  if record then
+  if changed then
     st.updated_at = now
     return st, reply
   end
   return nil, reply -- nothing recorded: the stored state stays as it is
 end
+
+API.check = check_all
+API.CODED = CODED
 
 ------------------------------------------------------------------------
 -- The sandbox: the environment the business's rule files run in

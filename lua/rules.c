@@ -14,6 +14,7 @@
 
 #include "../core/err.h"
 #include "../core/log.h"
+#include "../core/store.h"
 #include "conv.h"
 #include "prelude.h" // generated: ch_prelude_lua[], ch_prelude_lua_len
 
@@ -38,6 +39,7 @@ struct ch_biz {
 	uint64_t budget;
 	bool     limit_hit;  // the running call ran out of budget
 	const char *limit_what;
+	ch_rule_out *cur;    // the call running, for the model's store access
 };
 
 struct ch_rules {
@@ -129,6 +131,12 @@ static int
 msgh(lua_State *L)
 {
 	const char *msg;
+	if (lua_type(L, 1) == LUA_TTABLE &&
+	    lua_getfield(L, 1, "code") == LUA_TSTRING) {
+		lua_settop(L, 1);
+		return (1); // a coded error (bad_request...): kept as it is
+	}
+	lua_settop(L, 1);
 	if (lua_type(L, 1) == LUA_TSTRING) {
 		msg = lua_tostring(L, 1);
 	} else if (luaL_callmeta(L, 1, "__tostring") &&
@@ -182,7 +190,135 @@ pcall_rule(ch_biz *b, int nargs, int nres)
 		lua_gc(L, LUA_GCCOLLECT);
 		return (CH_ERULELIMIT);
 	}
+	if (lua_type(L, -1) == LUA_TTABLE) {
+		lua_getfield(L, -1, "code");
+		const char *code = lua_tostring(L, -1);
+		int rv = CH_ERULE;
+		if (code != NULL && strcmp(code, "bad_request") == 0) {
+			rv = CH_EBADREQ;
+		}
+		lua_getfield(L, -2, "message");
+		lua_replace(L, -3);
+		lua_pop(L, 1);
+		return (rv);
+	}
 	return (b->limit_hit ? CH_ERULELIMIT : CH_ERULE);
+}
+
+static uint64_t
+fnv1a64(const void *p, size_t n)
+{
+	const unsigned char *s = p;
+	uint64_t             h = 0xcbf29ce484222325ull;
+	for (size_t i = 0; i < n; i++) {
+		h ^= s[i];
+		h *= 0x100000001b3ull;
+	}
+	// finalise (splitmix64) so that close inputs spread over all bits
+	h ^= h >> 30;
+	h *= 0xbf58476d1ce4e5b9ull;
+	h ^= h >> 27;
+	h *= 0x94d049bb133111ebull;
+	h ^= h >> 31;
+	return (h);
+}
+
+static int
+l_hash64(lua_State *L)
+{
+	size_t      n;
+	const char *s = luaL_checklstring(L, 1, &n);
+	lua_pushinteger(L, (lua_Integer) fnv1a64(s, n));
+	return (1);
+}
+
+static int
+l_hash01(lua_State *L)
+{
+	size_t      n;
+	const char *s = luaL_checklstring(L, 1, &n);
+	lua_pushnumber(L, (double) (fnv1a64(s, n) >> 11) / 9007199254740992.0);
+	return (1);
+}
+
+// The adaptive model's counts per (business, action, channel): three u64,
+// accepted, rejected, ignored, in the models database, read and written
+// in the event's own transaction.
+static size_t
+model_key(ch_biz *b, lua_State *L, char *key, size_t cap)
+{
+	size_t      an, cn;
+	const char *a = luaL_checklstring(L, 1, &an);
+	const char *c = luaL_checklstring(L, 2, &cn);
+	size_t      bn = strlen(b->name);
+	if (bn + an + cn + 2 > cap) {
+		luaL_error(L, "model key too long");
+	}
+	memcpy(key, b->name, bn + 1);
+	memcpy(key + bn + 1, a, an);
+	key[bn + 1 + an] = '\0';
+	memcpy(key + bn + 2 + an, c, cn);
+	return (bn + an + cn + 2);
+}
+
+static int
+model_read(ch_biz *b, const char *key, size_t klen, uint64_t v[3])
+{
+	MDB_val val;
+	v[0] = v[1] = v[2] = 0;
+	int rc = ch_store_get(b->cur->store, b->cur->txn, CH_DB_MODELS, key, klen,
+	    &val);
+	if (rc == CH_OK && val.mv_size == 3 * sizeof(uint64_t)) {
+		memcpy(v, val.mv_data, 3 * sizeof(uint64_t));
+	} else if (rc != CH_OK && rc != CH_ENOTFOUND) {
+		return (rc);
+	}
+	return (CH_OK);
+}
+
+static int
+l_model_get(lua_State *L)
+{
+	ch_biz  *b = biz_of(L);
+	char     key[64 + 2 * 256 + 2];
+	uint64_t v[3] = { 0, 0, 0 };
+	size_t   klen = model_key(b, L, key, sizeof(key));
+	if (b->cur != NULL && b->cur->store != NULL) {
+		int rc = model_read(b, key, klen, v);
+		if (rc != CH_OK) {
+			b->cur->store_err = rc;
+			return (luaL_error(L, "the store failed"));
+		}
+	}
+	lua_pushinteger(L, (lua_Integer) v[0]);
+	lua_pushinteger(L, (lua_Integer) (v[1] + v[2]));
+	return (2);
+}
+
+static int
+l_model_add(lua_State *L)
+{
+	ch_biz     *b = biz_of(L);
+	char        key[64 + 2 * 256 + 2];
+	uint64_t    v[3];
+	size_t      klen    = model_key(b, L, key, sizeof(key));
+	const char *outcome = luaL_checkstring(L, 3);
+	if (b->cur == NULL || b->cur->store == NULL) {
+		return (0);
+	}
+	int rc = model_read(b, key, klen, v);
+	if (rc == CH_OK) {
+		v[strcmp(outcome, "accepted") == 0   ? 0
+		    : strcmp(outcome, "rejected") == 0 ? 1
+		                                       : 2]++;
+		rc = ch_store_put(b->cur->store, b->cur->txn, CH_DB_MODELS, key,
+		    klen, v, sizeof(v));
+	}
+	if (rc != CH_OK) {
+		b->cur->store_err = rc;
+		return (luaL_error(L, "the store failed"));
+	}
+	return (0);
 }
 
 static int
@@ -372,6 +508,16 @@ open_state(ch_biz *b)
 	lua_setfield(L, -2, "array_mt");
 	lua_pushcfunction(L, l_log);
 	lua_setfield(L, -2, "log");
+	lua_pushcfunction(L, l_hash64);
+	lua_setfield(L, -2, "hash64");
+	lua_pushcfunction(L, l_hash01);
+	lua_setfield(L, -2, "hash01");
+	lua_pushcfunction(L, l_model_get);
+	lua_setfield(L, -2, "model_get");
+	lua_pushcfunction(L, l_model_add);
+	lua_setfield(L, -2, "model_add");
+	lua_pushstring(L, b->name);
+	lua_setfield(L, -2, "business");
 	if (pcall_rule(b, 1, 1) != CH_OK) {       /* API */
 		set_error(b, lua_tostring(L, -1), NULL);
 		return (-1);
@@ -472,6 +618,15 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 			lua_settop(L, 0);
 			goto out;
 		}
+	}
+	// cross-references between declarations, once everything is loaded
+	lua_rawgeti(b->L, LUA_REGISTRYINDEX, b->api);
+	lua_getfield(b->L, -1, "check");
+	lua_remove(b->L, -2);
+	if (pcall_rule(b, 0, 0) != CH_OK) {
+		set_error(b, lua_tostring(b->L, -1), NULL);
+		lua_settop(b->L, 0);
+		goto out;
 	}
 	snprintf(b->version, sizeof(b->version), "%012llx",
 	    (unsigned long long) (h & 0xffffffffffffull));
@@ -842,7 +997,13 @@ run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
 	lua_settop(L, 0);
 	lua_pushcfunction(L, do_call);
 	lua_pushlightuserdata(L, &a);
-	int rv = pcall_rule(b, 1, 0);
+	out->store_err = CH_OK;
+	b->cur         = out;
+	int rv         = pcall_rule(b, 1, 0);
+	b->cur         = NULL;
+	if (rv != CH_OK && out->store_err != CH_OK) {
+		rv = out->store_err; // the store, not the rule, failed
+	}
 	if (rv != CH_OK) {
 		snprintf(out->errmsg, sizeof(out->errmsg), "%s",
 		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "rule failed");

@@ -50,7 +50,12 @@ const char *ch_biz_version(const ch_biz *b);
 
 // What one rule call produced. The caller owns the buffers and clears them
 // before each call.
+typedef struct ch_store ch_store;
+
 typedef struct {
+	ch_store        *store;   // for the adaptive model; NULL: none kept
+	void            *txn;     // the event's MDB_txn (with store)
+	int              store_err; // set when the store failed mid-call
 	msgpack_sbuffer *state;   // the new customer state; empty: unchanged
 	msgpack_sbuffer *reply;   // the reply map
 	msgpack_sbuffer *emits;   // pub messages, each: u32 length ‖ topic \0 map
@@ -59,7 +64,9 @@ typedef struct {
 
 // ch_biz_event runs the handlers of an event and, when asked, the next best
 // action. state/slen is the stored customer (NULL for a new one). Returns
-// CH_OK, CH_ERULE or CH_ERULELIMIT (errmsg says why, with file:line).
+// CH_OK, CH_ERULE or CH_ERULELIMIT (errmsg says why, with file:line),
+// CH_EBADREQ for a malformed response event, or the store's error
+// (CH_ESTORAGEFULL, CH_EINTERNAL) when the model could not be written.
 int ch_biz_event(ch_biz *b, const ch_req *req, const void *state, size_t slen,
     int64_t now, ch_rule_out *out);
 
