@@ -10,6 +10,7 @@
 
 local H = ...
 local getinfo, array_mt = H.getinfo, H.array_mt
+local debug_getmetatable = H.getmetatable
 
 local type, pairs, ipairs, next, error, tostring, select =
       type, pairs, ipairs, next, error, tostring, select
@@ -146,10 +147,14 @@ end
 -- check validates spec against a schema { field = checker } where a checker
 -- is a type name ("number", "string", "function", "boolean", "table",
 -- "strings", "duration") or a function(v, what) returning a message.
+local check_params -- the params a declaration's references are checked with
+local subst        -- replaces params references (defined with params below)
+
 local function check(kind, name, spec, schema)
   if type(spec) ~= "table" then
     fail(sfmt("%s '%s': expected a table of fields, got %s", kind, name, tname(spec)))
   end
+  spec = subst(spec, check_params())
   for k, v in pairs(spec) do
     local want = schema[k]
     local what = sfmt("%s '%s': %s", kind, name, tostring(k))
@@ -202,8 +207,51 @@ local function target()
   return open_variation or B
 end
 
+check_params = function()
+  if open_variation then return merge(B.params, open_variation.params) end
+  return B.params
+end
+
 -- params is both the declaration, params { name = value }, and the table
--- the declared values are read from later, as in params.premium_price.
+-- the declared values are read from. In a declaration, params.x is a
+-- reference resolved per circumstance, so that a variation's params reach
+-- the payloads and SLAs that name them; inside a handler or predicate it is
+-- the value resolved for the customer's circumstance (as c.params.x).
+local REF = {}
+local current_params = nil
+
+local function ref_misuse(r)
+  local n = rawget(r, 1)
+  error(sfmt("params.%s is resolved per circumstance: use it as a whole field value in a declaration, or c.params.%s inside a function", n, n), 2)
+end
+for _, mm in ipairs { "__add", "__sub", "__mul", "__div", "__mod", "__pow", "__unm",
+                      "__idiv", "__band", "__bor", "__bxor", "__shl", "__shr", "__bnot",
+                      "__concat", "__len", "__lt", "__le", "__call", "__index",
+                      "__newindex" } do
+  REF[mm] = ref_misuse
+end
+REF.__tostring = function(r) return "params." .. rawget(r, 1) end
+REF.__metatable = false
+
+-- subst replaces every params reference in v by its value in params.
+function subst(v, params)
+  if type(v) ~= "table" then return v end
+  if rawequal(debug_getmetatable(v), REF) then return params[rawget(v, 1)] end
+  local out
+  for k, x in next, v do
+    local y = subst(x, params)
+    if not rawequal(y, x) then
+      if not out then
+        out = {}
+        for k2, x2 in next, v do out[k2] = x2 end
+        setmetatable(out, debug_getmetatable(v))
+      end
+      out[k] = y
+    end
+  end
+  return out or v
+end
+
 D.params = setmetatable({}, {
   __call = function(_, t)
     if type(t) ~= "table" then
@@ -215,7 +263,14 @@ D.params = setmetatable({}, {
       into[k] = v
     end
   end,
-  __index = B.params,
+  __index = function(_, k)
+    if current_params then return current_params[k] end
+    if B.params[k] == nil and not (open_variation and open_variation.params[k] ~= nil) then
+      fail(sfmt("params: '%s' is not declared (declare it first with params { %s = ... })",
+                tostring(k), tostring(k)))
+    end
+    return setmetatable({ k }, REF)
+  end,
   __newindex = function() fail("params are declared with params { name = value }") end,
   __metatable = false,
 })
@@ -251,7 +306,8 @@ function D.journey(name)
     check("journey", name, spec, JOURNEY)
     if into == B then
       if B.journeys[name] == nil then B.jorder[#B.jorder + 1] = name end
-      B.journeys[name] = finish_journey(name, spec)
+      B.journeys[name] = finish_journey(name, subst(spec, B.params))
+      B.journeys[name].spec = spec
     else
       if B.journeys[name] == nil then
         fail(sfmt("variation: journey '%s' is not declared outside the variation", name))
@@ -301,7 +357,7 @@ function D.action(name)
   local into = target()
   return function(spec)
     check("action", name, spec, ACTION)
-    if into == B and spec.value == nil then
+    if into == B and subst(spec, B.params).value == nil then
       fail(sfmt("action '%s': value is required", name))
     end
     if into.action_specs[name] == nil then into.aorder[#into.aorder + 1] = name end
@@ -319,7 +375,8 @@ function D.case(name)
   return function(spec)
     check("case", name, spec, CASE)
     if into == B then
-      B.cases[name] = { name = name, sla = spec.sla and duration(spec.sla), spec = spec }
+      local v = subst(spec, B.params)
+      B.cases[name] = { name = name, sla = v.sla and duration(v.sla), spec = spec }
     else
       if B.cases[name] == nil then
         fail(sfmt("variation: case '%s' is not declared outside the variation", name))
@@ -481,7 +538,9 @@ local function build_view(ctx)
   end
   local levers, policy = B.levers, B.policy
   local max_per_group, arbitrate = B.max_per_group, B.arbitrate
-  local cases, journeys = B.cases, B.journeys
+  local case_specs, journey_specs = {}, {}
+  for name, k in pairs(B.cases) do case_specs[name] = k.spec end
+  for name, j in pairs(B.journeys) do journey_specs[name] = j.spec end
   local applied = arr()
   for _, v in ipairs(list) do
     applied[#applied + 1] = v.circ
@@ -494,22 +553,22 @@ local function build_view(ctx)
     if v.policy then policy = merge(policy, v.policy) end
     max_per_group = v.max_per_group or max_per_group
     arbitrate = v.arbitrate or arbitrate
-    if next(v.cases) then
-      cases = merge(cases, {})
-      for name, spec in pairs(v.cases) do
-        local s = merge(B.cases[name].spec, spec)
-        cases[name] = { name = name, sla = s.sla and duration(s.sla), spec = s }
-      end
-    end
-    if next(v.journeys) then
-      journeys = merge(journeys, {})
-      for name, spec in pairs(v.journeys) do
-        journeys[name] = finish_journey(name, merge(journeys[name].spec, spec))
-      end
-    end
+    for name, spec in pairs(v.cases) do case_specs[name] = merge(case_specs[name], spec) end
+    for name, spec in pairs(v.journeys) do journey_specs[name] = merge(journey_specs[name], spec) end
+  end
+  -- every declaration finished with this circumstance's params
+  local cases, journeys = {}, {}
+  for name, spec in pairs(case_specs) do
+    local k = subst(spec, params)
+    cases[name] = { name = name, sla = k.sla and duration(k.sla), spec = spec }
+  end
+  for name, spec in pairs(journey_specs) do
+    journeys[name] = finish_journey(name, subst(spec, params))
   end
   local actions = {}
-  for _, name in ipairs(aorder) do actions[name] = finish_action(name, specs[name]) end
+  for _, name in ipairs(aorder) do
+    actions[name] = finish_action(name, subst(specs[name], params))
+  end
   return {
     params = params, actions = actions, aorder = aorder, levers = levers,
     policy = policy, max_per_group = max_per_group, arbitrate = arbitrate,
@@ -1019,6 +1078,7 @@ function API.event(st, req, now, version)
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
+  current_params = view.params
   local data = req.data or {}
   if req.type == "response" then respond(st, ctx, data, now) end
   local c = new_customer(st, ctx, view, now)
@@ -1038,6 +1098,7 @@ function API.event(st, req, now, version)
     if ctx2.region ~= ctx.region or ctx2.channel ~= ctx.channel or ctx2.product ~= ctx.product then
       c.context, c._view = ctx2, resolve(ctx2)
       c.params = c._view.params
+      current_params = c.params
     end
     reply.actions, reply.trace = nba(c, c._view, req)
   end
@@ -1051,6 +1112,7 @@ function API.decide(st, req, now, version)
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
+  current_params = view.params
   local c = new_customer(st, ctx, view, now)
   local actions, trace, changed = nba(c, view, req)
   local reply = {

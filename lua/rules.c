@@ -503,6 +503,8 @@ open_state(ch_biz *b)
 	lua_getfield(L, -1, LUA_DBLIBNAME);       /* prelude, H, loaded, debug */
 	lua_getfield(L, -1, "getinfo");
 	lua_setfield(L, -4, "getinfo");           /* H.getinfo = debug.getinfo */
+	lua_getfield(L, -1, "getmetatable");
+	lua_setfield(L, -4, "getmetatable");      /* H.getmetatable = debug's */
 	lua_pop(L, 2);                            /* prelude, H */
 	ch_conv_push_array_mt(L);
 	lua_setfield(L, -2, "array_mt");
