@@ -157,6 +157,7 @@ biz_or_reply(ch_engine *e, ch_job *j)
 static int
 store_failed(ch_job *j, MDB_txn *txn, int rc)
 {
+	ch_rules_model_rollback();
 	if (txn != NULL) {
 		ch_store_abort(txn);
 	}
@@ -234,6 +235,9 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	rc             = r->op == CH_OP_EVENT
 	                ? ch_biz_event(b, r, st, sl, now, &out)
 	                : ch_biz_decide(b, r, st, sl, now, &out);
+	if (rc != CH_OK) {
+		ch_rules_model_rollback();
+	}
 	if (rc == CH_ESTORAGEFULL || rc == CH_EINTERNAL) {
 		return (store_failed(j, txn, rc));
 	}
@@ -460,10 +464,14 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 		}
 		if (rc != CH_OK) {
 			ch_store_abort(txn);
+			ch_rules_model_rollback();
 		} else {
 			uint64_t t0 = mono_us();
 			rc          = ch_store_commit(e->o.store, txn);
 			CH_COUNT(commit_us, mono_us() - t0);
+			if (rc != CH_OK) {
+				ch_rules_model_rollback();
+			}
 		}
 		if (rc != CH_ESTORAGEFULL) {
 			break;

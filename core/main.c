@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "replay.h"
 #include "serve.h"
 
 #define CHOREO_VERSION "0.1.0"
@@ -15,6 +16,10 @@ usage(FILE *f)
 	    "\n"
 	    "the daemon:\n"
 	    "  serve     serve events over nng with the rules in --rules\n"
+	    "\n"
+	    "tools (no daemon needed):\n"
+	    "  replay    run JSON lines of requests through a rule set with a\n"
+	    "            virtual clock; one JSON reply per line\n"
 	    "\n"
 	    "clients (talk to a running daemon, --url, JSON in and out):\n"
 	    "  send      send one request (JSON), or JSON lines with '-'\n"
@@ -40,6 +45,9 @@ main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "serve") == 0) {
 		return (ch_serve_main(argc - 1, argv + 1, CHOREO_VERSION));
+	}
+	if (strcmp(argv[1], "replay") == 0) {
+		return (ch_replay_main(argc - 1, argv + 1));
 	}
 	int rv = ch_cli_main(argv[1], argc - 1, argv + 1);
 	if (rv == CH_CLI_UNKNOWN) {

@@ -500,9 +500,11 @@ local function finish_action(name, spec)
   end
   a.weight = a.weight or 1
   a.prior = a.prior or 0.5
+  a.alpha0, a.beta0 = 2 * a.prior, 2 * (1 - a.prior)
   if a.channels then
     a.channel_set = {}
     for _, ch in ipairs(a.channels) do a.channel_set[ch] = true end
+    a.first_channel = a.channels[1]
   end
   local l = a.limits
   if l then
@@ -565,12 +567,14 @@ local function build_view(ctx)
   for name, spec in pairs(journey_specs) do
     journeys[name] = finish_journey(name, subst(spec, params))
   end
-  local actions = {}
-  for _, name in ipairs(aorder) do
-    actions[name] = finish_action(name, subst(specs[name], params))
+  local actions, alist = {}, {}
+  for i, name in ipairs(aorder) do
+    local a = finish_action(name, subst(specs[name], params))
+    a.lever = (levers[name] or 1) * (a.group and levers[a.group] or 1)
+    actions[name], alist[i] = a, a
   end
   return {
-    params = params, actions = actions, aorder = aorder, levers = levers,
+    params = params, actions = actions, aorder = aorder, list = alist, levers = levers,
     policy = policy, max_per_group = max_per_group, arbitrate = arbitrate,
     cases = cases, journeys = journeys, applied = applied,
   }
@@ -832,6 +836,37 @@ local function beta_sample(a, b, u)
   return x / (x + y)
 end
 
+-- The adaptive model's counts, cached per (channel, action) for as long as
+-- no transaction that may have written them was rolled back (the host bumps
+-- the epoch then).
+local mc_epoch, mc_acc, mc_fail = -1, {}, {}
+
+local function model_sync()
+  local ep = H.model_epoch()
+  if ep ~= mc_epoch then mc_epoch, mc_acc, mc_fail = ep, {}, {} end
+end
+
+local function model_counts(name, ch)
+  local accs = mc_acc[ch]
+  if accs == nil then
+    accs = {}
+    mc_acc[ch], mc_fail[ch] = accs, {}
+  end
+  local acc = accs[name]
+  if acc == nil then
+    local fails
+    acc, fails = H.model_get(name, ch)
+    accs[name], mc_fail[ch][name] = acc, fails
+    return acc, fails
+  end
+  return acc, mc_fail[ch][name]
+end
+
+local function model_add(name, ch, outcome)
+  H.model_add(name, ch, outcome)
+  if mc_acc[ch] then mc_acc[ch][name] = nil end
+end
+
 -- propensity: the action's own function, else the adaptive model: a
 -- Beta-Bernoulli estimate per (action, channel) learnt from responses,
 -- with the action's prior worth two responses.
@@ -843,8 +878,8 @@ local function propensity(c, a, channel, seed)
     end
     return clamp01(p), "rule"
   end
-  local acc, fails = H.model_get(a.name, channel or "*")
-  local alpha, beta = 2 * a.prior + acc, 2 * (1 - a.prior) + fails
+  local acc, fails = model_counts(a.name, channel or "*")
+  local alpha, beta = a.alpha0 + acc, a.beta0 + fails
   if a.explore then
     if alpha <= 0 then return 0, "explore" end
     if beta <= 0 then return 1, "explore" end
@@ -863,28 +898,122 @@ local function prune(list, since)
   return out
 end
 
+local function shown_today(h, now)
+  local n = 0
+  local recent = h.recent
+  if recent then
+    for i = 1, #recent do if recent[i] > now - DAY then n = n + 1 end end
+  end
+  return n
+end
+
 -- limit_reason checks an action's contact limits against the customer's
--- history of it: nil when it may be shown, else which limit and why.
+-- history of it: nil when it may be shown, else which limit.
 local function limit_reason(a, h, now)
   local l = a.limits
   if not l or not h then return nil end
   if l.max_impressions and (h.impressions or 0) >= l.max_impressions then
-    return "max_impressions", sfmt("shown %d times, at most %d", h.impressions or 0, l.max_impressions)
+    return "max_impressions"
   end
   if l.stop_after_rejects and (h.rejected or 0) >= l.stop_after_rejects then
-    return "stop_after_rejects", sfmt("rejected %d times, stops after %d", h.rejected or 0, l.stop_after_rejects)
+    return "stop_after_rejects"
   end
   if a.cooldown_ms and h.last_shown and now - h.last_shown < a.cooldown_ms then
-    return "cooldown", sfmt("last shown %d s ago, cooldown %s", (now - h.last_shown) // 1000, l.cooldown)
+    return "cooldown"
   end
-  if l.per_day and h.recent then
-    local n = 0
-    for _, t in ipairs(h.recent) do if t > now - DAY then n = n + 1 end end
-    if n >= l.per_day then
-      return "per_day", sfmt("shown %d times in the last 24 h, at most %d", n, l.per_day)
-    end
+  if l.per_day and shown_today(h, now) >= l.per_day then
+    return "per_day"
   end
   return nil
+end
+
+-- why says in a sentence why an action was dropped (for explain only).
+local function why(reason, a, h, now, x, view, channel, limit)
+  local l = a and a.limits
+  if reason == "channel" then return sfmt("not offered on channel '%s'", channel)
+  elseif reason == "ineligible" then return "eligible(c) returned false"
+  elseif reason == "max_impressions" then
+    return sfmt("shown %d times, at most %d", h.impressions or 0, l.max_impressions)
+  elseif reason == "stop_after_rejects" then
+    return sfmt("rejected %d times, stops after %d", h.rejected or 0, l.stop_after_rejects)
+  elseif reason == "cooldown" then
+    return sfmt("last shown %d s ago, cooldown %s", (now - h.last_shown) // 1000, l.cooldown)
+  elseif reason == "per_day" then
+    return sfmt("shown %d times in the last 24 h, at most %d", shown_today(h, now), l.per_day)
+  elseif reason == "arbitrate" then return "removed by arbitrate(c, candidates)"
+  elseif reason == "max_per_group" then
+    return sfmt("group '%s' already has %d", x, view.max_per_group)
+  elseif reason == "max_per_day" then
+    return sfmt("the customer's budget of %d contacts a day is spent", view.policy.max_per_day)
+  elseif reason == "per_channel" then
+    return sfmt("the budget of %d contacts a day on '%s' is spent", view.policy.per_channel[x], x)
+  elseif reason == "limit" then return sfmt("ranked below the top %d", limit)
+  end
+end
+
+-- Scratch arrays reused by every decision of this state: the candidates'
+-- actions, scores, propensities and where each propensity came from.
+local CA, CS, CP, CSRC, TAKEN = {}, {}, {}, {}, {}
+
+-- next_best returns the best candidate not yet taken (score, then name).
+local function next_best(n)
+  local best, bs, bn
+  for i = 1, n do
+    if not TAKEN[i] then
+      local s = CS[i]
+      if best == nil or s > bs or (s == bs and CA[i].name < bn) then
+        best, bs, bn = i, s, CA[i].name
+      end
+    end
+  end
+  if best then TAKEN[best] = true end
+  return best
+end
+
+-- ordered: rank every candidate (explain, arbitrate) into the scratch
+-- arrays' order; arbitrate sees {name, score, value, propensity, group,
+-- channel, payload} tables and returns the list to choose from.
+local function ordered(c, view, n, channel, trace)
+  local list = {}
+  for i = 1, n do
+    local a = CA[i]
+    list[i] = { name = a.name, score = CS[i], value = a.value, propensity = CP[i],
+                group = a.group, channel = channel or a.first_channel,
+                payload = a.payload, _i = i }
+  end
+  tsort(list, by_score)
+  if view.arbitrate then
+    local out = view.arbitrate(c, list)
+    if type(out) ~= "table" then
+      fail(sfmt("arbitrate: must return the list of candidates, got %s", tname(out)))
+    end
+    local known, kept = {}, {}
+    for _, x in ipairs(list) do known[x] = true end
+    for i, x in ipairs(out) do
+      if not known[x] then
+        fail(sfmt("arbitrate: entry %d is not one of the candidates it was given", i))
+      end
+      kept[x] = true
+    end
+    if trace then
+      for _, x in ipairs(list) do
+        if not kept[x] then
+          trace[#trace + 1] = { step = "action", action = x.name, kept = false,
+                                reason = "arbitrate", why = why("arbitrate") }
+        end
+      end
+    end
+    list = out
+  end
+  local a2, s2, p2, src2 = {}, {}, {}, {}
+  for k, x in ipairs(list) do
+    local i = x._i
+    a2[k], s2[k], p2[k], src2[k] = CA[i], CS[i], CP[i], CSRC[i]
+  end
+  for k = 1, #list do
+    CA[k], CS[k], CP[k], CSRC[k] = a2[k], s2[k], p2[k], src2[k]
+  end
+  return #list
 end
 
 local function nba(c, view, req)
@@ -898,104 +1027,102 @@ local function nba(c, view, req)
     trace[#trace + 1] = { step = "variations", applied = view.applied }
   end
   local hist = st.actions
-  local cands = {}
-  for _, name in ipairs(view.aorder) do
-    local a = view.actions[name]
-    local reason, why
-    if channel and a.channel_set and not a.channel_set[channel] then
-      reason, why = "channel", sfmt("not offered on channel '%s'", channel)
+  local list = view.list
+  local n = 0
+  -- filter and score
+  for i = 1, #list do
+    local a = list[i]
+    local reason
+    local cs = a.channel_set
+    if channel and cs and not cs[channel] then
+      reason = "channel"
     elseif a.eligible and not a.eligible(c) then
-      reason, why = "ineligible", "eligible(c) returned false"
-    else
-      reason, why = limit_reason(a, hist[name], now)
+      reason = "ineligible"
+    elseif a.limits then
+      reason = limit_reason(a, hist[a.name], now)
     end
     if reason then
       if trace then
-        trace[#trace + 1] = { step = "action", action = name, kept = false, reason = reason, why = why }
+        trace[#trace + 1] = { step = "action", action = a.name, kept = false, reason = reason,
+                              why = why(reason, a, hist[a.name], now, nil, view, channel) }
       end
     else
-      local p, source = propensity(c, a, channel, seed)
-      local lever = (view.levers[name] or 1) * (a.group and view.levers[a.group] or 1)
-      cands[#cands + 1] = {
-        name = name, score = p * a.value * a.weight * lever, value = a.value,
-        propensity = p, group = a.group,
-        channel = channel or (a.channels and a.channels[1]),
-        payload = a.payload,
-        _weight = a.weight, _lever = lever, _source = source,
-      }
+      n = n + 1
+      local p, src = propensity(c, a, channel, seed)
+      CA[n], CP[n], CSRC[n] = a, p, src
+      CS[n] = p * a.value * a.weight * a.lever
+      TAKEN[n] = false
     end
   end
-  tsort(cands, by_score)
-  if view.arbitrate then
-    local out = view.arbitrate(c, cands)
-    if type(out) ~= "table" then
-      fail(sfmt("arbitrate: must return the list of candidates, got %s", tname(out)))
-    end
-    local known = {}
-    for _, x in ipairs(cands) do known[x] = true end
-    for i, x in ipairs(out) do
-      if not known[x] then
-        fail(sfmt("arbitrate: entry %d is not one of the candidates it was given", i))
-      end
-    end
-    if trace then
-      local kept = {}
-      for _, x in ipairs(out) do kept[x] = true end
-      for _, x in ipairs(cands) do
-        if not kept[x] then
-          trace[#trace + 1] = { step = "action", action = x.name, kept = false,
-                                reason = "arbitrate", why = "removed by arbitrate(c, candidates)" }
+  local in_order = trace ~= nil or view.arbitrate ~= nil
+  if in_order then n = ordered(c, view, n, channel, trace) end
+  -- choose, in rank order, under max_per_group, the contact budget and limit
+  local policy = view.policy
+  local day_total, by_channel = 0, nil
+  if policy then
+    by_channel = {}
+    local contacts = st.contacts
+    if contacts then
+      for _, t in ipairs(contacts) do
+        if t.at > now - DAY then
+          day_total = day_total + 1
+          if t.channel then by_channel[t.channel] = (by_channel[t.channel] or 0) + 1 end
         end
       end
     end
-    cands = out
   end
-  -- selection under max_per_group, the customer's contact budget and limit
-  local policy = view.policy
-  local day_total, by_channel = 0, {}
-  if policy then
-    for _, t in ipairs(st.contacts or {}) do
-      if t.at > now - DAY then
-        day_total = day_total + 1
-        if t.channel then by_channel[t.channel] = (by_channel[t.channel] or 0) + 1 end
-      end
+  local mpg = view.max_per_group
+  local per_group = mpg and {} or nil
+  local out, nout = arr(), 0
+  local rank = 0
+  while true do
+    local k
+    if in_order then
+      k = rank + 1
+      if k > n then break end
+    else
+      if nout >= limit then break end -- nobody asked why the rest lost
+      k = next_best(n)
+      if not k then break end
     end
-  end
-  local per_group = {}
-  local out = arr()
-  for rank, x in ipairs(cands) do
-    local reason, why
-    local g = x.group
-    if view.max_per_group and g and (per_group[g] or 0) >= view.max_per_group then
-      reason, why = "max_per_group", sfmt("group '%s' already has %d", g, view.max_per_group)
+    rank = rank + 1
+    local a = CA[k]
+    local g = a.group
+    local ch = channel or a.first_channel
+    local reason, x
+    if mpg and g and (per_group[g] or 0) >= mpg then
+      reason, x = "max_per_group", g
     elseif policy and policy.max_per_day and day_total >= policy.max_per_day then
-      reason, why = "max_per_day", sfmt("the customer's budget of %d contacts a day is spent", policy.max_per_day)
-    elseif policy and policy.per_channel and x.channel and policy.per_channel[x.channel]
-           and (by_channel[x.channel] or 0) >= policy.per_channel[x.channel] then
-      reason, why = "per_channel", sfmt("the budget of %d contacts a day on '%s' is spent",
-                                        policy.per_channel[x.channel], x.channel)
-    elseif #out >= limit then
-      reason, why = "limit", sfmt("ranked below the top %d", limit)
+      reason = "max_per_day"
+    elseif policy and policy.per_channel and ch and policy.per_channel[ch]
+           and (by_channel[ch] or 0) >= policy.per_channel[ch] then
+      reason, x = "per_channel", ch
+    elseif nout >= limit then
+      reason = "limit"
     end
     if trace then
       trace[#trace + 1] = {
-        step = "action", action = x.name, kept = reason == nil, reason = reason, why = why,
-        rank = rank, score = x.score,
-        factors = { propensity = x.propensity, value = x.value, weight = x._weight,
-                    lever = x._lever, source = x._source },
+        step = "action", action = a.name, kept = reason == nil, reason = reason,
+        why = reason and why(reason, a, nil, now, x, view, channel, limit),
+        rank = rank, score = CS[k],
+        factors = { propensity = CP[k], value = a.value, weight = a.weight,
+                    lever = a.lever, source = CSRC[k] },
       }
     end
     if not reason then
-      out[#out + 1] = {
-        name = x.name, score = x.score, value = x.value, propensity = x.propensity,
-        group = x.group, channel = x.channel, payload = x.payload,
+      nout = nout + 1
+      out[nout] = {
+        name = a.name, score = CS[k], value = a.value, propensity = CP[k],
+        group = g, channel = ch, payload = a.payload,
       }
-      if g then per_group[g] = (per_group[g] or 0) + 1 end
-      day_total = day_total + 1
-      if x.channel then by_channel[x.channel] = (by_channel[x.channel] or 0) + 1 end
+      if g and per_group then per_group[g] = (per_group[g] or 0) + 1 end
+      if policy then
+        day_total = day_total + 1
+        if ch then by_channel[ch] = (by_channel[ch] or 0) + 1 end
+      end
     end
   end
-  if record and #out > 0 then
+  if record and nout > 0 then
     for _, x in ipairs(out) do
       local h = hist[x.name]
       if not h then
@@ -1017,7 +1144,7 @@ local function nba(c, view, req)
       st.contacts = cl
     end
   end
-  return out, trace, record and #out > 0
+  return out, trace, record and nout > 0
 end
 
 ------------------------------------------------------------------------
@@ -1065,8 +1192,8 @@ local function respond(st, ctx, data, now)
   end
   h[outcome] = (h[outcome] or 0) + 1
   h.last_response = now
-  H.model_add(name, "*", outcome)
-  if ctx.channel then H.model_add(name, ctx.channel, outcome) end
+  model_add(name, "*", outcome)
+  if ctx.channel then model_add(name, ctx.channel, outcome) end
 end
 
 local API = {}
@@ -1075,6 +1202,7 @@ local API = {}
 -- st is the stored state (nil for a new customer). Returns the new state
 -- and the reply table.
 function API.event(st, req, now, version)
+  model_sync()
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1109,6 +1237,7 @@ end
 
 -- decide ranks the next best actions without an event.
 function API.decide(st, req, now, version)
+  model_sync()
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)

@@ -2,6 +2,7 @@
 #include "rules.h"
 
 #include <dirent.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -321,6 +322,23 @@ l_model_add(lua_State *L)
 	return (0);
 }
 
+// The model epoch: bumped whenever a transaction that may have written the
+// model is rolled back, so that the rules' cached counts are dropped.
+static atomic_uint_fast64_t model_epoch;
+
+void
+ch_rules_model_rollback(void)
+{
+	atomic_fetch_add(&model_epoch, 1);
+}
+
+static int
+l_model_epoch(lua_State *L)
+{
+	lua_pushinteger(L, (lua_Integer) atomic_load(&model_epoch));
+	return (1);
+}
+
 static int
 l_log(lua_State *L)
 {
@@ -518,6 +536,8 @@ open_state(ch_biz *b)
 	lua_setfield(L, -2, "model_get");
 	lua_pushcfunction(L, l_model_add);
 	lua_setfield(L, -2, "model_add");
+	lua_pushcfunction(L, l_model_epoch);
+	lua_setfield(L, -2, "model_epoch");
 	lua_pushstring(L, b->name);
 	lua_setfield(L, -2, "business");
 	if (pcall_rule(b, 1, 1) != CH_OK) {       /* API */

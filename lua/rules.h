@@ -70,6 +70,10 @@ typedef struct {
 int ch_biz_event(ch_biz *b, const ch_req *req, const void *state, size_t slen,
     int64_t now, ch_rule_out *out);
 
+// ch_rules_model_rollback tells every rule set that a transaction which may
+// have written the adaptive model was rolled back (their caches go).
+void ch_rules_model_rollback(void);
+
 // ch_biz_decide ranks next best actions without an event.
 int ch_biz_decide(ch_biz *b, const ch_req *req, const void *state,
     size_t slen, int64_t now, ch_rule_out *out);
