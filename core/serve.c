@@ -243,8 +243,10 @@ ch_serve_main(int argc, char **argv, const char *version)
 			goto out;
 		}
 	}
-	printf("choreo %s serving %d business(es) from %s, data in %s\n",
+	ch_log_info("serve: choreo %s serving %d business(es) from %s, data "
+	            "in %s",
 	    version, nbiz, o.rules, o.data);
+	// standard output says only where it listens, one line per endpoint
 	printf("rep  %s\npull %s\npub  %s\nhttp %s\n", o.rep, o.pull, o.pub,
 	    o.http);
 	fflush(stdout);
