@@ -575,6 +575,7 @@ local function build_view(ctx)
   end
   return {
     params = params, actions = actions, aorder = aorder, list = alist, levers = levers,
+    cnba = H.nba_compile(alist),
     policy = policy, max_per_group = max_per_group, arbitrate = arbitrate,
     cases = cases, journeys = journeys, applied = applied,
   }
@@ -836,57 +837,12 @@ local function beta_sample(a, b, u)
   return x / (x + y)
 end
 
--- The adaptive model's counts, cached per (channel, action) for as long as
--- no transaction that may have written them was rolled back (the host bumps
--- the epoch then).
-local mc_epoch, mc_acc, mc_fail = -1, {}, {}
-
-local function model_sync()
-  local ep = H.model_epoch()
-  if ep ~= mc_epoch then mc_epoch, mc_acc, mc_fail = ep, {}, {} end
-end
-
-local function model_counts(name, ch)
-  local accs = mc_acc[ch]
-  if accs == nil then
-    accs = {}
-    mc_acc[ch], mc_fail[ch] = accs, {}
-  end
-  local acc = accs[name]
-  if acc == nil then
-    local fails
-    acc, fails = H.model_get(name, ch)
-    accs[name], mc_fail[ch][name] = acc, fails
-    return acc, fails
-  end
-  return acc, mc_fail[ch][name]
-end
-
-local function model_add(name, ch, outcome)
-  H.model_add(name, ch, outcome)
-  if mc_acc[ch] then mc_acc[ch][name] = nil end
-end
-
--- propensity: the action's own function, else the adaptive model: a
--- Beta-Bernoulli estimate per (action, channel) learnt from responses,
--- with the action's prior worth two responses.
-local function propensity(c, a, channel, seed)
-  if a.propensity then
-    local p = a.propensity(c)
-    if type(p) ~= "number" then
-      fail(sfmt("action '%s': propensity(c) must return a number, got %s", a.name, tname(p)))
-    end
-    return clamp01(p), "rule"
-  end
-  local acc, fails = model_counts(a.name, channel or "*")
-  local alpha, beta = a.alpha0 + acc, a.beta0 + fails
-  if a.explore then
-    if alpha <= 0 then return 0, "explore" end
-    if beta <= 0 then return 1, "explore" end
-    local u = rng(H.hash64(seed .. "\0" .. a.name))
-    return beta_sample(alpha, beta, u), "explore"
-  end
-  return alpha / (alpha + beta), "model"
+-- explore: a sample of the model's Beta(alpha, beta), from a generator
+-- seeded by the request and the action, so that a request is reproducible.
+local function sample(alpha, beta, name, seed)
+  if alpha <= 0 then return 0 end
+  if beta <= 0 then return 1 end
+  return beta_sample(alpha, beta, rng(H.hash64(seed .. "\0" .. name)))
 end
 
 local function prune(list, since)
@@ -905,26 +861,6 @@ local function shown_today(h, now)
     for i = 1, #recent do if recent[i] > now - DAY then n = n + 1 end end
   end
   return n
-end
-
--- limit_reason checks an action's contact limits against the customer's
--- history of it: nil when it may be shown, else which limit.
-local function limit_reason(a, h, now)
-  local l = a.limits
-  if not l or not h then return nil end
-  if l.max_impressions and (h.impressions or 0) >= l.max_impressions then
-    return "max_impressions"
-  end
-  if l.stop_after_rejects and (h.rejected or 0) >= l.stop_after_rejects then
-    return "stop_after_rejects"
-  end
-  if a.cooldown_ms and h.last_shown and now - h.last_shown < a.cooldown_ms then
-    return "cooldown"
-  end
-  if l.per_day and shown_today(h, now) >= l.per_day then
-    return "per_day"
-  end
-  return nil
 end
 
 -- why says in a sentence why an action was dropped (for explain only).
@@ -1028,30 +964,18 @@ local function nba(c, view, req)
   end
   local hist = st.actions
   local list = view.list
-  local n = 0
-  -- filter and score
-  for i = 1, #list do
-    local a = list[i]
-    local reason
-    local cs = a.channel_set
-    if channel and cs and not cs[channel] then
-      reason = "channel"
-    elseif a.eligible and not a.eligible(c) then
-      reason = "ineligible"
-    elseif a.limits then
-      reason = limit_reason(a, hist[a.name], now)
-    end
-    if reason then
-      if trace then
-        trace[#trace + 1] = { step = "action", action = a.name, kept = false, reason = reason,
-                              why = why(reason, a, hist[a.name], now, nil, view, channel) }
+  -- filter and score, in C: channel, eligible(c), limits, propensity
+  local reasons = trace and {} or nil
+  local n = H.nba_score(view.cnba, c, hist, channel, now, seed, sample,
+                        CA, CS, CP, CSRC, TAKEN, reasons)
+  if trace then
+    for i = 1, #list do
+      local r = reasons[i]
+      if r then
+        local a = list[i]
+        trace[#trace + 1] = { step = "action", action = a.name, kept = false, reason = r,
+                              why = why(r, a, hist[a.name], now, nil, view, channel) }
       end
-    else
-      n = n + 1
-      local p, src = propensity(c, a, channel, seed)
-      CA[n], CP[n], CSRC[n] = a, p, src
-      CS[n] = p * a.value * a.weight * a.lever
-      TAKEN[n] = false
     end
   end
   local in_order = trace ~= nil or view.arbitrate ~= nil
@@ -1192,8 +1116,8 @@ local function respond(st, ctx, data, now)
   end
   h[outcome] = (h[outcome] or 0) + 1
   h.last_response = now
-  model_add(name, "*", outcome)
-  if ctx.channel then model_add(name, ctx.channel, outcome) end
+  H.model_add(name, "*", outcome)
+  if ctx.channel then H.model_add(name, ctx.channel, outcome) end
 end
 
 local API = {}
@@ -1202,7 +1126,6 @@ local API = {}
 -- st is the stored state (nil for a new customer). Returns the new state
 -- and the reply table.
 function API.event(st, req, now, version)
-  model_sync()
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1237,7 +1160,6 @@ end
 
 -- decide ranks the next best actions without an event.
 function API.decide(st, req, now, version)
-  model_sync()
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)

@@ -17,31 +17,9 @@
 #include "../core/log.h"
 #include "../core/store.h"
 #include "conv.h"
+#include "nba.h"
+#include "rules_int.h"
 #include "prelude.h" // generated: ch_prelude_lua[], ch_prelude_lua_len
-
-typedef struct {
-	char *message;
-	char *file;
-	int   line;
-	int64_t at;
-} load_error;
-
-struct ch_biz {
-	char       name[65];
-	lua_State *L;
-	char       version[17];
-	int64_t    loaded_at;
-	char     **files; // display paths, in load order
-	int        nfiles;
-	load_error err;   // err.message != NULL: failed, serves nothing
-	int        api;   // registry ref of the prelude's API table
-	// the sandbox's budgets
-	size_t   mem_used, mem_limit;
-	uint64_t budget;
-	bool     limit_hit;  // the running call ran out of budget
-	const char *limit_what;
-	ch_rule_out *cur;    // the call running, for the model's store access
-};
 
 struct ch_rules {
 	ch_biz       **biz; // sorted by name
@@ -87,8 +65,8 @@ biz_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	return (p);
 }
 
-static ch_biz *
-biz_of(lua_State *L)
+ch_biz *
+ch_biz_of(lua_State *L)
 {
 	void *ud;
 	lua_getallocf(L, &ud);
@@ -102,7 +80,7 @@ static void
 budget_hook(lua_State *L, lua_Debug *ar)
 {
 	(void) ar;
-	ch_biz *b = biz_of(L);
+	ch_biz *b = ch_biz_of(L);
 	b->limit_hit  = true;
 	b->limit_what = "instruction budget";
 	lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
@@ -246,14 +224,12 @@ l_hash01(lua_State *L)
 // accepted, rejected, ignored, in the models database, read and written
 // in the event's own transaction.
 static size_t
-model_key(ch_biz *b, lua_State *L, char *key, size_t cap)
+model_key(ch_biz *b, const char *a, size_t an, const char *c, size_t cn,
+    char *key, size_t cap)
 {
-	size_t      an, cn;
-	const char *a = luaL_checklstring(L, 1, &an);
-	const char *c = luaL_checklstring(L, 2, &cn);
-	size_t      bn = strlen(b->name);
+	size_t bn = strlen(b->name);
 	if (bn + an + cn + 2 > cap) {
-		luaL_error(L, "model key too long");
+		return (0);
 	}
 	memcpy(key, b->name, bn + 1);
 	memcpy(key + bn + 1, a, an);
@@ -267,6 +243,9 @@ model_read(ch_biz *b, const char *key, size_t klen, uint64_t v[3])
 {
 	MDB_val val;
 	v[0] = v[1] = v[2] = 0;
+	if (b->cur == NULL || b->cur->store == NULL) {
+		return (CH_OK);
+	}
 	int rc = ch_store_get(b->cur->store, b->cur->txn, CH_DB_MODELS, key, klen,
 	    &val);
 	if (rc == CH_OK && val.mv_size == 3 * sizeof(uint64_t)) {
@@ -277,20 +256,28 @@ model_read(ch_biz *b, const char *key, size_t klen, uint64_t v[3])
 	return (CH_OK);
 }
 
+void
+ch_biz_model_read(ch_biz *b, const char *action, size_t alen, const char *ch,
+    size_t chlen, uint64_t v[3])
+{
+	char   key[64 + 2 * 256 + 2];
+	size_t klen = model_key(b, action, alen, ch, chlen, key, sizeof(key));
+	int    rc   = klen == 0 ? CH_OK : model_read(b, key, klen, v);
+	if (rc != CH_OK) {
+		b->cur->store_err = rc;
+		luaL_error(b->L, "the store failed");
+	}
+}
+
 static int
 l_model_get(lua_State *L)
 {
-	ch_biz  *b = biz_of(L);
-	char     key[64 + 2 * 256 + 2];
-	uint64_t v[3] = { 0, 0, 0 };
-	size_t   klen = model_key(b, L, key, sizeof(key));
-	if (b->cur != NULL && b->cur->store != NULL) {
-		int rc = model_read(b, key, klen, v);
-		if (rc != CH_OK) {
-			b->cur->store_err = rc;
-			return (luaL_error(L, "the store failed"));
-		}
-	}
+	ch_biz     *b = ch_biz_of(L);
+	size_t      an, cn;
+	const char *a = luaL_checklstring(L, 1, &an);
+	const char *c = luaL_checklstring(L, 2, &cn);
+	uint64_t    v[3];
+	ch_biz_model_read(b, a, an, c, cn, v);
 	lua_pushinteger(L, (lua_Integer) v[0]);
 	lua_pushinteger(L, (lua_Integer) (v[1] + v[2]));
 	return (2);
@@ -299,12 +286,16 @@ l_model_get(lua_State *L)
 static int
 l_model_add(lua_State *L)
 {
-	ch_biz     *b = biz_of(L);
+	ch_biz     *b = ch_biz_of(L);
 	char        key[64 + 2 * 256 + 2];
 	uint64_t    v[3];
-	size_t      klen    = model_key(b, L, key, sizeof(key));
+	size_t      an, cn;
+	const char *a       = luaL_checklstring(L, 1, &an);
+	const char *c       = luaL_checklstring(L, 2, &cn);
 	const char *outcome = luaL_checkstring(L, 3);
-	if (b->cur == NULL || b->cur->store == NULL) {
+	size_t      klen    = model_key(b, a, an, c, cn, key, sizeof(key));
+	b->model_gen++;
+	if (b->cur == NULL || b->cur->store == NULL || klen == 0) {
 		return (0);
 	}
 	int rc = model_read(b, key, klen, v);
@@ -332,6 +323,12 @@ ch_rules_model_rollback(void)
 	atomic_fetch_add(&model_epoch, 1);
 }
 
+uint64_t
+ch_rules_epoch(void)
+{
+	return (atomic_load(&model_epoch));
+}
+
 static int
 l_model_epoch(lua_State *L)
 {
@@ -342,7 +339,7 @@ l_model_epoch(lua_State *L)
 static int
 l_log(lua_State *L)
 {
-	ch_biz     *b = biz_of(L);
+	ch_biz     *b = ch_biz_of(L);
 	luaL_Buffer buf;
 	int         n = lua_gettop(L);
 	luaL_buffinit(L, &buf);
@@ -509,6 +506,7 @@ open_state(ch_biz *b)
 	luaL_requiref(L, LUA_DBLIBNAME, luaopen_debug, 0); /* not global */
 	lua_settop(L, 0);
 	ch_conv_init(L);
+	ch_nba_open(L);
 	lua_gc(L, LUA_GCGEN, 0, 0);
 
 	if (luaL_loadbufferx(L, (const char *) ch_prelude_lua,
@@ -538,6 +536,7 @@ open_state(ch_biz *b)
 	lua_setfield(L, -2, "model_add");
 	lua_pushcfunction(L, l_model_epoch);
 	lua_setfield(L, -2, "model_epoch");
+	ch_nba_register(L, lua_gettop(L));
 	lua_pushstring(L, b->name);
 	lua_setfield(L, -2, "business");
 	if (pcall_rule(b, 1, 1) != CH_OK) {       /* API */

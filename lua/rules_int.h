@@ -1,0 +1,49 @@
+// choreo — what lua/rules.c shares with the other files of lua/ (nba.c);
+// not for core/.
+#ifndef LUA_RULES_INT_H
+#define LUA_RULES_INT_H
+
+#include <lua.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "rules.h"
+
+typedef struct {
+	char *message;
+	char *file;
+	int   line;
+	int64_t at;
+} load_error;
+
+struct ch_biz {
+	char       name[65];
+	lua_State *L;
+	char       version[17];
+	int64_t    loaded_at;
+	char     **files; // display paths, in load order
+	int        nfiles;
+	load_error err;   // err.message != NULL: failed, serves nothing
+	int        api;   // registry ref of the prelude's API table
+	// the sandbox's budgets
+	size_t   mem_used, mem_limit;
+	uint64_t budget;
+	bool     limit_hit;  // the running call ran out of budget
+	const char *limit_what;
+	ch_rule_out *cur;    // the call running, for the model's store access
+	uint64_t     model_gen; // bumped by every model write (nba.c's cache)
+};
+
+// ch_biz_of returns the business whose state L is.
+ch_biz *ch_biz_of(lua_State *L);
+
+// ch_rules_epoch: bumped by ch_rules_model_rollback.
+uint64_t ch_rules_epoch(void);
+
+// ch_biz_model_read reads the model's counts (accepted, rejected, ignored)
+// of (action, channel) in the running call's transaction; zeros when the
+// call has no store. Raises a Lua error when the store fails.
+void ch_biz_model_read(ch_biz *b, const char *action, size_t alen,
+    const char *ch, size_t chlen, uint64_t v[3]);
+
+#endif
