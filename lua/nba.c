@@ -43,6 +43,23 @@ typedef struct {
 	cact a[];
 } cview;
 
+// A candidate while scoring: sorted by score (descending), then name.
+typedef struct {
+	int         i; // index in the view
+	double      score, p;
+	const char *src;
+} cand;
+
+static int
+by_rank(const void *x, const void *y)
+{
+	const cand *a = x, *b = y;
+	if (a->score != b->score) {
+		return (a->score > b->score ? -1 : 1);
+	}
+	return (0); // names are compared by the caller's tie-break below
+}
+
 // The uservalue of a compiled view is its action list (Lua tables), which
 // keeps every string the structs point into alive.
 
@@ -230,9 +247,10 @@ clamp01(double p)
 }
 
 // nba_score(cview, c, hist, channel|nil, now, seed, sample, CA, CS, CP,
-//           CSRC, TAKEN, reasons|nil) -> n
-// Fills the scratch arrays with the candidates (1..n) and, when reasons is
-// a table, reasons[i] with why the i-th action of the view was dropped.
+//           CSRC, reasons|nil) -> n
+// Fills the scratch arrays with the candidates 1..n, ranked (score
+// descending, ties by name) and, when reasons is a table, reasons[i] with
+// why the i-th action of the view was dropped.
 static int
 l_score(lua_State *L)
 {
@@ -241,11 +259,15 @@ l_score(lua_State *L)
 	size_t      chlen = 0;
 	const char *ch    = lua_tolstring(L, 4, &chlen);
 	int64_t     now   = (int64_t) luaL_checkinteger(L, 5);
-	int         CA = 8, CS = 9, CP = 10, CSRC = 11, TAKEN = 12, R = 13;
+	int         CA = 8, CS = 9, CP = 10, CSRC = 11, R = 12;
 	bool        want_reasons = lua_istable(L, R);
 	ch_biz     *b            = ch_biz_of(L);
 	int         n            = 0;
 
+	cand  stack_cands[64];
+	cand *cands = cv->n <= 64 ? stack_cands
+	                          : lua_newuserdatauv(L, sizeof(cand) *
+	                                (size_t) cv->n, 0);
 	lua_getiuservalue(L, 1, 1);                           /* list */
 	int list = lua_gettop(L);
 	for (int i = 0; i < cv->n; i++) {
@@ -310,18 +332,35 @@ l_score(lua_State *L)
 				src = "model";
 			}
 		}
+		cands[n].i     = i;
+		cands[n].score = p * a->value * a->weight * a->lever;
+		cands[n].p     = p;
+		cands[n].src   = src;
 		n++;
-		lua_pushvalue(L, act);
-		lua_rawseti(L, CA, n);
-		lua_pushnumber(L, p * a->value * a->weight * a->lever);
-		lua_rawseti(L, CS, n);
-		lua_pushnumber(L, p);
-		lua_rawseti(L, CP, n);
-		lua_pushstring(L, src);
-		lua_rawseti(L, CSRC, n);
-		lua_pushboolean(L, 0);
-		lua_rawseti(L, TAKEN, n);
 		lua_settop(L, list);
+	}
+	// rank: score descending, ties by name (insertion sort keeps it
+	// stable and is the fastest for the few dozen actions of a view)
+	qsort(cands, (size_t) n, sizeof(cand), by_rank);
+	for (int k = 1; k < n; k++) {
+		cand x = cands[k];
+		int  j = k - 1;
+		while (j >= 0 && cands[j].score == x.score &&
+		    strcmp(cv->a[cands[j].i].name, cv->a[x.i].name) > 0) {
+			cands[j + 1] = cands[j];
+			j--;
+		}
+		cands[j + 1] = x;
+	}
+	for (int k = 0; k < n; k++) {
+		lua_rawgeti(L, list, cands[k].i + 1);
+		lua_rawseti(L, CA, k + 1);
+		lua_pushnumber(L, cands[k].score);
+		lua_rawseti(L, CS, k + 1);
+		lua_pushnumber(L, cands[k].p);
+		lua_rawseti(L, CP, k + 1);
+		lua_pushstring(L, cands[k].src);
+		lua_rawseti(L, CSRC, k + 1);
 	}
 	lua_pushinteger(L, n);
 	return (1);

@@ -567,15 +567,16 @@ local function build_view(ctx)
   for name, spec in pairs(journey_specs) do
     journeys[name] = finish_journey(name, subst(spec, params))
   end
-  local actions, alist = {}, {}
+  local actions, alist, explores = {}, {}, false
   for i, name in ipairs(aorder) do
     local a = finish_action(name, subst(specs[name], params))
     a.lever = (levers[name] or 1) * (a.group and levers[a.group] or 1)
     actions[name], alist[i] = a, a
+    explores = explores or (a.explore == true)
   end
   return {
     params = params, actions = actions, aorder = aorder, list = alist, levers = levers,
-    cnba = H.nba_compile(alist),
+    cnba = H.nba_compile(alist), explores = explores,
     policy = policy, max_per_group = max_per_group, arbitrate = arbitrate,
     cases = cases, journeys = journeys, applied = applied,
   }
@@ -788,17 +789,6 @@ end
 -- Next best action
 ------------------------------------------------------------------------
 
-local function clamp01(p)
-  if p ~= p then return 0 end
-  if p < 0 then return 0 elseif p > 1 then return 1 end
-  return p
-end
-
-local function by_score(x, y)
-  if x.score ~= y.score then return x.score > y.score end
-  return x.name < y.name
-end
-
 -- A small seeded generator (splitmix64) so that exploration is
 -- reproducible for a given request.
 local function rng(seed)
@@ -887,29 +877,15 @@ local function why(reason, a, h, now, x, view, channel, limit)
   end
 end
 
--- Scratch arrays reused by every decision of this state: the candidates'
--- actions, scores, propensities and where each propensity came from.
-local CA, CS, CP, CSRC, TAKEN = {}, {}, {}, {}, {}
+-- Scratch arrays reused by every decision of this state: the ranked
+-- candidates' actions, scores, propensities and where each propensity came
+-- from (filled by nba_score).
+local CA, CS, CP, CSRC = {}, {}, {}, {}
 
--- next_best returns the best candidate not yet taken (score, then name).
-local function next_best(n)
-  local best, bs, bn
-  for i = 1, n do
-    if not TAKEN[i] then
-      local s = CS[i]
-      if best == nil or s > bs or (s == bs and CA[i].name < bn) then
-        best, bs, bn = i, s, CA[i].name
-      end
-    end
-  end
-  if best then TAKEN[best] = true end
-  return best
-end
-
--- ordered: rank every candidate (explain, arbitrate) into the scratch
--- arrays' order; arbitrate sees {name, score, value, propensity, group,
--- channel, payload} tables and returns the list to choose from.
-local function ordered(c, view, n, channel, trace)
+-- arbitrated: arbitrate sees the ranked {name, score, value, propensity,
+-- group, channel, payload} tables and returns the list to choose from; the
+-- scratch arrays are rewritten in its order.
+local function arbitrated(c, view, n, channel, trace)
   local list = {}
   for i = 1, n do
     local a = CA[i]
@@ -917,8 +893,7 @@ local function ordered(c, view, n, channel, trace)
                 group = a.group, channel = channel or a.first_channel,
                 payload = a.payload, _i = i }
   end
-  tsort(list, by_score)
-  if view.arbitrate then
+  do
     local out = view.arbitrate(c, list)
     if type(out) ~= "table" then
       fail(sfmt("arbitrate: must return the list of candidates, got %s", tname(out)))
@@ -958,7 +933,8 @@ local function nba(c, view, req)
   local limit = req.limit or 3
   local record = req.record ~= false
   local trace = req.explain and arr() or nil
-  local seed = c.id .. "\0" .. (req.id or tostring(now))
+  -- the seed of exploration, built only when some action explores
+  local seed = view.explores and (c.id .. "\0" .. (req.id or tostring(now))) or ""
   if trace then
     trace[#trace + 1] = { step = "variations", applied = view.applied }
   end
@@ -967,7 +943,7 @@ local function nba(c, view, req)
   -- filter and score, in C: channel, eligible(c), limits, propensity
   local reasons = trace and {} or nil
   local n = H.nba_score(view.cnba, c, hist, channel, now, seed, sample,
-                        CA, CS, CP, CSRC, TAKEN, reasons)
+                        CA, CS, CP, CSRC, reasons)
   if trace then
     for i = 1, #list do
       local r = reasons[i]
@@ -978,8 +954,7 @@ local function nba(c, view, req)
       end
     end
   end
-  local in_order = trace ~= nil or view.arbitrate ~= nil
-  if in_order then n = ordered(c, view, n, channel, trace) end
+  if view.arbitrate then n = arbitrated(c, view, n, channel, trace) end
   -- choose, in rank order, under max_per_group, the contact budget and limit
   local policy = view.policy
   local day_total, by_channel = 0, nil
@@ -999,17 +974,9 @@ local function nba(c, view, req)
   local per_group = mpg and {} or nil
   local out, nout = arr(), 0
   local rank = 0
-  while true do
-    local k
-    if in_order then
-      k = rank + 1
-      if k > n then break end
-    else
-      if nout >= limit then break end -- nobody asked why the rest lost
-      k = next_best(n)
-      if not k then break end
-    end
-    rank = rank + 1
+  for k = 1, n do
+    if nout >= limit and not trace then break end -- nobody asked why the rest lost
+    rank = k
     local a = CA[k]
     local g = a.group
     local ch = channel or a.first_channel
