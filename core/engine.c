@@ -23,6 +23,8 @@ struct ch_engine {
 	ch_job         *head, *tail;
 	int             depth;
 	bool            stopping;
+	ch_rules       *pending_rules; // handed over by the reloader
+	pthread_cond_t  swap_cv;
 	msgpack_sbuffer state; // scratch: a customer's new state
 	msgpack_sbuffer tmp;   // scratch
 };
@@ -338,28 +340,6 @@ run_rules_info(ch_engine *e, ch_job *j)
 	}
 }
 
-static void
-run_reload(ch_engine *e, ch_job *j)
-{
-	ch_rules_opts o = { CH_DEFAULT_INSTR_BUDGET, CH_DEFAULT_MEM_LIMIT };
-	ch_rules     *fresh;
-	if (ch_rules_load(&fresh, e->o.rules_dir, &o) != CH_OK) {
-		reply_err(j, CH_EINTERNAL, "cannot read the rules folder '%s'",
-		    e->o.rules_dir);
-		return;
-	}
-	ch_rules_keep_serving(fresh, e->rules);
-	ch_rules_free(e->rules);
-	e->rules = fresh;
-	CH_COUNT(reloads, 1);
-	ch_req all = *j->req;
-	all.business.n = 0;
-	const ch_req *saved = j->req;
-	j->req = &all;
-	run_rules_info(e, j);
-	j->req = saved;
-}
-
 static int
 run_job(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 {
@@ -373,9 +353,6 @@ run_job(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 		return (run_forget(e, j, parent));
 	case CH_OP_RULES:
 		run_rules_info(e, j);
-		return (CH_OK);
-	case CH_OP_RELOAD:
-		run_reload(e, j);
 		return (CH_OK);
 	case CH_OP_PING:
 		reply_ok(j);
@@ -495,6 +472,44 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 	finish(e, jobs, n);
 }
 
+// swap puts a freshly loaded rule set in service, between two batches.
+static void
+swap(ch_engine *e, ch_rules *fresh)
+{
+	ch_rules_keep_serving(fresh, e->rules);
+	if (e->o.shard == 0 && e->o.publish != NULL) {
+		ch_rules_publish_changes(fresh, e->rules, e->o.publish,
+		    e->o.publish_arg);
+	}
+	ch_rules_free(e->rules);
+	e->rules = fresh;
+}
+
+void
+ch_engine_swap_rules(ch_engine *e, ch_rules *fresh)
+{
+	pthread_mutex_lock(&e->mu);
+	if (e->stopping) {
+		pthread_mutex_unlock(&e->mu);
+		ch_rules_free(fresh); // going down: nothing to serve with it
+		return;
+	}
+	if (!e->started) {
+		pthread_mutex_unlock(&e->mu);
+		swap(e, fresh); // no engine thread (tools)
+		return;
+	}
+	while (e->pending_rules != NULL) {
+		pthread_cond_wait(&e->swap_cv, &e->mu);
+	}
+	e->pending_rules = fresh;
+	pthread_cond_signal(&e->cv);
+	while (e->pending_rules == fresh) {
+		pthread_cond_wait(&e->swap_cv, &e->mu);
+	}
+	pthread_mutex_unlock(&e->mu);
+}
+
 static void *
 engine_main(void *arg)
 {
@@ -507,8 +522,21 @@ engine_main(void *arg)
 	}
 	for (;;) {
 		pthread_mutex_lock(&e->mu);
-		while (e->head == NULL && !e->stopping) {
+		while (e->head == NULL && !e->stopping &&
+		    e->pending_rules == NULL) {
 			pthread_cond_wait(&e->cv, &e->mu);
+		}
+		if (e->pending_rules != NULL) {
+			// between two batches: the events in flight ran on the
+			// old version, the next ones run on the new
+			ch_rules *fresh = e->pending_rules;
+			pthread_mutex_unlock(&e->mu);
+			swap(e, fresh);
+			pthread_mutex_lock(&e->mu);
+			e->pending_rules = NULL;
+			pthread_cond_broadcast(&e->swap_cv);
+			pthread_mutex_unlock(&e->mu);
+			continue;
 		}
 		if (e->head == NULL) {
 			pthread_mutex_unlock(&e->mu);
@@ -553,6 +581,7 @@ ch_engine_new(ch_engine **out, const ch_engine_opts *o)
 	}
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->cv, NULL);
+	pthread_cond_init(&e->swap_cv, NULL);
 	msgpack_sbuffer_init(&e->state);
 	msgpack_sbuffer_init(&e->tmp);
 	*out = e;
@@ -644,5 +673,6 @@ ch_engine_free(ch_engine *e)
 	msgpack_sbuffer_destroy(&e->tmp);
 	pthread_mutex_destroy(&e->mu);
 	pthread_cond_destroy(&e->cv);
+	pthread_cond_destroy(&e->swap_cv);
 	free(e);
 }

@@ -63,6 +63,11 @@ int  ch_engine_submit(ch_engine *e, ch_job *j, bool force);
 void ch_engine_stop(ch_engine *e);
 void ch_engine_free(ch_engine *e);
 
+// ch_engine_swap_rules hands a freshly loaded rule set to the engine, which
+// puts it in service between two batches (businesses that failed to load
+// keep their old version), and returns once it has. Takes fresh over.
+void ch_engine_swap_rules(ch_engine *e, ch_rules *fresh);
+
 // ch_engine_run_one runs one job synchronously on the caller's thread, in
 // its own transaction (for tools and tests; never while the thread runs).
 void ch_engine_run_one(ch_engine *e, ch_job *j);

@@ -18,6 +18,7 @@
 #include "engine.h"
 #include "err.h"
 #include "log.h"
+#include "reload.h"
 #include "server.h"
 #include "store.h"
 
@@ -142,12 +143,6 @@ parse(int argc, char **argv, serve_opts *o)
 	return (-1);
 }
 
-static void
-reload_done(ch_job *j)
-{
-	atomic_store((atomic_bool *) j->owner, false);
-}
-
 int
 ch_serve_main(int argc, char **argv, const char *version)
 {
@@ -180,7 +175,8 @@ ch_serve_main(int argc, char **argv, const char *version)
 
 	ch_store  *stores[64]  = { 0 };
 	ch_engine *engines[64] = { 0 };
-	ch_server *srv         = NULL;
+	ch_server   *srv      = NULL;
+	ch_reloader *reloader = NULL;
 	char       why[512];
 	int        status = 1, nbiz = 0;
 
@@ -243,6 +239,18 @@ ch_serve_main(int argc, char **argv, const char *version)
 			goto out;
 		}
 	}
+	ch_reloader_opts ropts = {
+		.rules_dir  = o.rules,
+		.engines    = engines,
+		.nengines   = o.shards,
+		.rules_opts = { CH_DEFAULT_INSTR_BUDGET, CH_DEFAULT_MEM_LIMIT },
+		.watch      = true,
+	};
+	if (ch_reloader_start(&reloader, &ropts) != CH_OK) {
+		ch_log_error("serve: cannot start the rules watcher");
+		goto out;
+	}
+	ch_server_set_reloader(srv, reloader);
 	ch_log_info("serve: choreo %s serving %d business(es) from %s, data "
 	            "in %s",
 	    version, nbiz, o.rules, o.data);
@@ -251,16 +259,6 @@ ch_serve_main(int argc, char **argv, const char *version)
 	    o.http);
 	fflush(stdout);
 
-	ch_job      reloads[64];
-	atomic_bool queued[64];
-	ch_req      reload_req = { .op = CH_OP_RELOAD, .limit = 3 };
-	for (int i = 0; i < o.shards; i++) {
-		ch_job_init(&reloads[i]);
-		atomic_init(&queued[i], false);
-		reloads[i].req   = &reload_req;
-		reloads[i].done  = reload_done;
-		reloads[i].owner = &queued[i];
-	}
 	for (;;) {
 		int sig;
 		if (sigwait(&sigs, &sig) != 0) {
@@ -268,28 +266,23 @@ ch_serve_main(int argc, char **argv, const char *version)
 		}
 		if (sig == SIGHUP) {
 			ch_log_info("serve: SIGHUP: reloading the rules");
-			for (int i = 0; i < o.shards; i++) {
-				// a reload still queued covers this one too
-				if (!atomic_exchange(&queued[i], true)) {
-					ch_engine_submit(engines[i], &reloads[i],
-					    true);
-				}
-			}
+			ch_reloader_trigger(reloader);
 			continue;
 		}
 		ch_log_info("serve: %s: stopping", strsignal(sig));
 		break;
 	}
 	ch_server_quiesce(srv);
+	ch_server_set_reloader(srv, NULL);
+	ch_reloader_stop(reloader); // before the engines it hands rules to
+	reloader = NULL;
 	for (int i = 0; i < o.shards; i++) {
 		ch_engine_stop(engines[i]); // runs and commits what is queued
 	}
 	ch_server_drain(srv, 2000);
-	for (int i = 0; i < o.shards; i++) {
-		ch_job_fini(&reloads[i]);
-	}
 	status = 0;
 out:
+	ch_reloader_stop(reloader);
 	ch_server_close(srv);
 	for (int i = 0; i < o.shards; i++) {
 		ch_engine_free(engines[i]);

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "err.h"
+#include "reload.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -37,6 +38,7 @@ struct ch_server {
 	bool             pull_paused;
 	atomic_bool      stopping;
 	atomic_int       inflight;
+	ch_reloader     *_Atomic reloader;
 };
 
 static ch_server *the_server; // for the HTTP handlers, which get no argument
@@ -99,6 +101,7 @@ struct rep_work {
 	uint32_t    nsubs;
 	atomic_uint pending;
 	msgpack_sbuffer out;
+	ch_req      rules_req; // a reload answers with the rules it loaded
 };
 
 static void
@@ -134,28 +137,24 @@ rep_single_done(ch_job *j)
 	rep_send(w, j->reply.data, j->reply.size);
 }
 
-// fan_done completes a batch (results in order) or a reload (the first
-// shard's reply) once every sub-job is done.
+// fan_complete sends a batch's results, in order, once every member is
+// done.
 static void
 fan_complete(rep_work *w)
 {
-	if (w->doc.req.op == CH_OP_BATCH) {
-		msgpack_packer pk;
-		w->out.size = 0;
-		msgpack_packer_init(&pk, &w->out, sbuf_write);
-		msgpack_pack_map(&pk, 2);
-		ch_pack_str(&pk, "ok");
-		msgpack_pack_true(&pk);
-		ch_pack_str(&pk, "results");
-		msgpack_pack_array(&pk, w->nsubs);
-		for (uint32_t i = 0; i < w->nsubs; i++) {
-			msgpack_sbuffer_write(&w->out, w->subs[i].reply.data,
-			    w->subs[i].reply.size);
-		}
-		rep_send(w, w->out.data, w->out.size);
-		return;
+	msgpack_packer pk;
+	w->out.size = 0;
+	msgpack_packer_init(&pk, &w->out, sbuf_write);
+	msgpack_pack_map(&pk, 2);
+	ch_pack_str(&pk, "ok");
+	msgpack_pack_true(&pk);
+	ch_pack_str(&pk, "results");
+	msgpack_pack_array(&pk, w->nsubs);
+	for (uint32_t i = 0; i < w->nsubs; i++) {
+		msgpack_sbuffer_write(&w->out, w->subs[i].reply.data,
+		    w->subs[i].reply.size);
 	}
-	rep_send(w, w->subs[0].reply.data, w->subs[0].reply.size);
+	rep_send(w, w->out.data, w->out.size);
 }
 
 static void
@@ -172,8 +171,7 @@ fan_out(rep_work *w)
 {
 	ch_server *s = w->srv;
 	ch_req    *r = &w->doc.req;
-	bool       batch = r->op == CH_OP_BATCH;
-	uint32_t   n     = batch ? r->nevents : (uint32_t) s->o.shards;
+	uint32_t   n = r->nevents;
 
 	if (n == 0) { // an empty batch
 		msgpack_packer pk;
@@ -200,21 +198,18 @@ fan_out(rep_work *w)
 		j->owner = w;
 		j->index = i;
 		j->done  = fan_done;
-		j->req   = batch ? &r->events[i] : r;
-		int shard = i;
-		if (batch) {
-			if (r->events[i].err != CH_OK) {
-				const char *m = r->events[i].errmsg;
-				pack_error_buf(&j->reply, r->events[i].err,
-				    m ? m : "bad request");
-				CH_COUNT(errors[ch_err_index(r->events[i].err)], 1);
-				fan_done(j);
-				continue;
-			}
-			CH_COUNT(requests[CH_OP_EVENT], 1);
-			shard = ch_shard_of(r->events[i].business,
-			    r->events[i].customer, s->o.shards);
+		j->req   = &r->events[i];
+		if (r->events[i].err != CH_OK) {
+			const char *m = r->events[i].errmsg;
+			pack_error_buf(&j->reply, r->events[i].err,
+			    m ? m : "bad request");
+			CH_COUNT(errors[ch_err_index(r->events[i].err)], 1);
+			fan_done(j);
+			continue;
 		}
+		CH_COUNT(requests[CH_OP_EVENT], 1);
+		int shard = ch_shard_of(r->events[i].business,
+		    r->events[i].customer, s->o.shards);
 		if (ch_engine_submit(s->o.engines[shard], j, false) != CH_OK) {
 			pack_error_buf(&j->reply, CH_EOVERLOADED,
 			    "the queue is full; retry later (nothing applied)");
@@ -225,6 +220,31 @@ fan_out(rep_work *w)
 	if (atomic_fetch_sub(&w->pending, 1) == 1) { // release our hold
 		fan_complete(w);
 	}
+}
+
+// reload_done runs on the reloader's thread once every engine has swapped:
+// the reply is the rules op's, from shard 0.
+static void
+reload_done(void *arg)
+{
+	rep_work  *w = arg;
+	ch_server *s = w->srv;
+	memset(&w->rules_req, 0, sizeof(w->rules_req));
+	w->rules_req.op       = CH_OP_RULES;
+	w->rules_req.business = w->doc.req.business;
+	w->job.req            = &w->rules_req;
+	w->job.owner          = w;
+	w->job.done           = rep_single_done;
+	if (ch_engine_submit(s->o.engines[0], &w->job, true) != CH_OK) {
+		rep_send_error(w, CH_EOVERLOADED,
+		    "the server is stopping; the reload may not have happened");
+	}
+}
+
+void
+ch_server_set_reloader(ch_server *s, ch_reloader *r)
+{
+	atomic_store(&s->reloader, r);
 }
 
 static void
@@ -281,9 +301,17 @@ rep_handle(rep_work *w)
 		return;
 	}
 	case CH_OP_BATCH:
-	case CH_OP_RELOAD:
 		fan_out(w);
 		return;
+	case CH_OP_RELOAD: {
+		ch_reloader *rl = atomic_load(&s->reloader);
+		if (rl == NULL ||
+		    ch_reloader_request(rl, reload_done, w) != CH_OK) {
+			rep_send_error(w, CH_EOVERLOADED,
+			    "a reload cannot be taken now; retry later");
+		}
+		return;
+	}
 	default:
 		break;
 	}

@@ -28,6 +28,10 @@ typedef struct {
 int ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
     size_t whylen);
 
+typedef struct ch_reloader ch_reloader;
+// ch_server_set_reloader lets the reload op through (refused before).
+void ch_server_set_reloader(ch_server *s, ch_reloader *r);
+
 // ch_server_publish sends one pub message (topic \0 msgpack). Thread-safe.
 void ch_server_publish(void *srv, const void *msg, size_t len);
 

@@ -27,6 +27,9 @@ struct ch_rules {
 	ch_rules_opts  opts;
 };
 
+static int  sbuf_write(void *data, const char *buf, size_t len);
+static void pack_biz(const ch_biz *b, msgpack_packer *pk);
+
 static int64_t
 now_ms(void)
 {
@@ -801,6 +804,65 @@ ch_rules_keep_serving(ch_rules *fresh, ch_rules *old)
 		ch_log_warn("rules[%s]: version %s keeps serving", ob->name,
 		    ob->version);
 	}
+}
+
+void
+ch_rules_publish_changes(ch_rules *fresh, ch_rules *old,
+    void (*publish)(void *, const void *, size_t), void *arg)
+{
+	msgpack_sbuffer b;
+	msgpack_packer  pk;
+	msgpack_sbuffer_init(&b);
+	for (int i = 0; i < fresh->n; i++) {
+		ch_biz *fb   = fresh->biz[i];
+		ch_str  name = { fb->name, (uint32_t) strlen(fb->name) };
+		ch_biz *ob   = lookup(old, name);
+		bool    changed = ob == NULL || ob->L == NULL ||
+		    strcmp(ob->version, fb->version) != 0;
+		if (!changed && fb->err.message == NULL) {
+			continue; // the same files as before
+		}
+		b.size = 0;
+		char topic[128];
+		int  tl = snprintf(topic, sizeof(topic), "choreo/%s/rules",
+		     fb->name);
+		msgpack_sbuffer_write(&b, topic, (size_t) tl + 1);
+		msgpack_packer_init(&pk, &b, sbuf_write);
+		msgpack_pack_map(&pk, 3);
+		ch_pack_str(&pk, "ok");
+		if (fb->err.message == NULL) {
+			msgpack_pack_true(&pk);
+		} else {
+			msgpack_pack_false(&pk);
+		}
+		ch_pack_str(&pk, "businesses");
+		msgpack_pack_map(&pk, 1);
+		pack_biz(fb, &pk);
+		ch_pack_kv_str(&pk, "business", fb->name);
+		publish(arg, b.data, b.size);
+	}
+	// businesses that are gone
+	for (int i = 0; i < old->n; i++) {
+		ch_biz *ob   = old->biz[i];
+		ch_str  name = { ob->name, (uint32_t) strlen(ob->name) };
+		if (lookup(fresh, name) != NULL) {
+			continue;
+		}
+		b.size = 0;
+		char topic[128];
+		int  tl = snprintf(topic, sizeof(topic), "choreo/%s/rules",
+		     ob->name);
+		msgpack_sbuffer_write(&b, topic, (size_t) tl + 1);
+		msgpack_packer_init(&pk, &b, sbuf_write);
+		msgpack_pack_map(&pk, 3);
+		ch_pack_str(&pk, "ok");
+		msgpack_pack_true(&pk);
+		ch_pack_kv_str(&pk, "business", ob->name);
+		ch_pack_str(&pk, "removed");
+		msgpack_pack_true(&pk);
+		publish(arg, b.data, b.size);
+	}
+	msgpack_sbuffer_destroy(&b);
 }
 
 int

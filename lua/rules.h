@@ -35,6 +35,12 @@ void ch_rules_free(ch_rules *r);
 // new error for the rules op to report.
 void ch_rules_keep_serving(ch_rules *fresh, ch_rules *old);
 
+// ch_rules_publish_changes publishes, on choreo/<business>/rules, every
+// business of fresh that is new, changed version or failed to load, and
+// every business of old that is gone.
+void ch_rules_publish_changes(ch_rules *fresh, ch_rules *old,
+    void (*publish)(void *, const void *, size_t), void *arg);
+
 // ch_rules_find returns the serving rule set of a business, or NULL.
 ch_biz *ch_rules_find(ch_rules *r, ch_str business);
 

@@ -1,0 +1,283 @@
+// choreo — the reloader: rules go live without a restart. See reload.h.
+//
+// One thread watches the rules folder with inotify (files created, changed,
+// removed or renamed, business folders appearing and disappearing; editors
+// that save by rename), waits for ~100 ms of quiet, then compiles a fresh
+// rule set per shard — new Lua states, off the engine threads — and hands
+// each engine its set, which the engine swaps in between two batches. A
+// business whose new files fail keeps its old version (ch_rules_keep_serving)
+// and the failure is reported by the `rules` op, in the log and on pub.
+#include "reload.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <dirent.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../lua/rules.h"
+#include "err.h"
+#include "log.h"
+#include "metrics.h"
+
+#define DEBOUNCE_MS 100
+#define MAX_WAITERS 64
+
+typedef struct {
+	void (*done)(void *arg);
+	void *arg;
+} waiter;
+
+struct ch_reloader {
+	ch_reloader_opts o;
+	pthread_t        thread;
+	pthread_mutex_t  mu;
+	pthread_cond_t   cv;
+	bool             stopping;
+	bool             wanted;   // a reload was asked for (signal, op)
+	waiter           waiters[MAX_WAITERS];
+	int              nwaiters;
+	int              ifd;      // inotify, or -1
+	int              pipe[2];  // wakes poll() when asked
+};
+
+static int64_t
+mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ((int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+// rewatch watches the rules folder, each business folder and its tests/.
+// Watches are cheap and a rescan is rare, so it starts over each time.
+static void
+rewatch(ch_reloader *r)
+{
+	const uint32_t mask = IN_CREATE | IN_DELETE | IN_CLOSE_WRITE |
+	    IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB | IN_DELETE_SELF |
+	    IN_MOVE_SELF | IN_MODIFY;
+	if (r->ifd >= 0) {
+		close(r->ifd);
+	}
+	r->ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (r->ifd < 0) {
+		ch_log_warn("reload: inotify: %s; reload with SIGHUP",
+		    strerror(errno));
+		return;
+	}
+	inotify_add_watch(r->ifd, r->o.rules_dir, mask);
+	DIR *d = opendir(r->o.rules_dir);
+	if (d == NULL) {
+		return;
+	}
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		char        p[4096];
+		struct stat st;
+		if (e->d_name[0] == '.') {
+			continue;
+		}
+		snprintf(p, sizeof(p), "%s/%s", r->o.rules_dir, e->d_name);
+		if (stat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+			inotify_add_watch(r->ifd, p, mask);
+			char t[4200];
+			snprintf(t, sizeof(t), "%s/tests", p);
+			inotify_add_watch(r->ifd, t, mask); // absent: ignored
+		}
+	}
+	closedir(d);
+}
+
+// drain reads every pending inotify event; true when there were some.
+static bool
+drain(ch_reloader *r)
+{
+	char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+	bool any = false;
+	for (;;) {
+		ssize_t n = read(r->ifd, buf, sizeof(buf));
+		if (n <= 0) {
+			break;
+		}
+		any = true;
+	}
+	return (any);
+}
+
+static void
+reload_now(ch_reloader *r)
+{
+	ch_rules     *fresh[64];
+	ch_rules_opts ro = r->o.rules_opts;
+	int           n  = r->o.nengines;
+	int           ok = 0;
+	for (int i = 0; i < n; i++) {
+		fresh[i] = NULL;
+		if (ch_rules_load(&fresh[i], r->o.rules_dir, &ro) == CH_OK) {
+			ok++;
+		}
+	}
+	if (ok != n) {
+		ch_log_error("reload: cannot read the rules folder %s; the "
+		             "current rules keep serving",
+		    r->o.rules_dir);
+		for (int i = 0; i < n; i++) {
+			ch_rules_free(fresh[i]);
+		}
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		ch_engine_swap_rules(r->o.engines[i], fresh[i]); // waits
+	}
+	CH_COUNT(reloads, 1);
+}
+
+static void *
+reloader_main(void *arg)
+{
+	ch_reloader *r        = arg;
+	int64_t      deadline = -1; // a change seen: reload at this time
+	for (;;) {
+		struct pollfd p[2] = {
+			{ r->pipe[0], POLLIN, 0 },
+			{ r->ifd, POLLIN, 0 },
+		};
+		int timeout = -1;
+		if (deadline >= 0) {
+			int64_t left = deadline - mono_ms();
+			timeout      = left > 0 ? (int) left : 0;
+		}
+		poll(p, r->ifd >= 0 ? 2 : 1, timeout);
+		if (p[0].revents & POLLIN) {
+			char b[64];
+			while (read(r->pipe[0], b, sizeof(b)) > 0) {
+			}
+		}
+		if (r->ifd >= 0 && (p[1].revents & POLLIN) && drain(r)) {
+			deadline = mono_ms() + DEBOUNCE_MS; // wait for quiet
+		}
+		pthread_mutex_lock(&r->mu);
+		if (r->stopping) {
+			pthread_mutex_unlock(&r->mu);
+			break;
+		}
+		bool wanted = r->wanted;
+		r->wanted   = false;
+		waiter ws[MAX_WAITERS];
+		int    nw   = r->nwaiters;
+		memcpy(ws, r->waiters, sizeof(waiter) * (size_t) nw);
+		r->nwaiters = 0;
+		pthread_mutex_unlock(&r->mu);
+		bool due = deadline >= 0 && mono_ms() >= deadline;
+		if (wanted || due) {
+			deadline = -1;
+			ch_log_info("reload: %s", due ? "the rules changed"
+			                               : "asked for");
+			reload_now(r);
+			if (r->o.watch) {
+				rewatch(r); // folders may have come or gone
+				drain(r);
+			}
+		}
+		for (int i = 0; i < nw; i++) {
+			ws[i].done(ws[i].arg);
+		}
+	}
+	return (NULL);
+}
+
+int
+ch_reloader_start(ch_reloader **out, const ch_reloader_opts *o)
+{
+	ch_reloader *r = calloc(1, sizeof(*r));
+	if (r == NULL) {
+		return (CH_EINTERNAL);
+	}
+	r->o   = *o;
+	r->ifd = -1;
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->cv, NULL);
+	if (pipe(r->pipe) != 0) {
+		free(r);
+		return (CH_EINTERNAL);
+	}
+	for (int i = 0; i < 2; i++) {
+		int fl = O_NONBLOCK;
+		fcntl(r->pipe[i], F_SETFL, fl);
+	}
+	if (o->watch) {
+		rewatch(r);
+	}
+	if (pthread_create(&r->thread, NULL, reloader_main, r) != 0) {
+		close(r->pipe[0]);
+		close(r->pipe[1]);
+		free(r);
+		return (CH_EINTERNAL);
+	}
+	*out = r;
+	return (CH_OK);
+}
+
+static void
+wake(ch_reloader *r)
+{
+	ssize_t n = write(r->pipe[1], "x", 1);
+	(void) n; // a full pipe already means "wake up"
+}
+
+void
+ch_reloader_trigger(ch_reloader *r)
+{
+	pthread_mutex_lock(&r->mu);
+	r->wanted = true;
+	pthread_mutex_unlock(&r->mu);
+	wake(r);
+}
+
+int
+ch_reloader_request(ch_reloader *r, void (*done)(void *), void *arg)
+{
+	pthread_mutex_lock(&r->mu);
+	if (r->nwaiters == MAX_WAITERS || r->stopping) {
+		pthread_mutex_unlock(&r->mu);
+		return (CH_EOVERLOADED);
+	}
+	r->waiters[r->nwaiters++] = (waiter) { done, arg };
+	r->wanted                 = true;
+	pthread_mutex_unlock(&r->mu);
+	wake(r);
+	return (CH_OK);
+}
+
+void
+ch_reloader_stop(ch_reloader *r)
+{
+	if (r == NULL) {
+		return;
+	}
+	pthread_mutex_lock(&r->mu);
+	r->stopping = true;
+	pthread_mutex_unlock(&r->mu);
+	wake(r);
+	pthread_join(r->thread, NULL);
+	// answer whoever still waits: the reload did not happen
+	for (int i = 0; i < r->nwaiters; i++) {
+		r->waiters[i].done(r->waiters[i].arg);
+	}
+	if (r->ifd >= 0) {
+		close(r->ifd);
+	}
+	close(r->pipe[0]);
+	close(r->pipe[1]);
+	pthread_mutex_destroy(&r->mu);
+	pthread_cond_destroy(&r->cv);
+	free(r);
+}
