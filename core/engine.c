@@ -152,6 +152,19 @@ biz_or_reply(ch_engine *e, ch_job *j)
 		reply_err(j, CH_EUNKNOWNBUSINESS,
 		    "no rule set is loaded for business '" BIZ_FMT "'",
 		    BIZ_ARG(j->req->business));
+		return (NULL);
+	}
+	// forget is an admin op when the daemon has an admin token
+	bool admin = j->req->op == CH_OP_FORGET && e->o.admin_token != NULL;
+	if (admin && !ch_token_ok(e->o.admin_token, j->req->token)) {
+		reply_err(j, CH_EUNAUTHORIZED, "forget needs the admin token");
+		return (NULL);
+	}
+	if (!admin && !ch_biz_authorized(b, j->req->token)) {
+		reply_err(j, CH_EUNAUTHORIZED,
+		    "business '" BIZ_FMT "' needs its token (field 'token')",
+		    BIZ_ARG(j->req->business));
+		return (NULL);
 	}
 	return (b);
 }

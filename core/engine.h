@@ -53,6 +53,7 @@ typedef struct {
 	ch_publish_fn publish;    // for c:emit; called on the engine thread
 	void         *publish_arg;
 	int64_t (*clock)(void);   // ms since the epoch; NULL: the real clock
+	const char *admin_token;  // forget needs it; NULL: none
 } ch_engine_opts;
 
 int  ch_engine_start(ch_engine **out, const ch_engine_opts *o);

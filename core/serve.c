@@ -28,6 +28,7 @@ typedef struct {
 	int         shards;
 	size_t      max_size, max_message;
 	int         batch_max, queue_cap;
+	const char *admin_token;
 } serve_opts;
 
 static void
@@ -53,6 +54,7 @@ usage(FILE *f)
 	    "  --batch N           most events per group commit (256)\n"
 	    "  --queue N           queued requests per shard before\n"
 	    "                      'overloaded' (4096)\n"
+	    "  --admin-token T     reload and forget need this token\n"
 	    "\n"
 	    "SIGHUP reloads the rules; SIGINT or SIGTERM stop cleanly.\n");
 }
@@ -73,6 +75,7 @@ parse(int argc, char **argv, serve_opts *o)
 		{ "max-message", required_argument, NULL, 'M' },
 		{ "batch", required_argument, NULL, 'b' },
 		{ "queue", required_argument, NULL, 'q' },
+		{ "admin-token", required_argument, NULL, 'A' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -126,6 +129,9 @@ parse(int argc, char **argv, serve_opts *o)
 			break;
 		case 'q':
 			o->queue_cap = atoi(optarg);
+			break;
+		case 'A':
+			o->admin_token = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -211,6 +217,7 @@ ch_serve_main(int argc, char **argv, const char *version)
 			.batch_max       = o.batch_max,
 			.publish         = ch_server_publish,
 			.publish_arg     = NULL,
+			.admin_token     = o.admin_token,
 		};
 		if (ch_engine_new(&engines[i], &eo) != CH_OK) {
 			ch_rules_free(rules);
@@ -227,6 +234,7 @@ ch_serve_main(int argc, char **argv, const char *version)
 		.stores      = stores,
 		.shards      = o.shards,
 		.version     = version,
+		.admin_token = o.admin_token,
 	};
 	if (ch_server_start(&srv, &sopts, why, sizeof(why)) != CH_OK) {
 		ch_log_error("serve: cannot listen: %s", why);

@@ -15,6 +15,7 @@
 
 #include "err.h"
 #include "reload.h"
+#include "../lua/rules.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -305,6 +306,12 @@ rep_handle(rep_work *w)
 		return;
 	case CH_OP_RELOAD: {
 		ch_reloader *rl = atomic_load(&s->reloader);
+		if (s->o.admin_token != NULL &&
+		    !ch_token_ok(s->o.admin_token, r->token)) {
+			rep_send_error(w, CH_EUNAUTHORIZED,
+			    "reload needs the admin token (field 'token')");
+			return;
+		}
 		if (rl == NULL ||
 		    ch_reloader_request(rl, reload_done, w) != CH_OK) {
 			rep_send_error(w, CH_EOVERLOADED,

@@ -21,6 +21,7 @@ typedef struct {
 	ch_store  **stores;       // one per shard (for /metrics)
 	int         shards;
 	const char *version;
+	const char *admin_token;  // reload needs it; NULL: none
 } ch_server_opts;
 
 // ch_server_start binds every endpoint and starts receiving. Returns CH_OK,

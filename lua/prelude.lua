@@ -435,6 +435,15 @@ function D.arbitrate(fn)
   target().arbitrate = fn
 end
 
+-- token "secret": every request for this business must carry it.
+function D.token(t)
+  if open_variation then fail("token: cannot be declared inside a variation") end
+  if type(t) ~= "string" or #t < 8 then
+    fail(sfmt("token: expected a string of at least 8 characters, got %s", tname(t)))
+  end
+  B.token = t
+end
+
 function D.on(etype, fn)
   if open_variation then
     fail("on(): handlers cannot be declared inside a variation")
@@ -1145,6 +1154,7 @@ function API.decide(st, req, now, version)
 end
 
 API.check = check_all
+function API.token() return B.token end
 API.CODED = CODED
 
 ------------------------------------------------------------------------

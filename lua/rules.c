@@ -572,6 +572,7 @@ biz_free(ch_biz *b)
 	free(b->files);
 	free(b->err.message);
 	free(b->err.file);
+	free(b->token);
 	free(b);
 }
 
@@ -652,6 +653,33 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 		lua_settop(b->L, 0);
 		goto out;
 	}
+	// the token: a file next to the rules wins over a declaration
+	char   tpath[4200];
+	size_t tlen;
+	snprintf(tpath, sizeof(tpath), "%s/token", dir);
+	char *tok = read_file(tpath, &tlen);
+	if (tok != NULL) {
+		while (tlen > 0 && (tok[tlen - 1] == '\n' ||
+		                       tok[tlen - 1] == '\r' ||
+		                       tok[tlen - 1] == ' ')) {
+			tlen--;
+		}
+		tok[tlen] = '\0';
+		if (tlen == 0) {
+			free(tok);
+			tok = NULL;
+		}
+	} else {
+		lua_rawgeti(b->L, LUA_REGISTRYINDEX, b->api);
+		lua_getfield(b->L, -1, "token");
+		lua_remove(b->L, -2);
+		if (pcall_rule(b, 0, 1) == CH_OK &&
+		    lua_type(b->L, -1) == LUA_TSTRING) {
+			tok = strdup(lua_tostring(b->L, -1));
+		}
+		lua_settop(b->L, 0);
+	}
+	b->token = tok;
 	snprintf(b->version, sizeof(b->version), "%012llx",
 	    (unsigned long long) (h & 0xffffffffffffull));
 out:
@@ -869,6 +897,27 @@ int
 ch_rules_count(const ch_rules *r)
 {
 	return (r->n);
+}
+
+bool
+ch_token_ok(const char *want, ch_str got)
+{
+	if (want == NULL) {
+		return (true);
+	}
+	size_t n = strlen(want);
+	// the same time whatever the first wrong byte
+	unsigned char diff = (unsigned char) (n != got.n);
+	for (size_t i = 0; i < n; i++) {
+		diff |= (unsigned char) (want[i] ^ (i < got.n ? got.p[i] : 0));
+	}
+	return (diff == 0);
+}
+
+bool
+ch_biz_authorized(const ch_biz *b, ch_str token)
+{
+	return (ch_token_ok(b->token, token));
 }
 
 const char *

@@ -51,6 +51,11 @@ int ch_rules_count(const ch_rules *r);
 // for one business when business.n > 0 (unknown_business if absent).
 int ch_rules_pack_info(ch_rules *r, ch_str business, msgpack_packer *pk);
 
+// ch_biz_authorized: the business has no token, or token is it.
+bool ch_biz_authorized(const ch_biz *b, ch_str token);
+// ch_token_ok compares a token in constant time; want NULL accepts any.
+bool ch_token_ok(const char *want, ch_str got);
+
 // ch_biz_version returns the rule version (a short hash of the files).
 const char *ch_biz_version(const ch_biz *b);
 

@@ -32,6 +32,7 @@ struct ch_biz {
 	const char *limit_what;
 	ch_rule_out *cur;    // the call running, for the model's store access
 	uint64_t     model_gen; // bumped by every model write (nba.c's cache)
+	char        *token;     // requests must carry it; NULL: none
 };
 
 // ch_biz_of returns the business whose state L is.
