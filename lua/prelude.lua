@@ -1180,6 +1180,8 @@ local function build_env()
   end
   env._VERSION = _VERSION
   env.string = copy(string, { dump = true })
+  -- the pattern functions count their steps against the event's budget
+  for k, f in pairs(H.patterns) do env.string[k] = f end
   env.table = copy(table)
   env.math = copy(math)
   env.utf8 = copy(utf8)

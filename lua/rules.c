@@ -18,6 +18,7 @@
 #include "../core/store.h"
 #include "conv.h"
 #include "nba.h"
+#include "pattern.h"
 #include "rules_int.h"
 #include "prelude.h" // generated: ch_prelude_lua[], ch_prelude_lua_len
 
@@ -87,14 +88,28 @@ budget_hook(lua_State *L, lua_Debug *ar)
 	b->limit_hit  = true;
 	b->limit_what = "instruction budget";
 	lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-	luaL_error(L, "rule ran past its instruction budget (%llu instructions)",
-	    (unsigned long long) b->budget);
+	luaL_error(L, "rule ran past its instruction budget (%I instructions)",
+	    (lua_Integer) b->budget);
+}
+
+int
+ch_biz_charge(ch_biz *b, uint64_t n)
+{
+	b->steps += n;
+	if (b->steps <= b->budget) {
+		return (0);
+	}
+	b->limit_hit  = true;
+	b->limit_what = "instruction budget";
+	lua_sethook(b->L, budget_hook, LUA_MASKCOUNT, 1); // sticky from now
+	return (-1);
 }
 
 static void
 arm(ch_biz *b)
 {
 	b->limit_hit = false;
+	b->steps     = 0;
 	int count    = b->budget > (uint64_t) INT32_MAX ? INT32_MAX
 	                                                : (int) b->budget;
 	lua_sethook(b->L, budget_hook, LUA_MASKCOUNT, count);
@@ -540,6 +555,9 @@ open_state(ch_biz *b)
 	lua_pushcfunction(L, l_model_epoch);
 	lua_setfield(L, -2, "model_epoch");
 	ch_nba_register(L, lua_gettop(L));
+	lua_newtable(L);
+	ch_pattern_install(L, -1);
+	lua_setfield(L, -2, "patterns");
 	lua_pushstring(L, b->name);
 	lua_setfield(L, -2, "business");
 	if (pcall_rule(b, 1, 1) != CH_OK) {       /* API */

@@ -33,10 +33,16 @@ struct ch_biz {
 	ch_rule_out *cur;    // the call running, for the model's store access
 	uint64_t     model_gen; // bumped by every model write (nba.c's cache)
 	char        *token;     // requests must carry it; NULL: none
+	uint64_t     steps;     // C work charged to the running call
 };
 
 // ch_biz_of returns the business whose state L is.
 ch_biz *ch_biz_of(lua_State *L);
+
+// ch_biz_charge adds n steps of work done in C (pattern matching) to the
+// running call; past the budget it arms the sticky budget hook and returns
+// -1 (the caller then raises).
+int ch_biz_charge(ch_biz *b, uint64_t n);
 
 // ch_rules_epoch: bumped by ch_rules_model_rollback.
 uint64_t ch_rules_epoch(void);
