@@ -88,8 +88,11 @@ budget_hook(lua_State *L, lua_Debug *ar)
 	b->limit_hit  = true;
 	b->limit_what = "instruction budget";
 	lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-	luaL_error(L, "rule ran past its instruction budget (%I instructions)",
+	// no position of its own: msgh names the rule's line
+	lua_pushfstring(L, "rule ran past its instruction budget (%I "
+	                   "instructions)",
 	    (lua_Integer) b->budget);
+	lua_error(L);
 }
 
 int
