@@ -2,7 +2,13 @@
 #ifndef CORE_LOG_H
 #define CORE_LOG_H
 
-enum ch_log_level { CH_LOG_ERROR, CH_LOG_WARN, CH_LOG_INFO, CH_LOG_DEBUG };
+enum ch_log_level {
+	CH_LOG_OFF = -1,
+	CH_LOG_ERROR,
+	CH_LOG_WARN,
+	CH_LOG_INFO,
+	CH_LOG_DEBUG,
+};
 
 // ch_log_set_level sets the most verbose level printed (default INFO).
 void ch_log_set_level(enum ch_log_level lv);

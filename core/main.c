@@ -4,6 +4,7 @@
 
 #include "cli.h"
 #include "replay.h"
+#include "tools.h"
 #include "serve.h"
 
 #define CHOREO_VERSION "0.1.0"
@@ -18,6 +19,8 @@ usage(FILE *f)
 	    "  serve     serve events over nng with the rules in --rules\n"
 	    "\n"
 	    "tools (no daemon needed):\n"
+	    "  test      run the analyst tests of a business (or all of them)\n"
+	    "  lint      check rules without serving them\n"
 	    "  replay    run JSON lines of requests through a rule set with a\n"
 	    "            virtual clock; one JSON reply per line\n"
 	    "\n"
@@ -45,6 +48,12 @@ main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "serve") == 0) {
 		return (ch_serve_main(argc - 1, argv + 1, CHOREO_VERSION));
+	}
+	if (strcmp(argv[1], "test") == 0) {
+		return (ch_test_main(argc - 1, argv + 1));
+	}
+	if (strcmp(argv[1], "lint") == 0) {
+		return (ch_lint_main(argc - 1, argv + 1));
 	}
 	if (strcmp(argv[1], "replay") == 0) {
 		return (ch_replay_main(argc - 1, argv + 1));

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../lua/atest.h"
 #include "../lua/rules.h"
 #include "err.h"
 #include "log.h"
@@ -133,6 +134,30 @@ reload_now(ch_reloader *r)
 			ch_rules_free(fresh[i]);
 		}
 		return;
+	}
+	// the gate: a business whose analyst tests fail does not go live
+	for (int k = 0; ch_rules_name(fresh[0], k) != NULL; k++) {
+		const char *biz = ch_rules_name(fresh[0], k);
+		if (!ch_rules_serving(fresh[0], k)) {
+			continue;
+		}
+		int  passed, failed;
+		char first[600];
+		FILE *devnull = fopen("/dev/null", "w");
+		ch_atest_run(r->o.rules_dir, biz, devnull ? devnull : stderr,
+		    &passed, &failed, first, sizeof(first));
+		if (devnull != NULL) {
+			fclose(devnull);
+		}
+		if (failed > 0) {
+			char msg[700];
+			snprintf(msg, sizeof(msg), "%d analyst test(s) failed; "
+			                           "first: %s",
+			    failed, first);
+			for (int i = 0; i < n; i++) {
+				ch_rules_fail(fresh[i], biz, msg);
+			}
+		}
 	}
 	for (int i = 0; i < n; i++) {
 		ch_engine_swap_rules(r->o.engines[i], fresh[i]); // waits

@@ -7,7 +7,6 @@
 // back-references), written as a backtracking matcher that counts its steps
 // against the event's budget. Past it, the event ends in rule_limit and the
 // budget hook turns sticky, so a pcall in the rule cannot carry on.
-#define _GNU_SOURCE // memmem
 #include "pattern.h"
 
 #include <ctype.h>

@@ -394,14 +394,24 @@ set_error(ch_biz *b, const char *msg, const char *file)
 	b->err.line    = 0;
 	b->err.at      = now_ms();
 	// "path:line: text" — take the position from the message itself
-	for (int i = 0; i < b->nfiles; i++) {
-		size_t n = strlen(b->files[i]);
-		if (strncmp(msg, b->files[i], n) == 0 && msg[n] == ':') {
+	const char *m = msg;
+	while ((m = strchr(m, ':')) != NULL) {
+		const char *d = m + 1;
+		while (*d >= '0' && *d <= '9') {
+			d++;
+		}
+		if (d > m + 1 && *d == ':' && m - msg >= 4 &&
+		    strncmp(m - 4, ".lua", 4) == 0) {
+			const char *start = m;
+			while (start > msg && start[-1] != ' ') {
+				start--; // the path begins after a space
+			}
 			free(b->err.file);
-			b->err.file = strdup(b->files[i]);
-			b->err.line = atoi(msg + n + 1);
+			b->err.file = strndup(start, (size_t) (m - start));
+			b->err.line = atoi(m + 1);
 			break;
 		}
+		m++;
 	}
 }
 
@@ -428,8 +438,8 @@ ident_ok(const char *s)
 	return (true);
 }
 
-static char *
-read_file(const char *path, size_t *len)
+char *
+ch_rules_read_file(const char *path, size_t *len)
 {
 	FILE *f = fopen(path, "rb");
 	if (f == NULL) {
@@ -454,9 +464,9 @@ read_file(const char *path, size_t *len)
 	return (buf);
 }
 
-// list_lua returns the *.lua regular files of dir, sorted.
-static char **
-list_lua(const char *dir, int *count)
+// ch_rules_list_lua returns the *.lua regular files of dir, sorted.
+char **
+ch_rules_list_lua(const char *dir, int *count)
 {
 	DIR *d = opendir(dir);
 	*count = 0;
@@ -613,7 +623,7 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 	char dir[4096];
 	snprintf(dir, sizeof(dir), "%s/%s", rules_dir, name);
 	int    n;
-	char **names = list_lua(dir, &n);
+	char **names = ch_rules_list_lua(dir, &n);
 	b->files     = calloc((size_t) (n > 0 ? n : 1), sizeof(char *));
 	if (b->files == NULL) {
 		goto out;
@@ -635,7 +645,7 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 	for (int i = 0; i < n; i++) {
 		lua_State *L = b->L;
 		size_t     len;
-		char      *src = read_file(b->files[i], &len);
+		char      *src = ch_rules_read_file(b->files[i], &len);
 		if (src == NULL) {
 			char m[512];
 			snprintf(m, sizeof(m), "%s: cannot read: %s",
@@ -678,7 +688,7 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 	char   tpath[4200];
 	size_t tlen;
 	snprintf(tpath, sizeof(tpath), "%s/token", dir);
-	char *tok = read_file(tpath, &tlen);
+	char *tok = ch_rules_read_file(tpath, &tlen);
 	if (tok != NULL) {
 		while (tlen > 0 && (tok[tlen - 1] == '\n' ||
 		                       tok[tlen - 1] == '\r' ||
@@ -777,6 +787,26 @@ ch_rules_load(ch_rules **out, const char *dir, const ch_rules_opts *o)
 	if (r->n > 0) {
 		qsort(r->biz, (size_t) r->n, sizeof(ch_biz *), cmp_biz);
 	}
+	*out = r;
+	return (CH_OK);
+}
+
+int
+ch_rules_load_one(ch_rules **out, const char *dir, const char *business,
+    const ch_rules_opts *o)
+{
+	ch_rules *r = calloc(1, sizeof(*r));
+	if (r == NULL) {
+		return (CH_EINTERNAL);
+	}
+	r->opts = *o;
+	r->biz  = calloc(1, sizeof(ch_biz *));
+	if (r->biz == NULL || (r->biz[0] = biz_load(dir, business, o)) == NULL) {
+		free(r->biz);
+		free(r);
+		return (CH_EINTERNAL);
+	}
+	r->n = 1;
 	*out = r;
 	return (CH_OK);
 }
@@ -912,6 +942,44 @@ ch_rules_publish_changes(ch_rules *fresh, ch_rules *old,
 		publish(arg, b.data, b.size);
 	}
 	msgpack_sbuffer_destroy(&b);
+}
+
+void
+ch_rules_fail(ch_rules *r, const char *business, const char *msg)
+{
+	ch_str  name = { business, (uint32_t) strlen(business) };
+	ch_biz *b    = lookup(r, name);
+	if (b == NULL) {
+		return;
+	}
+	set_error(b, msg, NULL);
+	ch_log_error("rules[%s]: not serving: %s", business, msg);
+	if (b->L != NULL) {
+		lua_close(b->L);
+		b->L = NULL;
+	}
+}
+
+const char *
+ch_rules_name(const ch_rules *r, int i)
+{
+	return (i < r->n ? r->biz[i]->name : NULL);
+}
+
+bool
+ch_rules_serving(const ch_rules *r, int i)
+{
+	return (i < r->n && r->biz[i]->L != NULL);
+}
+
+const char *
+ch_rules_error(ch_rules *r, ch_str business)
+{
+	ch_biz *b = lookup(r, business);
+	if (b == NULL) {
+		return ("no such business folder");
+	}
+	return (b->err.message);
 }
 
 int

@@ -29,6 +29,9 @@ typedef struct {
 // Returns CH_OK, or CH_EINTERNAL when dir cannot be read.
 int  ch_rules_load(ch_rules **out, const char *dir, const ch_rules_opts *o);
 void ch_rules_free(ch_rules *r);
+// ch_rules_load_one loads only business from dir.
+int ch_rules_load_one(ch_rules **out, const char *dir, const char *business,
+    const ch_rules_opts *o);
 
 // ch_rules_keep_serving: every business that failed to load in fresh but
 // was serving in old keeps its old version (moved into fresh), carrying the
@@ -43,6 +46,16 @@ void ch_rules_publish_changes(ch_rules *fresh, ch_rules *old,
 
 // ch_rules_find returns the serving rule set of a business, or NULL.
 ch_biz *ch_rules_find(ch_rules *r, ch_str business);
+
+// ch_rules_fail marks a business as failed (its analyst tests did not
+// pass, say): it serves nothing from this set, and msg is its error.
+void ch_rules_fail(ch_rules *r, const char *business, const char *msg);
+// ch_rules_name/serving: the i-th business (sorted by name), or NULL.
+const char *ch_rules_name(const ch_rules *r, int i);
+bool        ch_rules_serving(const ch_rules *r, int i);
+
+// ch_rules_error returns the last load error of a business, or NULL.
+const char *ch_rules_error(ch_rules *r, ch_str business);
 
 // ch_rules_count returns how many businesses were found (serving or not).
 int ch_rules_count(const ch_rules *r);

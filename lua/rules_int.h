@@ -36,6 +36,11 @@ struct ch_biz {
 	uint64_t     steps;     // C work charged to the running call
 };
 
+// ch_rules_read_file reads a whole file (malloc'd); NULL with errno set.
+char *ch_rules_read_file(const char *path, size_t *len);
+// ch_rules_list_lua returns the sorted *.lua files of dir (malloc'd).
+char **ch_rules_list_lua(const char *dir, int *count);
+
 // ch_biz_of returns the business whose state L is.
 ch_biz *ch_biz_of(lua_State *L);
 
