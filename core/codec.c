@@ -174,7 +174,7 @@ static const char *const op_names[] = {
 	[CH_OP_GET] = "get",       [CH_OP_FORGET] = "forget",
 	[CH_OP_STATS] = "stats",   [CH_OP_RULES] = "rules",
 	[CH_OP_RELOAD] = "reload", [CH_OP_BATCH] = "batch",
-	[CH_OP_PING] = "ping",
+	[CH_OP_PING] = "ping",     [CH_OP_ROLLBACK] = "rollback",
 };
 
 const char *
@@ -318,6 +318,7 @@ enum {
 	F_BUSINESS = 1 << 0,
 	F_CUSTOMER = 1 << 1,
 	F_TYPE     = 1 << 2,
+	F_VERSION  = 1 << 3,
 };
 
 static int
@@ -332,6 +333,8 @@ required(enum ch_op op)
 		return (F_BUSINESS | F_CUSTOMER);
 	case CH_OP_STATS:
 		return (F_BUSINESS);
+	case CH_OP_ROLLBACK:
+		return (F_BUSINESS | F_VERSION);
 	default:
 		return (0);
 	}
@@ -459,6 +462,11 @@ decode_map(const msgpack_object *o, ch_req *r, bool in_batch, char *msg,
 			rv = get_str(v, "token", 256, &r->token, msg, msglen);
 		} else if (key_is(k, "journey")) {
 			rv = get_str(v, "journey", 64, &r->journey, msg, msglen);
+		} else if (key_is(k, "version")) {
+			rv = get_str(v, "version", 64, &r->version, msg, msglen);
+			have |= F_VERSION;
+		} else if (key_is(k, "history")) {
+			rv = get_bool(v, "history", &r->history, msg, msglen);
 		} else if (key_is(k, "ts")) {
 			rv = get_int(v, "ts", 0, INT64_MAX, &r->ts, msg, msglen);
 		} else if (key_is(k, "limit")) {
@@ -501,6 +509,9 @@ decode_map(const msgpack_object *o, ch_req *r, bool in_batch, char *msg,
 	}
 	if ((need & F_TYPE) && !(have & F_TYPE)) {
 		FAIL("field 'type' is required");
+	}
+	if ((need & F_VERSION) && !(have & F_VERSION)) {
+		FAIL("field 'version' is required");
 	}
 	if (r->op == CH_OP_BATCH) {
 		if (events == NULL) {

@@ -35,17 +35,19 @@ enum ch_op {
 	CH_OP_RELOAD,
 	CH_OP_BATCH,
 	CH_OP_PING,
+	CH_OP_ROLLBACK,
 };
 
 typedef struct ch_req ch_req;
 struct ch_req {
 	enum ch_op op;
 	ch_str     business, customer, type, id, channel, region, product;
-	ch_str     token, journey;
+	ch_str     token, journey, version;
 	int64_t    ts;      // 0 when absent
 	bool       decide;  // default true
 	bool       explain; // default false
 	bool       record;  // default true
+	bool       history; // rules: the version history of business
 	int        limit;   // default 3
 	const msgpack_object *data; // a map, or NULL; points into the unpacked doc
 	// batch only: the events, each decoded as if sent alone; a member that

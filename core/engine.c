@@ -23,7 +23,7 @@ struct ch_engine {
 	ch_job         *head, *tail;
 	int             depth;
 	bool            stopping;
-	ch_rules       *pending_rules; // handed over by the reloader
+	ch_swap        *pending; // a rule set handed over by the reloader
 	pthread_cond_t  swap_cv;
 	msgpack_sbuffer state; // scratch: a customer's new state
 	msgpack_sbuffer tmp;   // scratch
@@ -346,6 +346,21 @@ run_rules_info(ch_engine *e, ch_job *j)
 	j->err        = CH_OK;
 	msgpack_packer pk;
 	msgpack_packer_init(&pk, &j->reply, sbuf_write);
+	if (j->req->history) {
+		if (j->req->business.n == 0) {
+			reply_err(j, CH_EBADREQ,
+			    "field 'business' is required with history");
+			return;
+		}
+		msgpack_pack_map(&pk, 3);
+		ch_pack_str(&pk, "ok");
+		msgpack_pack_true(&pk);
+		ch_pack_str(&pk, "business");
+		ch_pack_strn(&pk, j->req->business.p, j->req->business.n);
+		ch_pack_str(&pk, "history");
+		ch_rules_pack_history(e->o.store, j->req->business, &pk);
+		return;
+	}
 	if (ch_rules_pack_info(e->rules, j->req->business, &pk) != CH_OK) {
 		reply_err(j, CH_EUNKNOWNBUSINESS,
 		    "no rule set is known for business '" BIZ_FMT "'",
@@ -485,11 +500,26 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 	finish(e, jobs, n);
 }
 
-// swap puts a freshly loaded rule set in service, between two batches.
+// swap puts a freshly loaded rule set in service, between two batches: a
+// rollback's stored version first, then the quarantine, then the old
+// versions of businesses that failed; the versions go to the history.
 static void
-swap(ch_engine *e, ch_rules *fresh)
+swap(ch_engine *e, ch_swap *sw)
 {
+	ch_rules *fresh = sw->fresh;
+	sw->rc          = CH_OK;
+	if (sw->rollback_business != NULL) {
+		sw->rc = ch_rules_use_version(fresh, e->o.store, e->o.rules_dir,
+		    sw->rollback_business, sw->rollback_version, sw->why,
+		    sizeof(sw->why));
+		if (sw->rc != CH_OK) {
+			ch_rules_free(fresh); // nothing changes
+			return;
+		}
+	}
+	ch_rules_apply_quarantine(fresh, e->o.store, e->o.rules_dir);
 	ch_rules_keep_serving(fresh, e->rules);
+	ch_rules_record_versions(fresh, e->o.store);
 	if (e->o.shard == 0 && e->o.publish != NULL) {
 		ch_rules_publish_changes(fresh, e->rules, e->o.publish,
 		    e->o.publish_arg);
@@ -498,29 +528,30 @@ swap(ch_engine *e, ch_rules *fresh)
 	e->rules = fresh;
 }
 
-void
-ch_engine_swap_rules(ch_engine *e, ch_rules *fresh)
+int
+ch_engine_swap_rules(ch_engine *e, ch_swap *sw)
 {
 	pthread_mutex_lock(&e->mu);
 	if (e->stopping) {
 		pthread_mutex_unlock(&e->mu);
-		ch_rules_free(fresh); // going down: nothing to serve with it
-		return;
+		ch_rules_free(sw->fresh); // going down: nothing to serve with it
+		return (CH_EOVERLOADED);
 	}
 	if (!e->started) {
 		pthread_mutex_unlock(&e->mu);
-		swap(e, fresh); // no engine thread (tools)
-		return;
+		swap(e, sw); // no engine thread (tools)
+		return (sw->rc);
 	}
-	while (e->pending_rules != NULL) {
+	while (e->pending != NULL) {
 		pthread_cond_wait(&e->swap_cv, &e->mu);
 	}
-	e->pending_rules = fresh;
+	e->pending = sw;
 	pthread_cond_signal(&e->cv);
-	while (e->pending_rules == fresh) {
+	while (e->pending == sw) {
 		pthread_cond_wait(&e->swap_cv, &e->mu);
 	}
 	pthread_mutex_unlock(&e->mu);
+	return (sw->rc);
 }
 
 static void *
@@ -535,18 +566,17 @@ engine_main(void *arg)
 	}
 	for (;;) {
 		pthread_mutex_lock(&e->mu);
-		while (e->head == NULL && !e->stopping &&
-		    e->pending_rules == NULL) {
+		while (e->head == NULL && !e->stopping && e->pending == NULL) {
 			pthread_cond_wait(&e->cv, &e->mu);
 		}
-		if (e->pending_rules != NULL) {
+		if (e->pending != NULL) {
 			// between two batches: the events in flight ran on the
 			// old version, the next ones run on the new
-			ch_rules *fresh = e->pending_rules;
+			ch_swap *sw = e->pending;
 			pthread_mutex_unlock(&e->mu);
-			swap(e, fresh);
+			swap(e, sw);
 			pthread_mutex_lock(&e->mu);
-			e->pending_rules = NULL;
+			e->pending = NULL;
 			pthread_cond_broadcast(&e->swap_cv);
 			pthread_mutex_unlock(&e->mu);
 			continue;

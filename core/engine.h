@@ -64,10 +64,21 @@ int  ch_engine_submit(ch_engine *e, ch_job *j, bool force);
 void ch_engine_stop(ch_engine *e);
 void ch_engine_free(ch_engine *e);
 
+// A rule set handed to an engine: fresh (taken over), and for a rollback
+// the business and the stored version to put in it.
+typedef struct {
+	ch_rules   *fresh;
+	const char *rollback_business;
+	const char *rollback_version;
+	int         rc;
+	char        why[300];
+} ch_swap;
+
 // ch_engine_swap_rules hands a freshly loaded rule set to the engine, which
 // puts it in service between two batches (businesses that failed to load
-// keep their old version), and returns once it has. Takes fresh over.
-void ch_engine_swap_rules(ch_engine *e, ch_rules *fresh);
+// keep their old version; quarantined versions give way to the newest good
+// one), and returns once it has: CH_OK, or the rollback's error (why).
+int ch_engine_swap_rules(ch_engine *e, ch_swap *sw);
 
 // ch_engine_run_one runs one job synchronously on the caller's thread, in
 // its own transaction (for tools and tests; never while the thread runs).

@@ -12,7 +12,7 @@
 #include "codec.h"
 #include "err.h"
 
-#define CH_NOPS (CH_OP_PING + 1)
+#define CH_NOPS (CH_OP_ROLLBACK + 1)
 
 typedef struct {
 	atomic_uint_fast64_t requests[CH_NOPS];   // by op, as received

@@ -32,8 +32,10 @@
 #define MAX_WAITERS 64
 
 typedef struct {
-	void (*done)(void *arg);
-	void *arg;
+	ch_reload_done done;
+	void          *arg;
+	char           business[65]; // a rollback: its business and version
+	char           version[17];
 } waiter;
 
 struct ch_reloader {
@@ -113,8 +115,9 @@ drain(ch_reloader *r)
 	return (any);
 }
 
-static void
-reload_now(ch_reloader *r)
+static int
+reload_now(ch_reloader *r, const char *rb_business, const char *rb_version,
+    char *why, size_t whylen)
 {
 	ch_rules     *fresh[64];
 	ch_rules_opts ro = r->o.rules_opts;
@@ -133,7 +136,8 @@ reload_now(ch_reloader *r)
 		for (int i = 0; i < n; i++) {
 			ch_rules_free(fresh[i]);
 		}
-		return;
+		snprintf(why, whylen, "cannot read the rules folder");
+		return (CH_EINTERNAL);
 	}
 	// the gate: a business whose analyst tests fail does not go live
 	for (int k = 0; ch_rules_name(fresh[0], k) != NULL; k++) {
@@ -159,10 +163,17 @@ reload_now(ch_reloader *r)
 			}
 		}
 	}
+	int rc = CH_OK;
 	for (int i = 0; i < n; i++) {
-		ch_engine_swap_rules(r->o.engines[i], fresh[i]); // waits
+		ch_swap sw = { fresh[i], rb_business, rb_version, CH_OK, "" };
+		int     src = ch_engine_swap_rules(r->o.engines[i], &sw);
+		if (src != CH_OK && rc == CH_OK) {
+			rc = src;
+			snprintf(why, whylen, "%s", sw.why);
+		}
 	}
 	CH_COUNT(reloads, 1);
+	return (rc);
 }
 
 static void *
@@ -202,18 +213,33 @@ reloader_main(void *arg)
 		r->nwaiters = 0;
 		pthread_mutex_unlock(&r->mu);
 		bool due = deadline >= 0 && mono_ms() >= deadline;
-		if (wanted || due) {
+		bool plain = due || wanted;
+		for (int i = 0; i < nw; i++) {
+			plain = plain || ws[i].business[0] == '\0';
+		}
+		int  rc = CH_OK;
+		char why[300] = "";
+		if (plain) {
 			deadline = -1;
 			ch_log_info("reload: %s", due ? "the rules changed"
 			                               : "asked for");
-			reload_now(r);
-			if (r->o.watch) {
-				rewatch(r); // folders may have come or gone
-				drain(r);
-			}
+			rc = reload_now(r, NULL, NULL, why, sizeof(why));
 		}
 		for (int i = 0; i < nw; i++) {
-			ws[i].done(ws[i].arg);
+			if (ws[i].business[0] == '\0') {
+				ws[i].done(ws[i].arg, rc, why);
+				continue;
+			}
+			ch_log_info("reload: rolling %s back to %s",
+			    ws[i].business, ws[i].version);
+			char rwhy[300] = "";
+			int  rrc       = reload_now(r, ws[i].business,
+			           ws[i].version, rwhy, sizeof(rwhy));
+			ws[i].done(ws[i].arg, rrc, rwhy);
+		}
+		if ((plain || nw > 0) && r->o.watch) {
+			rewatch(r); // folders may have come or gone
+			drain(r);
 		}
 	}
 	return (NULL);
@@ -268,15 +294,20 @@ ch_reloader_trigger(ch_reloader *r)
 }
 
 int
-ch_reloader_request(ch_reloader *r, void (*done)(void *), void *arg)
+ch_reloader_request(ch_reloader *r, const char *business, const char *version,
+    ch_reload_done done, void *arg)
 {
 	pthread_mutex_lock(&r->mu);
 	if (r->nwaiters == MAX_WAITERS || r->stopping) {
 		pthread_mutex_unlock(&r->mu);
 		return (CH_EOVERLOADED);
 	}
-	r->waiters[r->nwaiters++] = (waiter) { done, arg };
-	r->wanted                 = true;
+	waiter *w = &r->waiters[r->nwaiters++];
+	*w        = (waiter) { done, arg, "", "" };
+	if (business != NULL) {
+		snprintf(w->business, sizeof(w->business), "%s", business);
+		snprintf(w->version, sizeof(w->version), "%s", version);
+	}
 	pthread_mutex_unlock(&r->mu);
 	wake(r);
 	return (CH_OK);
@@ -295,7 +326,8 @@ ch_reloader_stop(ch_reloader *r)
 	pthread_join(r->thread, NULL);
 	// answer whoever still waits: the reload did not happen
 	for (int i = 0; i < r->nwaiters; i++) {
-		r->waiters[i].done(r->waiters[i].arg);
+		r->waiters[i].done(r->waiters[i].arg, CH_EOVERLOADED,
+		    "the server is stopping");
 	}
 	if (r->ifd >= 0) {
 		close(r->ifd);

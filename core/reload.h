@@ -23,9 +23,12 @@ int  ch_reloader_start(ch_reloader **out, const ch_reloader_opts *o);
 // ch_reloader_trigger asks for a reload (async-signal unsafe: call it from
 // a thread, e.g. the one that sigwait()s).
 void ch_reloader_trigger(ch_reloader *r);
-// ch_reloader_request asks for a reload and calls done(arg) on the
-// reloader's thread once every engine has swapped. CH_OK or CH_EOVERLOADED.
-int  ch_reloader_request(ch_reloader *r, void (*done)(void *), void *arg);
+typedef void (*ch_reload_done)(void *arg, int rc, const char *why);
+// ch_reloader_request asks for a reload — or, with business and version, a
+// rollback to that stored version — and calls done on the reloader's
+// thread once every engine has swapped. CH_OK or CH_EOVERLOADED.
+int ch_reloader_request(ch_reloader *r, const char *business,
+    const char *version, ch_reload_done done, void *arg);
 void ch_reloader_stop(ch_reloader *r);
 
 #endif

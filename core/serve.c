@@ -207,6 +207,8 @@ ch_serve_main(int argc, char **argv, const char *version)
 			    o.rules);
 			goto out;
 		}
+		ch_rules_apply_quarantine(rules, stores[i], o.rules);
+		ch_rules_record_versions(rules, stores[i]);
 		nbiz              = ch_rules_count(rules);
 		ch_engine_opts eo = {
 			.shard           = i,

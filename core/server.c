@@ -226,10 +226,14 @@ fan_out(rep_work *w)
 // reload_done runs on the reloader's thread once every engine has swapped:
 // the reply is the rules op's, from shard 0.
 static void
-reload_done(void *arg)
+reload_done(void *arg, int rc, const char *why)
 {
 	rep_work  *w = arg;
 	ch_server *s = w->srv;
+	if (rc != CH_OK) {
+		rep_send_error(w, rc, why);
+		return;
+	}
 	memset(&w->rules_req, 0, sizeof(w->rules_req));
 	w->rules_req.op       = CH_OP_RULES;
 	w->rules_req.business = w->doc.req.business;
@@ -304,16 +308,25 @@ rep_handle(rep_work *w)
 	case CH_OP_BATCH:
 		fan_out(w);
 		return;
-	case CH_OP_RELOAD: {
+	case CH_OP_RELOAD:
+	case CH_OP_ROLLBACK: {
 		ch_reloader *rl = atomic_load(&s->reloader);
 		if (s->o.admin_token != NULL &&
 		    !ch_token_ok(s->o.admin_token, r->token)) {
 			rep_send_error(w, CH_EUNAUTHORIZED,
-			    "reload needs the admin token (field 'token')");
+			    "reload and rollback need the admin token (field "
+			    "'token')");
 			return;
 		}
+		char biz[65], ver[65];
+		snprintf(biz, sizeof(biz), "%.*s", (int) r->business.n,
+		    r->business.p);
+		snprintf(ver, sizeof(ver), "%.*s", (int) r->version.n,
+		    r->version.p);
+		bool rb = r->op == CH_OP_ROLLBACK;
 		if (rl == NULL ||
-		    ch_reloader_request(rl, reload_done, w) != CH_OK) {
+		    ch_reloader_request(rl, rb ? biz : NULL, rb ? ver : NULL,
+		        reload_done, w) != CH_OK) {
 			rep_send_error(w, CH_EOVERLOADED,
 			    "a reload cannot be taken now; retry later");
 		}

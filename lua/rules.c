@@ -599,8 +599,13 @@ biz_free(ch_biz *b)
 	}
 	for (int i = 0; i < b->nfiles; i++) {
 		free(b->files[i]);
+		if (b->srcs != NULL) {
+			free(b->srcs[i]);
+		}
 	}
 	free(b->files);
+	free(b->srcs);
+	free(b->srclens);
 	free(b->err.message);
 	free(b->err.file);
 	free(b->token);
@@ -608,7 +613,7 @@ biz_free(ch_biz *b)
 }
 
 static ch_biz *
-biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
+biz_new(const char *name, const ch_rules_opts *o)
 {
 	ch_biz *b = calloc(1, sizeof(*b));
 	if (b == NULL) {
@@ -619,51 +624,98 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 	b->budget    = o->instr_budget;
 	b->loaded_at = now_ms();
 	b->api       = LUA_NOREF;
+	return (b);
+}
 
+static void biz_compile(ch_biz *b, const char *dir);
+
+static void
+biz_log(ch_biz *b)
+{
+	if (b->err.message != NULL) {
+		ch_log_error("rules[%s]: not serving: %s", b->name,
+		    b->err.message);
+		if (b->L != NULL) {
+			lua_close(b->L);
+			b->L = NULL;
+		}
+	} else {
+		ch_log_info("rules[%s]: version %s, %d file(s)", b->name,
+		    b->version, b->nfiles);
+	}
+}
+
+// biz_load reads rules_dir/name/*.lua (kept, for the version history) and
+// compiles them.
+static ch_biz *
+biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
+{
+	ch_biz *b = biz_new(name, o);
+	if (b == NULL) {
+		return (NULL);
+	}
 	char dir[4096];
 	snprintf(dir, sizeof(dir), "%s/%s", rules_dir, name);
 	int    n;
 	char **names = ch_rules_list_lua(dir, &n);
 	b->files     = calloc((size_t) (n > 0 ? n : 1), sizeof(char *));
-	if (b->files == NULL) {
-		goto out;
+	b->srcs      = calloc((size_t) (n > 0 ? n : 1), sizeof(char *));
+	b->srclens   = calloc((size_t) (n > 0 ? n : 1), sizeof(size_t));
+	if (b->files == NULL || b->srcs == NULL || b->srclens == NULL) {
+		set_error(b, "out of memory", NULL);
+		n = 0;
 	}
 	for (int i = 0; i < n; i++) {
 		char path[4096];
 		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
-		b->files[b->nfiles++] = strdup(path);
-	}
-
-	uint64_t h = 0xcbf29ce484222325ull;
-	if (open_state(b) != 0) {
-		goto out;
-	}
-	if (n == 0) {
-		set_error(b, "the folder holds no .lua rule files", dir);
-		goto out;
+		b->files[i] = strdup(path);
+		b->srcs[i]  = ch_rules_read_file(path, &b->srclens[i]);
+		b->nfiles++;
+		if (b->srcs[i] == NULL && b->err.message == NULL) {
+			char m[4300];
+			snprintf(m, sizeof(m), "%s: cannot read: %s", path,
+			    strerror(errno));
+			set_error(b, m, path);
+		}
 	}
 	for (int i = 0; i < n; i++) {
-		lua_State *L = b->L;
-		size_t     len;
-		char      *src = ch_rules_read_file(b->files[i], &len);
-		if (src == NULL) {
-			char m[512];
-			snprintf(m, sizeof(m), "%s: cannot read: %s",
-			    b->files[i], strerror(errno));
-			set_error(b, m, b->files[i]);
-			goto out;
-		}
-		h = fnv1a(h, names[i], strlen(names[i]) + 1);
-		h = fnv1a(h, src, len);
+		free(names[i]);
+	}
+	free(names);
+	if (b->err.message == NULL && n == 0) {
+		set_error(b, "the folder holds no .lua rule files", dir);
+	}
+	if (b->err.message == NULL) {
+		biz_compile(b, dir);
+	}
+	biz_log(b);
+	return (b);
+}
+
+// biz_compile runs the files already read into a fresh sandboxed state.
+static void
+biz_compile(ch_biz *b, const char *dir)
+{
+	int      n = b->nfiles;
+	uint64_t h = 0xcbf29ce484222325ull;
+	if (open_state(b) != 0) {
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		lua_State  *L    = b->L;
+		const char *base = strrchr(b->files[i], '/');
+		base             = base ? base + 1 : b->files[i];
+		h = fnv1a(h, base, strlen(base) + 1);
+		h = fnv1a(h, b->srcs[i], b->srclens[i]);
 		h = fnv1a(h, "", 1);
 		char chunk[4100];
 		snprintf(chunk, sizeof(chunk), "@%s", b->files[i]);
-		int st = luaL_loadbufferx(L, src, len, chunk, "t");
-		free(src);
+		int st = luaL_loadbufferx(L, b->srcs[i], b->srclens[i], chunk,
+		    "t");
 		if (st != LUA_OK) {
 			set_error(b, lua_tostring(L, -1), b->files[i]);
 			lua_settop(L, 0);
-			goto out;
+			return;
 		}
 		lua_rawgeti(L, LUA_REGISTRYINDEX, b->api); /* chunk, API */
 		lua_getfield(L, -1, "env");                /* chunk, API, env */
@@ -672,7 +724,7 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 		if (pcall_rule(b, 0, 0) != CH_OK) {
 			set_error(b, lua_tostring(L, -1), b->files[i]);
 			lua_settop(L, 0);
-			goto out;
+			return;
 		}
 	}
 	// cross-references between declarations, once everything is loaded
@@ -682,7 +734,7 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 	if (pcall_rule(b, 0, 0) != CH_OK) {
 		set_error(b, lua_tostring(b->L, -1), NULL);
 		lua_settop(b->L, 0);
-		goto out;
+		return;
 	}
 	// the token: a file next to the rules wins over a declaration
 	char   tpath[4200];
@@ -713,22 +765,6 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 	b->token = tok;
 	snprintf(b->version, sizeof(b->version), "%012llx",
 	    (unsigned long long) (h & 0xffffffffffffull));
-out:
-	for (int i = 0; i < n; i++) {
-		free(names[i]);
-	}
-	free(names);
-	if (b->err.message != NULL) {
-		ch_log_error("rules[%s]: not serving: %s", name, b->err.message);
-		if (b->L != NULL) {
-			lua_close(b->L);
-			b->L = NULL;
-		}
-	} else {
-		ch_log_info("rules[%s]: version %s, %d file(s)", name,
-		    b->version, b->nfiles);
-	}
-	return (b);
 }
 
 static int
@@ -972,6 +1008,366 @@ ch_rules_serving(const ch_rules *r, int i)
 	return (i < r->n && r->biz[i]->L != NULL);
 }
 
+/*
+** {======================================================
+** Version history and quarantine, in the store's meta database
+** =======================================================
+*/
+
+#define HISTORY_KEEP 10
+
+static size_t
+meta_key(char *buf, size_t cap, const char *kind, const char *biz,
+    const char *version)
+{
+	int n = snprintf(buf, cap, "%s%c%s%c%s", kind, 0, biz, 0,
+	    version ? version : "");
+	return (n < 0 ? 0 : (size_t) n);
+}
+
+typedef struct {
+	char    version[17];
+	int64_t at;
+} hist_entry;
+
+static int
+cmp_hist(const void *a, const void *b)
+{
+	const hist_entry *x = a, *y = b;
+	return ((x->at < y->at) - (x->at > y->at)); // newest first
+}
+
+// history lists the versions stored for biz, newest first.
+static int
+history(ch_store *s, MDB_txn *txn, const char *biz, hist_entry *out, int cap)
+{
+	char       prefix[128];
+	size_t     plen = meta_key(prefix, sizeof(prefix), "rules", biz, NULL);
+	MDB_cursor *c;
+	MDB_val     k = { plen, prefix }, v;
+	int         n = 0;
+	if (mdb_cursor_open(txn, ch_store_dbi(s, CH_DB_META), &c) != 0) {
+		return (0);
+	}
+	int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+	while (rc == 0 && k.mv_size > plen &&
+	    memcmp(k.mv_data, prefix, plen) == 0) {
+		if (n < cap && v.mv_size >= 8 && k.mv_size - plen < 17) {
+			memcpy(&out[n].at, v.mv_data, 8);
+			memcpy(out[n].version, (char *) k.mv_data + plen,
+			    k.mv_size - plen);
+			out[n].version[k.mv_size - plen] = '\0';
+			n++;
+		}
+		rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(c);
+	qsort(out, (size_t) n, sizeof(hist_entry), cmp_hist);
+	return (n);
+}
+
+int
+ch_rules_record_versions(ch_rules *r, ch_store *s)
+{
+	MDB_txn *txn;
+	if (ch_store_begin(s, NULL, &txn) != CH_OK) {
+		return (CH_EINTERNAL);
+	}
+	msgpack_sbuffer b;
+	msgpack_packer  pk;
+	msgpack_sbuffer_init(&b);
+	int rc = CH_OK;
+	for (int i = 0; i < r->n && rc == CH_OK; i++) {
+		ch_biz *z = r->biz[i];
+		char    key[128];
+		MDB_val v;
+		if (z->L == NULL || z->srcs == NULL) {
+			continue;
+		}
+		size_t klen = meta_key(key, sizeof(key), "rules", z->name,
+		    z->version);
+		if (ch_store_get(s, txn, CH_DB_META, key, klen, &v) == CH_OK) {
+			continue; // known: keep its first load time
+		}
+		// u64 load time ‖ msgpack [[path, source]...]
+		b.size = 0;
+		msgpack_sbuffer_write(&b, (const char *) &z->loaded_at, 8);
+		msgpack_packer_init(&pk, &b, sbuf_write);
+		msgpack_pack_array(&pk, (size_t) z->nfiles);
+		for (int f = 0; f < z->nfiles; f++) {
+			msgpack_pack_array(&pk, 2);
+			ch_pack_str(&pk, z->files[f]);
+			ch_pack_strn(&pk, z->srcs[f], z->srclens[f]);
+		}
+		rc = ch_store_put(s, txn, CH_DB_META, key, klen, b.data, b.size);
+		// keep the newest HISTORY_KEEP
+		hist_entry h[64];
+		int        n = history(s, txn, z->name, h, 64);
+		for (int k = HISTORY_KEEP; k < n && rc == CH_OK; k++) {
+			klen = meta_key(key, sizeof(key), "rules", z->name,
+			    h[k].version);
+			rc = ch_store_del(s, txn, CH_DB_META, key, klen);
+		}
+	}
+	msgpack_sbuffer_destroy(&b);
+	if (rc != CH_OK) {
+		ch_store_abort(txn);
+		return (rc);
+	}
+	return (ch_store_commit(s, txn));
+}
+
+int
+ch_rules_pack_history(ch_store *s, ch_str business, msgpack_packer *pk)
+{
+	MDB_txn   *txn;
+	hist_entry h[64];
+	char       biz[65];
+	snprintf(biz, sizeof(biz), "%.*s", (int) business.n, business.p);
+	if (mdb_txn_begin(ch_store_env(s), NULL, MDB_RDONLY, &txn) != 0) {
+		return (CH_EINTERNAL);
+	}
+	int n = history(s, txn, biz, h, 64);
+	msgpack_pack_array(pk, (size_t) n);
+	for (int i = 0; i < n; i++) {
+		char    key[128];
+		MDB_val v;
+		size_t  klen = meta_key(key, sizeof(key), "quarantine", biz,
+		     h[i].version);
+		bool    q = ch_store_get(s, txn, CH_DB_META, key, klen, &v) ==
+		    CH_OK;
+		msgpack_pack_map(pk, q ? 3 : 2);
+		ch_pack_kv_str(pk, "version", h[i].version);
+		ch_pack_str(pk, "loaded_at");
+		msgpack_pack_int64(pk, h[i].at);
+		if (q) {
+			ch_pack_str(pk, "quarantined");
+			msgpack_pack_true(pk);
+		}
+	}
+	mdb_txn_abort(txn);
+	return (CH_OK);
+}
+
+// from_history compiles a stored version of a business.
+static ch_biz *
+from_history(ch_store *s, MDB_txn *txn, const char *rules_dir,
+    const char *biz, const char *version, const ch_rules_opts *o)
+{
+	char    key[128];
+	MDB_val v;
+	size_t  klen = meta_key(key, sizeof(key), "rules", biz, version);
+	if (ch_store_get(s, txn, CH_DB_META, key, klen, &v) != CH_OK ||
+	    v.mv_size < 8) {
+		return (NULL);
+	}
+	msgpack_unpacked up;
+	size_t           off = 0;
+	msgpack_unpacked_init(&up);
+	if (msgpack_unpack_next(&up, (char *) v.mv_data + 8, v.mv_size - 8,
+	        &off) != MSGPACK_UNPACK_SUCCESS ||
+	    up.data.type != MSGPACK_OBJECT_ARRAY) {
+		msgpack_unpacked_destroy(&up);
+		return (NULL);
+	}
+	ch_biz  *b = biz_new(biz, o);
+	uint32_t n = up.data.via.array.size;
+	if (b == NULL) {
+		msgpack_unpacked_destroy(&up);
+		return (NULL);
+	}
+	b->files   = calloc(n + 1, sizeof(char *));
+	b->srcs    = calloc(n + 1, sizeof(char *));
+	b->srclens = calloc(n + 1, sizeof(size_t));
+	for (uint32_t i = 0; b->srclens != NULL && i < n; i++) {
+		msgpack_object *f = &up.data.via.array.ptr[i];
+		if (f->type != MSGPACK_OBJECT_ARRAY || f->via.array.size != 2 ||
+		    f->via.array.ptr[0].type != MSGPACK_OBJECT_STR ||
+		    f->via.array.ptr[1].type != MSGPACK_OBJECT_STR) {
+			continue;
+		}
+		msgpack_object_str *p = &f->via.array.ptr[0].via.str;
+		msgpack_object_str *c = &f->via.array.ptr[1].via.str;
+		b->files[b->nfiles]   = strndup(p->ptr, p->size);
+		b->srcs[b->nfiles]    = malloc(c->size + 1);
+		if (b->srcs[b->nfiles] != NULL) {
+			memcpy(b->srcs[b->nfiles], c->ptr, c->size);
+		}
+		b->srclens[b->nfiles] = c->size;
+		b->nfiles++;
+	}
+	msgpack_unpacked_destroy(&up);
+	char dir[4096];
+	snprintf(dir, sizeof(dir), "%s/%s", rules_dir, biz);
+	biz_compile(b, dir);
+	biz_log(b);
+	return (b);
+}
+
+// replace puts b in r in place of the business of the same name.
+static void
+replace(ch_rules *r, ch_biz *b)
+{
+	ch_str name = { b->name, (uint32_t) strlen(b->name) };
+	for (int i = 0; i < r->n; i++) {
+		if (strcmp(r->biz[i]->name, b->name) == 0) {
+			biz_free(r->biz[i]);
+			r->biz[i] = b;
+			return;
+		}
+	}
+	(void) name;
+	biz_free(b); // the folder is gone: nothing to replace
+}
+
+int
+ch_rules_use_version(ch_rules *r, ch_store *s, const char *rules_dir,
+    const char *business, const char *version, char *why, size_t whylen)
+{
+	MDB_txn *txn;
+	if (mdb_txn_begin(ch_store_env(s), NULL, MDB_RDONLY, &txn) != 0) {
+		snprintf(why, whylen, "cannot read the version history");
+		return (CH_EINTERNAL);
+	}
+	ch_biz *b = from_history(s, txn, rules_dir, business, version,
+	    &r->opts);
+	mdb_txn_abort(txn);
+	if (b == NULL) {
+		snprintf(why, whylen, "business '%s' has no version '%s' in its "
+		                      "history",
+		    business, version);
+		return (CH_ENOTFOUND);
+	}
+	if (b->L == NULL) {
+		snprintf(why, whylen, "version '%s' does not load: %s", version,
+		    b->err.message ? b->err.message : "?");
+		biz_free(b);
+		return (CH_ERULE);
+	}
+	replace(r, b);
+	return (CH_OK);
+}
+
+int
+ch_rules_quarantine(ch_store *s, const char *business, const char *version,
+    const char *event_type, int64_t at)
+{
+	MDB_txn *txn;
+	char     key[128];
+	if (ch_store_begin(s, NULL, &txn) != CH_OK) {
+		return (CH_EINTERNAL);
+	}
+	msgpack_sbuffer b;
+	msgpack_packer  pk;
+	msgpack_sbuffer_init(&b);
+	msgpack_packer_init(&pk, &b, sbuf_write);
+	msgpack_pack_map(&pk, 2);
+	ch_pack_kv_str(&pk, "event_type", event_type);
+	ch_pack_str(&pk, "at");
+	msgpack_pack_int64(&pk, at);
+	size_t klen = meta_key(key, sizeof(key), "quarantine", business,
+	    version);
+	int rc = ch_store_put(s, txn, CH_DB_META, key, klen, b.data, b.size);
+	msgpack_sbuffer_destroy(&b);
+	if (rc != CH_OK) {
+		ch_store_abort(txn);
+		return (rc);
+	}
+	return (ch_store_commit(s, txn));
+}
+
+void
+ch_rules_apply_quarantine(ch_rules *r, ch_store *s, const char *rules_dir)
+{
+	MDB_txn *txn;
+	if (mdb_txn_begin(ch_store_env(s), NULL, MDB_RDONLY, &txn) != 0) {
+		return;
+	}
+	for (int i = 0; i < r->n; i++) {
+		ch_biz *z = r->biz[i];
+		char    key[128];
+		MDB_val v;
+		if (z->L == NULL) {
+			continue;
+		}
+		size_t klen = meta_key(key, sizeof(key), "quarantine", z->name,
+		    z->version);
+		if (ch_store_get(s, txn, CH_DB_META, key, klen, &v) != CH_OK) {
+			continue;
+		}
+		// what it crashed on, for the rules op
+		char    qver[17], qtype[65] = "";
+		int64_t qat = 0;
+		snprintf(qver, sizeof(qver), "%s", z->version);
+		msgpack_unpacked up;
+		size_t           off = 0;
+		msgpack_unpacked_init(&up);
+		if (msgpack_unpack_next(&up, v.mv_data, v.mv_size, &off) ==
+		        MSGPACK_UNPACK_SUCCESS &&
+		    up.data.type == MSGPACK_OBJECT_MAP) {
+			for (uint32_t k = 0; k < up.data.via.map.size; k++) {
+				msgpack_object_kv *kv = &up.data.via.map.ptr[k];
+				if (kv->key.type != MSGPACK_OBJECT_STR) {
+					continue;
+				}
+				if (kv->key.via.str.size == 10 &&
+				    kv->val.type == MSGPACK_OBJECT_STR) {
+					snprintf(qtype, sizeof(qtype), "%.*s",
+					    (int) kv->val.via.str.size,
+					    kv->val.via.str.ptr);
+				} else if (kv->val.type ==
+				    MSGPACK_OBJECT_POSITIVE_INTEGER) {
+					qat = (int64_t) kv->val.via.u64;
+				}
+			}
+		}
+		msgpack_unpacked_destroy(&up);
+		// fall back to the newest stored version not quarantined
+		hist_entry h[64];
+		int        n    = history(s, txn, z->name, h, 64);
+		ch_biz    *good = NULL;
+		for (int k = 0; k < n && good == NULL; k++) {
+			klen = meta_key(key, sizeof(key), "quarantine", z->name,
+			    h[k].version);
+			if (strcmp(h[k].version, qver) == 0 ||
+			    ch_store_get(s, txn, CH_DB_META, key, klen, &v) ==
+			        CH_OK) {
+				continue;
+			}
+			good = from_history(s, txn, rules_dir, z->name,
+			    h[k].version, &r->opts);
+			if (good != NULL && good->L == NULL) {
+				biz_free(good);
+				good = NULL;
+			}
+		}
+		char msg[300];
+		if (good == NULL) {
+			snprintf(msg, sizeof(msg),
+			    "version %s is quarantined: it stopped the engine on "
+			    "a '%s' event, and no earlier good version is kept",
+			    qver, qtype);
+			set_error(z, msg, NULL);
+			lua_close(z->L);
+			z->L = NULL;
+			good = z;
+		} else {
+			ch_log_warn("rules[%s]: version %s is quarantined; "
+			            "serving %s",
+			    z->name, qver, good->version);
+			replace(r, good);
+		}
+		snprintf(good->quarantined, sizeof(good->quarantined), "%s",
+		    qver);
+		snprintf(good->quarantine_type, sizeof(good->quarantine_type),
+		    "%s", qtype);
+		good->quarantine_at = qat;
+	}
+	mdb_txn_abort(txn);
+}
+
+/* }====================================================== */
+
 const char *
 ch_rules_error(ch_rules *r, ch_str business)
 {
@@ -1019,7 +1415,15 @@ static void
 pack_biz(const ch_biz *b, msgpack_packer *pk)
 {
 	ch_pack_str(pk, b->name);
-	msgpack_pack_map(pk, b->err.message ? 4 : 3);
+	msgpack_pack_map(pk, (b->err.message ? 4 : 3) + (b->quarantined[0] != 0));
+	if (b->quarantined[0] != 0) {
+		ch_pack_str(pk, "quarantine");
+		msgpack_pack_map(pk, 3);
+		ch_pack_kv_str(pk, "version", b->quarantined);
+		ch_pack_kv_str(pk, "event_type", b->quarantine_type);
+		ch_pack_str(pk, "at");
+		msgpack_pack_int64(pk, b->quarantine_at);
+	}
 	ch_pack_str(pk, "version");
 	if (b->L == NULL) {
 		msgpack_pack_nil(pk);

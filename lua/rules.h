@@ -15,6 +15,7 @@
 
 typedef struct ch_rules ch_rules;
 typedef struct ch_biz   ch_biz;
+typedef struct ch_store ch_store;
 
 typedef struct {
 	uint64_t instr_budget; // per event, Lua VM instructions
@@ -54,6 +55,27 @@ void ch_rules_fail(ch_rules *r, const char *business, const char *msg);
 const char *ch_rules_name(const ch_rules *r, int i);
 bool        ch_rules_serving(const ch_rules *r, int i);
 
+// The version history (the last 10 versions' sources per business) and the
+// quarantine, in the store's meta database.
+//
+// ch_rules_record_versions stores every serving business's version not yet
+// stored (in its own write transaction: only between batches).
+int ch_rules_record_versions(ch_rules *r, ch_store *s);
+// ch_rules_pack_history packs [{version, loaded_at, quarantined}...],
+// newest first.
+int ch_rules_pack_history(ch_store *s, ch_str business, msgpack_packer *pk);
+// ch_rules_use_version compiles a stored version of business and puts it
+// in r in place of the loaded one. CH_OK, CH_ENOTFOUND, CH_ERULE (it does
+// not load), with why filled.
+int ch_rules_use_version(ch_rules *r, ch_store *s, const char *rules_dir,
+    const char *business, const char *version, char *why, size_t whylen);
+// ch_rules_quarantine records that version crashed the engine on an event.
+int ch_rules_quarantine(ch_store *s, const char *business, const char *version,
+    const char *event_type, int64_t at);
+// ch_rules_apply_quarantine replaces every quarantined version in r by the
+// newest good one of its history (or serves nothing).
+void ch_rules_apply_quarantine(ch_rules *r, ch_store *s, const char *rules_dir);
+
 // ch_rules_error returns the last load error of a business, or NULL.
 const char *ch_rules_error(ch_rules *r, ch_str business);
 
@@ -74,8 +96,6 @@ const char *ch_biz_version(const ch_biz *b);
 
 // What one rule call produced. The caller owns the buffers and clears them
 // before each call.
-typedef struct ch_store ch_store;
-
 typedef struct {
 	ch_store        *store;   // for the adaptive model; NULL: none kept
 	void            *txn;     // the event's MDB_txn (with store)

@@ -22,7 +22,12 @@ struct ch_biz {
 	char       version[17];
 	int64_t    loaded_at;
 	char     **files; // display paths, in load order
+	char     **srcs;  // their contents, kept for the version history
+	size_t    *srclens;
 	int        nfiles;
+	char       quarantined[17]; // the version set aside, "" if none
+	char       quarantine_type[65];
+	int64_t    quarantine_at;
 	load_error err;   // err.message != NULL: failed, serves nothing
 	int        api;   // registry ref of the prelude's API table
 	// the sandbox's budgets
