@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "../lua/rules.h"
+#include "../lua/running.h"
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
@@ -559,6 +560,9 @@ engine_main(void *arg)
 {
 	ch_engine *e   = arg;
 	int        cap = e->o.batch_max;
+	if (ch_running_slots != NULL) {
+		ch_running_mine = &ch_running_slots[e->o.shard];
+	}
 	ch_job   **jobs = calloc((size_t) cap, sizeof(ch_job *));
 	if (jobs == NULL) {
 		ch_log_error("engine: out of memory");

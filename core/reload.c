@@ -24,6 +24,7 @@
 
 #include "../lua/atest.h"
 #include "../lua/rules.h"
+#include "../lua/running.h"
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
@@ -181,6 +182,9 @@ reloader_main(void *arg)
 {
 	ch_reloader *r        = arg;
 	int64_t      deadline = -1; // a change seen: reload at this time
+	if (ch_running_slots != NULL) {
+		ch_running_mine = &ch_running_slots[CH_RUNNING_SLOTS - 1];
+	}
 	for (;;) {
 		struct pollfd p[2] = {
 			{ r->pipe[0], POLLIN, 0 },

@@ -165,7 +165,7 @@ ch_replay_main(int argc, char **argv)
 	char          why[512];
 	int           status = 2;
 	ch_store_opts so     = { false, (size_t) 1 << 34, 0 };
-	ch_rules_opts ro = { CH_DEFAULT_INSTR_BUDGET, CH_DEFAULT_MEM_LIMIT };
+	ch_rules_opts ro = CH_RULES_OPTS_DEFAULT;
 	if (ch_store_open(&store, tmp, &so, why, sizeof(why)) != CH_OK) {
 		fprintf(stderr, "choreo replay: %s\n", why);
 		goto out;

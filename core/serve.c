@@ -7,7 +7,14 @@
 // committed, its reply sent, the store closed, exit 0.
 #include "serve.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -15,6 +22,7 @@
 #include <string.h>
 
 #include "../lua/rules.h"
+#include "../lua/running.h"
 #include "engine.h"
 #include "err.h"
 #include "log.h"
@@ -29,6 +37,8 @@ typedef struct {
 	size_t      max_size, max_message;
 	int         batch_max, queue_cap;
 	const char *admin_token;
+	bool        supervise;       // fork a supervised engine process
+	int         rule_timeout_ms; // the watchdog's hard limit
 } serve_opts;
 
 static void
@@ -54,7 +64,11 @@ usage(FILE *f)
 	    "  --batch N           most events per group commit (256)\n"
 	    "  --queue N           queued requests per shard before\n"
 	    "                      'overloaded' (4096)\n"
-	    "  --admin-token T     reload and forget need this token\n"
+	    "  --admin-token T     reload, rollback and forget need this token\n"
+	    "  --rule-timeout MS   a rule running longer stops the engine, which\n"
+	    "                      restarts with that rule version quarantined\n"
+	    "                      (2000)\n"
+	    "  --no-supervisor     run the engine in this process (no restart)\n"
 	    "\n"
 	    "SIGHUP reloads the rules; SIGINT or SIGTERM stop cleanly.\n");
 }
@@ -76,6 +90,8 @@ parse(int argc, char **argv, serve_opts *o)
 		{ "batch", required_argument, NULL, 'b' },
 		{ "queue", required_argument, NULL, 'q' },
 		{ "admin-token", required_argument, NULL, 'A' },
+		{ "rule-timeout", required_argument, NULL, 'T' },
+		{ "no-supervisor", no_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -133,6 +149,17 @@ parse(int argc, char **argv, serve_opts *o)
 		case 'A':
 			o->admin_token = optarg;
 			break;
+		case 'T':
+			o->rule_timeout_ms = atoi(optarg);
+			if (o->rule_timeout_ms < 100) {
+				fprintf(stderr, "choreo serve: --rule-timeout "
+				                "takes at least 100 (ms)\n");
+				return (2);
+			}
+			break;
+		case 'S':
+			o->supervise = false;
+			break;
 		case 'h':
 			usage(stdout);
 			return (0);
@@ -148,6 +175,273 @@ parse(int argc, char **argv, serve_opts *o)
 	}
 	return (-1);
 }
+
+/*
+** {======================================================
+** Crash-only: the supervisor, the watchdog, the quarantine
+** =======================================================
+*/
+
+static int64_t
+mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ((int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+static int64_t
+wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ((int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+// The quarantined versions, fixed at start-up: what the store holds plus
+// what the supervisor wrote after the last crash.
+typedef struct {
+	char business[65], version[17];
+} qentry;
+
+static qentry *quarantine;
+static int     nquarantine;
+
+static bool
+is_quarantined(void *arg, const char *business, const char *version)
+{
+	(void) arg;
+	for (int i = 0; i < nquarantine; i++) {
+		if (strcmp(quarantine[i].business, business) == 0 &&
+		    strcmp(quarantine[i].version, version) == 0) {
+			return (true);
+		}
+	}
+	return (false);
+}
+
+static void
+quarantine_add(const char *business, const char *version)
+{
+	if (is_quarantined(NULL, business, version)) {
+		return;
+	}
+	qentry *q = realloc(quarantine, sizeof(qentry) * (size_t) (nquarantine + 1));
+	if (q == NULL) {
+		return;
+	}
+	quarantine = q;
+	snprintf(q[nquarantine].business, sizeof(q->business), "%s", business);
+	snprintf(q[nquarantine].version, sizeof(q->version), "%s", version);
+	nquarantine++;
+}
+
+// quarantine_load moves the supervisor's notes (data/quarantine.log: one
+// "business TAB version TAB event-type TAB at" line per crash) into every
+// shard's store, then reads the quarantined versions of the first store.
+static void
+quarantine_load(const char *data, ch_store **stores, int shards)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/quarantine.log", data);
+	FILE *f = fopen(path, "r");
+	char  line[512];
+	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+		char    biz[65], ver[17], type[65];
+		long long at;
+		if (sscanf(line, "%64[^\t]\t%16[^\t]\t%64[^\t]\t%lld", biz, ver,
+		        type, &at) != 4) {
+			continue;
+		}
+		for (int i = 0; i < shards; i++) {
+			ch_rules_quarantine(stores[i], biz, ver, type, at);
+		}
+		ch_log_warn("serve: version %s of '%s' is quarantined: it "
+		            "stopped the engine on a '%s' event",
+		    ver, biz, type);
+	}
+	if (f != NULL) {
+		fclose(f);
+		unlink(path);
+	}
+	// every quarantine record of the store
+	MDB_txn    *txn;
+	MDB_cursor *c;
+	if (mdb_txn_begin(ch_store_env(stores[0]), NULL, MDB_RDONLY, &txn) != 0) {
+		return;
+	}
+	if (mdb_cursor_open(txn, ch_store_dbi(stores[0], CH_DB_META), &c) == 0) {
+		MDB_val k = { 11, "quarantine" }, v; // with its \0
+		int     rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+		while (rc == 0 && k.mv_size > 11 &&
+		    memcmp(k.mv_data, "quarantine", 11) == 0) {
+			const char *biz = (const char *) k.mv_data + 11;
+			size_t      bl  = strnlen(biz, k.mv_size - 11);
+			if (11 + bl + 1 < k.mv_size) {
+				char b[65], ver[17];
+				snprintf(b, sizeof(b), "%.*s", (int) bl, biz);
+				snprintf(ver, sizeof(ver), "%.*s",
+				    (int) (k.mv_size - 11 - bl - 1),
+				    biz + bl + 1);
+				quarantine_add(b, ver);
+			}
+			rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+		}
+		mdb_cursor_close(c);
+	}
+	mdb_txn_abort(txn);
+}
+
+typedef struct {
+	int             timeout_ms;
+	pthread_mutex_t mu;
+	pthread_cond_t  cv;
+	bool            stop;
+} watchdog;
+
+// The watchdog: a rule that runs past the hard limit is stuck where the
+// budget cannot reach (inside C, or a Lua bug). Abort; the supervisor
+// restarts the engine with that version quarantined.
+static void *
+watchdog_main(void *arg)
+{
+	watchdog *w = arg;
+	pthread_mutex_lock(&w->mu);
+	while (!w->stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+		int64_t now = mono_ms();
+		for (int i = 0; i < CH_RUNNING_SLOTS; i++) {
+			int64_t since = atomic_load(&ch_running_slots[i].since);
+			if (since != 0 && now - since > w->timeout_ms) {
+				ch_log_error("watchdog: a rule of '%s' (version %s, "
+				             "event '%s') has run %lld ms: stopping "
+				             "the engine",
+				    ch_running_slots[i].business,
+				    ch_running_slots[i].version,
+				    ch_running_slots[i].type,
+				    (long long) (now - since));
+				abort();
+			}
+		}
+	}
+	pthread_mutex_unlock(&w->mu);
+	return (NULL);
+}
+
+// supervise runs the engine in a child process and restarts it whenever it
+// dies of a signal, quarantining the rule version that was running. To an
+// operator the pair is one process: signals are passed on, the child dies
+// with the parent (PR_SET_PDEATHSIG), and the parent exits with the
+// child's status once a stop was asked for.
+static int serve(serve_opts *op, const char *version);
+
+static int
+supervise(serve_opts *o, const char *version)
+{
+	ch_running *slots = mmap(NULL, sizeof(ch_running) * CH_RUNNING_SLOTS,
+	    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (slots == MAP_FAILED) {
+		ch_log_error("serve: cannot map the watchdog's memory: %s",
+		    strerror(errno));
+		return (1);
+	}
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &sigs, NULL);
+	pid_t   parent   = getpid();
+	int64_t crash_at[3] = { 0, 0, 0 };
+	for (int round = 0;; round++) {
+		memset(slots, 0, sizeof(ch_running) * CH_RUNNING_SLOTS);
+		pid_t pid = fork();
+		if (pid < 0) {
+			ch_log_error("serve: fork: %s", strerror(errno));
+			return (1);
+		}
+		if (pid == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (getppid() != parent) {
+				_exit(1); // the parent is already gone
+			}
+			sigset_t chld;
+			sigemptyset(&chld);
+			sigaddset(&chld, SIGCHLD);
+			sigprocmask(SIG_UNBLOCK, &chld, NULL);
+			ch_running_slots = slots;
+			o->supervise     = false;
+			_exit(serve(o, version));
+		}
+		bool stopping = false;
+		int  st       = 0;
+		for (;;) {
+			int sig;
+			if (sigwait(&sigs, &sig) != 0) {
+				continue;
+			}
+			if (sig == SIGCHLD) {
+				if (waitpid(pid, &st, WNOHANG) == pid) {
+					break;
+				}
+				continue;
+			}
+			if (sig != SIGHUP) {
+				stopping = true;
+			}
+			kill(pid, sig);
+		}
+		if (stopping || WIFEXITED(st)) {
+			// asked to stop, or it stopped by itself (a start-up
+			// error says why in the log): not a crash
+			return (WIFEXITED(st) ? WEXITSTATUS(st) : 1);
+		}
+		// a crash: set aside what was running, restart at once
+		char path[4200];
+		snprintf(path, sizeof(path), "%s/quarantine.log", o->data);
+		bool any = false;
+		for (int i = 0; i < CH_RUNNING_SLOTS; i++) {
+			if (atomic_load(&slots[i].since) == 0) {
+				continue;
+			}
+			FILE *f = fopen(path, "a");
+			if (f != NULL) {
+				fprintf(f, "%s\t%s\t%s\t%lld\n", slots[i].business,
+				    slots[i].version, slots[i].type,
+				    (long long) wall_ms());
+				fclose(f);
+			}
+			ch_log_error("serve: the engine died (signal %d) in a rule "
+			             "of '%s' (version %s, event '%s'): that "
+			             "version is quarantined; restarting",
+			    WTERMSIG(st), slots[i].business, slots[i].version,
+			    slots[i].type);
+			any = true;
+		}
+		if (!any) {
+			ch_log_error("serve: the engine died (signal %d); "
+			             "restarting",
+			    WTERMSIG(st));
+		}
+		// three crashes within ten seconds: slow down a little
+		crash_at[round % 3] = mono_ms();
+		if (round >= 2 && crash_at[round % 3] - crash_at[(round + 1) % 3] <
+		        10000) {
+			sleep(1);
+		}
+	}
+}
+
+/* }====================================================== */
+
 
 int
 ch_serve_main(int argc, char **argv, const char *version)
@@ -165,13 +459,24 @@ ch_serve_main(int argc, char **argv, const char *version)
 		.max_message = 1 << 20,
 		.batch_max   = 256,
 		.queue_cap   = 4096,
+		.supervise   = true,
+		.rule_timeout_ms = 2000,
 	};
 	int rv = parse(argc, argv, &o);
 	if (rv >= 0) {
 		return (rv);
 	}
+	if (o.supervise) {
+		return (supervise(&o, version));
+	}
+	return (serve(&o, version));
+}
 
-	sigset_t sigs;
+static int
+serve(serve_opts *op, const char *version)
+{
+	serve_opts o = *op;
+	sigset_t   sigs;
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
@@ -186,6 +491,16 @@ ch_serve_main(int argc, char **argv, const char *version)
 	char       why[512];
 	int        status = 1, nbiz = 0;
 
+	watchdog  wd      = { .timeout_ms = o.rule_timeout_ms };
+	pthread_t wd_thread;
+	bool      wd_on   = false;
+	if (ch_running_slots != NULL) {
+		pthread_mutex_init(&wd.mu, NULL);
+		pthread_cond_init(&wd.cv, NULL);
+		wd_on = pthread_create(&wd_thread, NULL, watchdog_main, &wd) == 0;
+		// start-up loads run on this thread
+		ch_running_mine = &ch_running_slots[CH_RUNNING_SLOTS - 2];
+	}
 	for (int i = 0; i < o.shards; i++) {
 		char dir[4096];
 		if (o.shards == 1) {
@@ -199,9 +514,14 @@ ch_serve_main(int argc, char **argv, const char *version)
 			ch_log_error("serve: %s", why);
 			goto out;
 		}
+		if (i == o.shards - 1) {
+			quarantine_load(o.data, stores, o.shards);
+		}
+	}
+	for (int i = 0; i < o.shards; i++) {
 		ch_rules     *rules;
-		ch_rules_opts ro = { CH_DEFAULT_INSTR_BUDGET,
-			CH_DEFAULT_MEM_LIMIT };
+		ch_rules_opts ro = CH_RULES_OPTS_DEFAULT;
+		ro.quarantined   = is_quarantined;
 		if (ch_rules_load(&rules, o.rules, &ro) != CH_OK) {
 			ch_log_error("serve: cannot read the rules in '%s'",
 			    o.rules);
@@ -253,7 +573,9 @@ ch_serve_main(int argc, char **argv, const char *version)
 		.rules_dir  = o.rules,
 		.engines    = engines,
 		.nengines   = o.shards,
-		.rules_opts = { CH_DEFAULT_INSTR_BUDGET, CH_DEFAULT_MEM_LIMIT },
+		.rules_opts = { .instr_budget = CH_DEFAULT_INSTR_BUDGET,
+		    .mem_limit = CH_DEFAULT_MEM_LIMIT,
+		    .quarantined = is_quarantined },
 		.watch      = true,
 	};
 	if (ch_reloader_start(&reloader, &ropts) != CH_OK) {
@@ -294,6 +616,13 @@ ch_serve_main(int argc, char **argv, const char *version)
 out:
 	ch_reloader_stop(reloader);
 	ch_server_close(srv);
+	if (wd_on) {
+		pthread_mutex_lock(&wd.mu);
+		wd.stop = true;
+		pthread_cond_signal(&wd.cv);
+		pthread_mutex_unlock(&wd.mu);
+		pthread_join(wd_thread, NULL);
+	}
 	for (int i = 0; i < o.shards; i++) {
 		ch_engine_free(engines[i]);
 		ch_store_close(stores[i]);
@@ -303,3 +632,4 @@ out:
 	}
 	return (status);
 }
+

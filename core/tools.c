@@ -129,7 +129,7 @@ test_one(const char *rules_dir, const char *business, void *arg)
 	int     p, f;
 	// the rules must load before their tests can run
 	ch_rules     *r;
-	ch_rules_opts ro = { CH_DEFAULT_INSTR_BUDGET, CH_DEFAULT_MEM_LIMIT };
+	ch_rules_opts ro = CH_RULES_OPTS_DEFAULT;
 	if (ch_rules_load_one(&r, rules_dir, business, &ro) != CH_OK) {
 		return (-1);
 	}
@@ -196,7 +196,7 @@ lint_one(const char *rules_dir, const char *business, void *arg)
 {
 	lint_totals  *t = arg;
 	ch_rules     *r;
-	ch_rules_opts ro = { CH_DEFAULT_INSTR_BUDGET, CH_DEFAULT_MEM_LIMIT };
+	ch_rules_opts ro = CH_RULES_OPTS_DEFAULT;
 	if (ch_rules_load_one(&r, rules_dir, business, &ro) != CH_OK) {
 		return (-1);
 	}

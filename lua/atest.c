@@ -104,7 +104,7 @@ fresh_store(harness *h, char *why, size_t whylen)
 		return (-1);
 	}
 	ch_rules     *rules;
-	ch_rules_opts ro = { CH_DEFAULT_INSTR_BUDGET, CH_DEFAULT_MEM_LIMIT };
+	ch_rules_opts ro = CH_RULES_OPTS_DEFAULT;
 	if (ch_rules_load_one(&rules, h->rules_dir, h->business, &ro) !=
 	    CH_OK) {
 		snprintf(why, whylen, "cannot load the rules of %s",

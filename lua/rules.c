@@ -20,6 +20,7 @@
 #include "nba.h"
 #include "pattern.h"
 #include "rules_int.h"
+#include "running.h"
 #include "prelude.h" // generated: ch_prelude_lua[], ch_prelude_lua_len
 
 struct ch_rules {
@@ -163,6 +164,36 @@ msgh(lua_State *L)
 	}
 	lua_pushstring(L, msg);
 	return (1);
+}
+
+ch_running             *ch_running_slots;
+_Thread_local ch_running *ch_running_mine;
+
+static int64_t
+mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ((int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+// mark tells the watchdog and the supervisor what runs now (type NULL:
+// nothing).
+static void
+mark(ch_biz *b, const char *type, size_t tlen)
+{
+	ch_running *r = ch_running_mine;
+	if (r == NULL) {
+		return;
+	}
+	if (type == NULL) {
+		atomic_store(&r->since, 0);
+		return;
+	}
+	snprintf(r->business, sizeof(r->business), "%s", b->name);
+	snprintf(r->version, sizeof(r->version), "%s", b->version);
+	snprintf(r->type, sizeof(r->type), "%.*s", (int) tlen, type);
+	atomic_store(&r->since, mono_ms());
 }
 
 // pcall_rule calls the function below nargs arguments with the budget armed
@@ -624,6 +655,7 @@ biz_new(const char *name, const ch_rules_opts *o)
 	b->budget    = o->instr_budget;
 	b->loaded_at = now_ms();
 	b->api       = LUA_NOREF;
+	b->opts      = *o;
 	return (b);
 }
 
@@ -698,16 +730,29 @@ biz_compile(ch_biz *b, const char *dir)
 {
 	int      n = b->nfiles;
 	uint64_t h = 0xcbf29ce484222325ull;
-	if (open_state(b) != 0) {
-		return;
-	}
 	for (int i = 0; i < n; i++) {
-		lua_State  *L    = b->L;
 		const char *base = strrchr(b->files[i], '/');
 		base             = base ? base + 1 : b->files[i];
 		h = fnv1a(h, base, strlen(base) + 1);
 		h = fnv1a(h, b->srcs[i], b->srclens[i]);
 		h = fnv1a(h, "", 1);
+	}
+	snprintf(b->version, sizeof(b->version), "%012llx",
+	    (unsigned long long) (h & 0xffffffffffffull));
+	if (b->opts.quarantined != NULL &&
+	    b->opts.quarantined(b->opts.qarg, b->name, b->version)) {
+		// it crashed the engine once: never run it again
+		snprintf(b->quarantined, sizeof(b->quarantined), "%s",
+		    b->version);
+		set_error(b, "this version is quarantined", NULL);
+		return;
+	}
+	if (open_state(b) != 0) {
+		return;
+	}
+	mark(b, "load", 4);
+	for (int i = 0; i < n; i++) {
+		lua_State  *L = b->L;
 		char chunk[4100];
 		snprintf(chunk, sizeof(chunk), "@%s", b->files[i]);
 		int st = luaL_loadbufferx(L, b->srcs[i], b->srclens[i], chunk,
@@ -715,6 +760,7 @@ biz_compile(ch_biz *b, const char *dir)
 		if (st != LUA_OK) {
 			set_error(b, lua_tostring(L, -1), b->files[i]);
 			lua_settop(L, 0);
+			mark(b, NULL, 0);
 			return;
 		}
 		lua_rawgeti(L, LUA_REGISTRYINDEX, b->api); /* chunk, API */
@@ -724,9 +770,11 @@ biz_compile(ch_biz *b, const char *dir)
 		if (pcall_rule(b, 0, 0) != CH_OK) {
 			set_error(b, lua_tostring(L, -1), b->files[i]);
 			lua_settop(L, 0);
+			mark(b, NULL, 0);
 			return;
 		}
 	}
+	mark(b, NULL, 0);
 	// cross-references between declarations, once everything is loaded
 	lua_rawgeti(b->L, LUA_REGISTRYINDEX, b->api);
 	lua_getfield(b->L, -1, "check");
@@ -763,8 +811,6 @@ biz_compile(ch_biz *b, const char *dir)
 		lua_settop(b->L, 0);
 	}
 	b->token = tok;
-	snprintf(b->version, sizeof(b->version), "%012llx",
-	    (unsigned long long) (h & 0xffffffffffffull));
 }
 
 static int
@@ -1287,8 +1333,8 @@ ch_rules_apply_quarantine(ch_rules *r, ch_store *s, const char *rules_dir)
 		ch_biz *z = r->biz[i];
 		char    key[128];
 		MDB_val v;
-		if (z->L == NULL) {
-			continue;
+		if (z->L == NULL && z->quarantined[0] == '\0') {
+			continue; // failed to load: nothing to fall back from
 		}
 		size_t klen = meta_key(key, sizeof(key), "quarantine", z->name,
 		    z->version);
@@ -1348,8 +1394,10 @@ ch_rules_apply_quarantine(ch_rules *r, ch_store *s, const char *rules_dir)
 			    "a '%s' event, and no earlier good version is kept",
 			    qver, qtype);
 			set_error(z, msg, NULL);
-			lua_close(z->L);
-			z->L = NULL;
+			if (z->L != NULL) {
+				lua_close(z->L);
+				z->L = NULL;
+			}
 			good = z;
 		} else {
 			ch_log_warn("rules[%s]: version %s is quarantined; "
@@ -1620,12 +1668,18 @@ run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
 	call_args  a = { b, entry, req, state, slen, now, out };
 	lua_State *L = b->L;
 	lua_settop(L, 0);
+	if (req->type.n > 0) {
+		mark(b, req->type.p, req->type.n);
+	} else {
+		mark(b, entry, strlen(entry));
+	}
 	lua_pushcfunction(L, do_call);
 	lua_pushlightuserdata(L, &a);
 	out->store_err = CH_OK;
 	b->cur         = out;
 	int rv         = pcall_rule(b, 1, 0);
 	b->cur         = NULL;
+	mark(b, NULL, 0);
 	if (rv != CH_OK && out->store_err != CH_OK) {
 		rv = out->store_err; // the store, not the rule, failed
 	}

@@ -20,10 +20,17 @@ typedef struct ch_store ch_store;
 typedef struct {
 	uint64_t instr_budget; // per event, Lua VM instructions
 	size_t   mem_limit;    // per business, bytes
+	// when set and true for (business, version), that version is not run
+	// at all (it crashed the engine once)
+	bool (*quarantined)(void *arg, const char *business, const char *version);
+	void *qarg;
 } ch_rules_opts;
 
 #define CH_DEFAULT_INSTR_BUDGET 10000000u
 #define CH_DEFAULT_MEM_LIMIT (64u << 20)
+#define CH_RULES_OPTS_DEFAULT                                  \
+	((ch_rules_opts) { .instr_budget = CH_DEFAULT_INSTR_BUDGET, \
+	    .mem_limit = CH_DEFAULT_MEM_LIMIT })
 
 // ch_rules_load loads every business folder under dir. A business whose
 // files fail to load is kept with its error (ch_rules_find skips it).

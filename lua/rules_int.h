@@ -39,6 +39,7 @@ struct ch_biz {
 	uint64_t     model_gen; // bumped by every model write (nba.c's cache)
 	char        *token;     // requests must carry it; NULL: none
 	uint64_t     steps;     // C work charged to the running call
+	ch_rules_opts opts;
 };
 
 // ch_rules_read_file reads a whole file (malloc'd); NULL with errno set.

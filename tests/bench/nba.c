@@ -80,7 +80,7 @@ main(int argc, char **argv)
 		return (1);
 	}
 	ch_rules     *rules;
-	ch_rules_opts ro = { CH_DEFAULT_INSTR_BUDGET, CH_DEFAULT_MEM_LIMIT };
+	ch_rules_opts ro = CH_RULES_OPTS_DEFAULT;
 	if (ch_rules_load(&rules, CH_BENCH_RULES, &ro) != CH_OK) {
 		return (1);
 	}
