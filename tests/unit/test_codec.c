@@ -1,0 +1,469 @@
+// The request codec: every way a request can be refused, and the defaults.
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "core/codec.h"
+#include "core/err.h"
+
+static msgpack_sbuffer buf;
+static msgpack_packer  pk;
+static ch_doc          doc;
+
+static void
+setup(void)
+{
+	msgpack_sbuffer_init(&buf);
+	msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+}
+
+static void
+teardown(void)
+{
+	ch_doc_fini(&doc);
+	msgpack_sbuffer_destroy(&buf);
+}
+
+TestSuite(codec, .init = setup, .fini = teardown);
+
+static void
+kv(const char *k, const char *v)
+{
+	msgpack_pack_str(&pk, strlen(k));
+	msgpack_pack_str_body(&pk, k, strlen(k));
+	msgpack_pack_str(&pk, strlen(v));
+	msgpack_pack_str_body(&pk, v, strlen(v));
+}
+
+static void
+key(const char *k)
+{
+	msgpack_pack_str(&pk, strlen(k));
+	msgpack_pack_str_body(&pk, k, strlen(k));
+}
+
+static int
+decode(void)
+{
+	return (ch_doc_decode(&doc, buf.data, buf.size));
+}
+
+static int
+decode_bytes(const char *b, size_t n)
+{
+	return (ch_doc_decode(&doc, b, n));
+}
+
+// event3 packs a map header of 3 + extra entries and the three required
+// fields of an event.
+static void
+event3(int extra)
+{
+	msgpack_pack_map(&pk, 3 + extra);
+	kv("business", "shop");
+	kv("customer", "c1");
+	kv("type", "page_view");
+}
+
+#define REFUSED(substr)                                                  \
+	do {                                                             \
+		cr_assert_eq(decode(), CH_EBADREQ);                      \
+		cr_assert_not_null(strstr(doc.errmsg, substr),           \
+		    "message '%s' should mention '%s'", doc.errmsg, substr); \
+	} while (0)
+
+Test(codec, a_minimal_event_and_its_defaults)
+{
+	event3(0);
+	cr_assert_eq(decode(), CH_OK, "%s", doc.errmsg);
+	cr_assert_eq(doc.req.op, CH_OP_EVENT);
+	cr_assert_eq(doc.req.business.n, 4);
+	cr_assert_eq(memcmp(doc.req.business.p, "shop", 4), 0);
+	cr_assert_eq(doc.req.decide, true);
+	cr_assert_eq(doc.req.record, true);
+	cr_assert_eq(doc.req.explain, false);
+	cr_assert_eq(doc.req.limit, 3);
+	cr_assert_null(doc.req.data);
+}
+
+Test(codec, every_optional_field)
+{
+	event3(9);
+	kv("id", "e-1");
+	key("ts");
+	msgpack_pack_int64(&pk, 1767225600000);
+	kv("channel", "web");
+	kv("region", "EU");
+	kv("product", "card");
+	key("data");
+	msgpack_pack_map(&pk, 1);
+	kv("amount", "10");
+	key("decide");
+	msgpack_pack_false(&pk);
+	key("limit");
+	msgpack_pack_int(&pk, 7);
+	key("unknown_field_is_ignored");
+	msgpack_pack_nil(&pk);
+	cr_assert_eq(decode(), CH_OK, "%s", doc.errmsg);
+	cr_assert_eq(doc.req.ts, 1767225600000);
+	cr_assert_eq(doc.req.limit, 7);
+	cr_assert_eq(doc.req.decide, false);
+	cr_assert_not_null(doc.req.data);
+	cr_assert_eq(doc.req.region.n, 2);
+}
+
+Test(codec, not_msgpack)
+{
+	cr_assert_eq(decode_bytes("\xc1", 1), CH_EBADREQ);
+	cr_assert_not_null(strstr(doc.errmsg, "msgpack"));
+}
+
+Test(codec, empty_message)
+{
+	cr_assert_eq(decode_bytes("", 0), CH_EBADREQ);
+}
+
+Test(codec, garbage_text)
+{
+	const char *g = "GET / HTTP/1.1\r\n\r\n";
+	cr_assert_eq(decode_bytes(g, strlen(g)), CH_EBADREQ);
+}
+
+Test(codec, an_array_body)
+{
+	msgpack_pack_array(&pk, 1);
+	msgpack_pack_int(&pk, 1);
+	REFUSED("must be a msgpack map");
+}
+
+Test(codec, trailing_bytes)
+{
+	event3(0);
+	msgpack_pack_int(&pk, 1);
+	REFUSED("trailing");
+}
+
+Test(codec, truncated)
+{
+	event3(0);
+	cr_assert_eq(decode_bytes(buf.data, buf.size - 3), CH_EBADREQ);
+	cr_assert_not_null(strstr(doc.errmsg, "truncated"), "%s", doc.errmsg);
+}
+
+Test(codec, five_byte_headers_claiming_billions_are_refused_before_unpacking)
+{
+	// msgpack-c would allocate for the claimed count (1 GiB, 8 GiB, 256 GiB)
+	const char *bombs[] = { "\xdd\x0f\xff\xff\xff", "\xdf\x00\xff\xff\xff",
+		"\xdf\xff\xff\xff\xff", "\xdb\xff\xff\xff\xff" };
+	for (size_t i = 0; i < 4; i++) {
+		cr_assert_eq(decode_bytes(bombs[i], 5), CH_EBADREQ);
+		cr_assert_not_null(strstr(doc.errmsg, "exceeds"), "%s",
+		    doc.errmsg);
+		ch_doc_fini(&doc);
+	}
+	memset(&doc, 0, sizeof(doc));
+	msgpack_unpacked_init(&doc.up);
+}
+
+static void
+nested(int depth)
+{
+	event3(1);
+	key("data");
+	for (int i = 0; i < depth; i++) {
+		msgpack_pack_map(&pk, 1);
+		key("a");
+	}
+	msgpack_pack_int(&pk, 1);
+}
+
+Test(codec, nesting_past_msgpack_c_limit_names_the_field)
+{
+	nested(32); // the request map + 32 = 33 containers
+	REFUSED("field 'data'");
+	cr_assert_not_null(strstr(doc.errmsg, "32 levels"));
+}
+
+Test(codec, a_2000_deep_map)
+{
+	nested(2000);
+	REFUSED("32 levels");
+}
+
+Test(codec, nesting_at_the_limit_is_accepted)
+{
+	nested(31);
+	cr_assert_eq(decode(), CH_OK, "%s", doc.errmsg);
+}
+
+Test(codec, required_fields_per_op)
+{
+	msgpack_pack_map(&pk, 2);
+	kv("business", "shop");
+	kv("customer", "c1");
+	REFUSED("field 'type' is required");
+}
+
+Test(codec, decide_needs_a_customer)
+{
+	msgpack_pack_map(&pk, 2);
+	kv("op", "decide");
+	kv("business", "shop");
+	REFUSED("field 'customer' is required");
+}
+
+Test(codec, get_needs_a_business)
+{
+	msgpack_pack_map(&pk, 2);
+	kv("op", "get");
+	kv("customer", "c1");
+	REFUSED("field 'business' is required");
+}
+
+Test(codec, rules_and_ping_need_nothing)
+{
+	msgpack_pack_map(&pk, 1);
+	kv("op", "ping");
+	cr_assert_eq(decode(), CH_OK);
+	cr_assert_eq(doc.req.op, CH_OP_PING);
+}
+
+Test(codec, unknown_op)
+{
+	msgpack_pack_map(&pk, 1);
+	kv("op", "explode");
+	REFUSED("unknown op 'explode'");
+}
+
+Test(codec, business_as_an_integer)
+{
+	msgpack_pack_map(&pk, 3);
+	key("business");
+	msgpack_pack_int(&pk, 1);
+	kv("customer", "c1");
+	kv("type", "x");
+	REFUSED("field 'business' must be a string");
+}
+
+Test(codec, customer_as_an_integer)
+{
+	msgpack_pack_map(&pk, 3);
+	kv("business", "b");
+	key("customer");
+	msgpack_pack_int(&pk, 1);
+	kv("type", "x");
+	REFUSED("field 'customer' must be a string");
+}
+
+Test(codec, business_with_a_bad_character)
+{
+	const char *bad[] = { "a b", "a/b", "../x", "é" };
+	for (size_t i = 0; i < 4; i++) {
+		msgpack_sbuffer_clear(&buf);
+		msgpack_pack_map(&pk, 3);
+		kv("business", bad[i]);
+		kv("customer", "c1");
+		kv("type", "x");
+		cr_assert_eq(decode(), CH_EBADREQ, "%s", bad[i]);
+		cr_assert_not_null(strstr(doc.errmsg, "'business'"));
+		ch_doc_fini(&doc);
+	}
+	memset(&doc, 0, sizeof(doc));
+	msgpack_unpacked_init(&doc.up);
+}
+
+static void
+sized(const char *field, size_t n)
+{
+	char *s = malloc(n + 1);
+	memset(s, 'x', n);
+	s[n] = '\0';
+	msgpack_pack_map(&pk, 4);
+	kv("business", "shop");
+	kv("customer", "c1");
+	kv("type", "t");
+	kv(field, s);
+	free(s);
+}
+
+Test(codec, field_lengths)
+{
+	struct {
+		const char *f;
+		size_t      ok, bad;
+	} cases[] = { { "business", 64, 65 }, { "customer", 256, 257 },
+		{ "type", 64, 65 }, { "id", 128, 129 }, { "channel", 64, 65 },
+		{ "region", 64, 65 }, { "product", 64, 65 } };
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		msgpack_sbuffer_clear(&buf);
+		sized(cases[i].f, cases[i].ok);
+		cr_assert_eq(decode(), CH_OK, "%s %zu: %s", cases[i].f,
+		    cases[i].ok, doc.errmsg);
+		ch_doc_fini(&doc);
+		msgpack_sbuffer_clear(&buf);
+		sized(cases[i].f, cases[i].bad);
+		cr_assert_eq(decode(), CH_EBADREQ, "%s %zu", cases[i].f,
+		    cases[i].bad);
+		cr_assert_not_null(strstr(doc.errmsg, cases[i].f));
+		ch_doc_fini(&doc);
+		msgpack_sbuffer_clear(&buf);
+		sized(cases[i].f, 0);
+		cr_assert_eq(decode(), CH_EBADREQ, "%s empty", cases[i].f);
+		ch_doc_fini(&doc);
+	}
+	memset(&doc, 0, sizeof(doc));
+	msgpack_unpacked_init(&doc.up);
+}
+
+Test(codec, a_300k_field)
+{
+	sized("customer", 300 * 1024);
+	REFUSED("'customer' must be 1 to 256 bytes");
+}
+
+Test(codec, data_over_64k)
+{
+	char *big = malloc(70000);
+	memset(big, 'y', 70000);
+	event3(1);
+	key("data");
+	msgpack_pack_map(&pk, 1);
+	key("blob");
+	msgpack_pack_str(&pk, 70000);
+	msgpack_pack_str_body(&pk, big, 70000);
+	free(big);
+	REFUSED("'data' is larger than 64 KiB");
+}
+
+Test(codec, data_as_an_array)
+{
+	event3(1);
+	key("data");
+	msgpack_pack_array(&pk, 0);
+	REFUSED("field 'data' must be a map");
+}
+
+Test(codec, ts_as_a_string)
+{
+	event3(1);
+	kv("ts", "yesterday");
+	REFUSED("field 'ts' must be an integer");
+}
+
+Test(codec, negative_ts)
+{
+	event3(1);
+	key("ts");
+	msgpack_pack_int(&pk, -5);
+	REFUSED("field 'ts'");
+}
+
+Test(codec, limit_bounds)
+{
+	int bad[] = { 0, 101, -1 };
+	for (int i = 0; i < 3; i++) {
+		msgpack_sbuffer_clear(&buf);
+		event3(1);
+		key("limit");
+		msgpack_pack_int(&pk, bad[i]);
+		cr_assert_eq(decode(), CH_EBADREQ);
+		cr_assert_not_null(strstr(doc.errmsg, "'limit'"));
+		ch_doc_fini(&doc);
+	}
+	memset(&doc, 0, sizeof(doc));
+	msgpack_unpacked_init(&doc.up);
+}
+
+Test(codec, decide_as_a_string)
+{
+	event3(1);
+	kv("decide", "yes");
+	REFUSED("field 'decide' must be a boolean");
+}
+
+static void
+batch(int n, int bad_at)
+{
+	msgpack_pack_map(&pk, 2);
+	kv("op", "batch");
+	key("events");
+	msgpack_pack_array(&pk, (size_t) n);
+	for (int i = 0; i < n; i++) {
+		msgpack_pack_map(&pk, 3);
+		kv("business", "shop");
+		if (i == bad_at) {
+			key("customer");
+			msgpack_pack_int(&pk, 7);
+		} else {
+			kv("customer", "c1");
+		}
+		kv("type", "t");
+	}
+}
+
+Test(codec, a_batch_of_1000)
+{
+	batch(1000, -1);
+	cr_assert_eq(decode(), CH_OK, "%s", doc.errmsg);
+	cr_assert_eq(doc.req.nevents, 1000);
+	cr_assert_eq(doc.req.events[999].err, CH_OK);
+}
+
+Test(codec, a_batch_of_1001)
+{
+	batch(1001, -1);
+	REFUSED("at most 1000");
+}
+
+Test(codec, a_bad_batch_member_has_its_own_error)
+{
+	batch(3, 1);
+	cr_assert_eq(decode(), CH_OK);
+	cr_assert_eq(doc.req.events[0].err, CH_OK);
+	cr_assert_eq(doc.req.events[1].err, CH_EBADREQ);
+	cr_assert_not_null(strstr(doc.req.events[1].errmsg, "events[1]"));
+	cr_assert_not_null(strstr(doc.req.events[1].errmsg, "'customer'"));
+	cr_assert_eq(doc.req.events[2].err, CH_OK);
+}
+
+Test(codec, pack_error_reads_back)
+{
+	ch_pack_error(&pk, CH_ENOTFOUND, "gone");
+	msgpack_unpacked up;
+	size_t           off = 0;
+	msgpack_unpacked_init(&up);
+	cr_assert_eq(msgpack_unpack_next(&up, buf.data, buf.size, &off),
+	    MSGPACK_UNPACK_SUCCESS);
+	cr_assert_eq(up.data.type, MSGPACK_OBJECT_MAP);
+	cr_assert_eq(up.data.via.map.size, 2);
+	msgpack_object *ok  = &up.data.via.map.ptr[0].val;
+	msgpack_object *err = &up.data.via.map.ptr[1].val;
+	cr_assert_eq(ok->type, MSGPACK_OBJECT_BOOLEAN);
+	cr_assert_eq(ok->via.boolean, false);
+	cr_assert_eq(err->via.map.ptr[0].val.via.str.size, 9);
+	cr_assert_eq(memcmp(err->via.map.ptr[0].val.via.str.ptr, "not_found", 9),
+	    0);
+	msgpack_unpacked_destroy(&up);
+}
+
+Test(codec, prescan_agrees_with_the_unpacker)
+{
+	// a valid document with every type: prescan and unpacker both accept
+	msgpack_pack_map(&pk, 7);
+	kv("s", "x");
+	key("i");
+	msgpack_pack_int64(&pk, -123456789012);
+	key("u");
+	msgpack_pack_uint64(&pk, 18446744073709551615ull);
+	key("f");
+	msgpack_pack_double(&pk, 1.5);
+	key("b");
+	msgpack_pack_bin(&pk, 3);
+	msgpack_pack_bin_body(&pk, "abc", 3);
+	key("e");
+	msgpack_pack_ext(&pk, 2, 1);
+	msgpack_pack_ext_body(&pk, "zz", 2);
+	key("a");
+	msgpack_pack_array(&pk, 0);
+	const char *why;
+	cr_assert_eq(ch_mp_prescan(buf.data, buf.size, 32, &why, NULL), CH_OK);
+}

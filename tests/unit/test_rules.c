@@ -1,0 +1,763 @@
+// The rule runtime: loading, declarations, handlers, errors with
+// file:line, the next best action, variations, limits, the model, cohorts,
+// explain, and the sandbox.
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/err.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/store.h"
+#include "lua/rules.h"
+
+static char      dir[64];
+static ch_rules *rules;
+static ch_store *store;
+static MDB_txn  *txn;
+static int64_t   now = 1767225600000;
+
+static msgpack_sbuffer st_in, st_out, reply, emits;
+
+static void
+setup(void)
+{
+	ch_log_set_level(CH_LOG_OFF);
+	snprintf(dir, sizeof(dir), "/tmp/choreo-rules-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+	msgpack_sbuffer_init(&st_in);
+	msgpack_sbuffer_init(&st_out);
+	msgpack_sbuffer_init(&reply);
+	msgpack_sbuffer_init(&emits);
+	rules = NULL;
+	store = NULL;
+	txn   = NULL;
+}
+
+static void
+teardown(void)
+{
+	if (txn != NULL) {
+		ch_store_abort(txn);
+	}
+	ch_store_close(store);
+	ch_rules_free(rules);
+	msgpack_sbuffer_destroy(&st_in);
+	msgpack_sbuffer_destroy(&st_out);
+	msgpack_sbuffer_destroy(&reply);
+	msgpack_sbuffer_destroy(&emits);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(rules, .init = setup, .fini = teardown);
+
+static void
+write_file(const char *biz, const char *file, const char *text)
+{
+	char p[256];
+	snprintf(p, sizeof(p), "%s/%s", dir, biz);
+	mkdir(p, 0755);
+	snprintf(p, sizeof(p), "%s/%s/%s", dir, biz, file);
+	FILE *f = fopen(p, "w");
+	cr_assert_not_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+static ch_str
+S(const char *s)
+{
+	return ((ch_str) { s, (uint32_t) strlen(s) });
+}
+
+static void
+load_with(ch_rules_opts o)
+{
+	ch_rules_free(rules);
+	cr_assert_eq(ch_rules_load(&rules, dir, &o), CH_OK);
+	if (store == NULL) {
+		char          why[200];
+		char          sdir[80];
+		ch_store_opts so = { false, (size_t) 1 << 30, 0 };
+		snprintf(sdir, sizeof(sdir), "%s/.store", dir);
+		cr_assert_eq(ch_store_open(&store, sdir, &so, why, sizeof(why)),
+		    CH_OK);
+		cr_assert_eq(ch_store_begin(store, NULL, &txn), CH_OK);
+	}
+}
+
+static void
+load(void)
+{
+	load_with(CH_RULES_OPTS_DEFAULT);
+}
+
+static ch_biz *
+biz(const char *name)
+{
+	ch_biz *b = ch_rules_find(rules, S(name));
+	cr_assert_not_null(b, "business %s should serve: %s", name,
+	    ch_rules_error(rules, S(name)) ? ch_rules_error(rules, S(name))
+	                                   : "?");
+	return (b);
+}
+
+// The reply (or state) as JSON text, for easy assertions.
+static json_t *last_reply, *last_state;
+
+static json_t *
+to_json(msgpack_sbuffer *b)
+{
+	msgpack_unpacked up;
+	size_t           off = 0;
+	msgpack_unpacked_init(&up);
+	cr_assert_eq(msgpack_unpack_next(&up, b->data, b->size, &off),
+	    MSGPACK_UNPACK_SUCCESS);
+	json_t *j = ch_msgpack_to_json(&up.data);
+	msgpack_unpacked_destroy(&up);
+	return (j);
+}
+
+typedef struct {
+	const char *type, *channel, *region, *product, *id;
+	bool        nodecide, norecord, explain;
+	int         limit;
+	const char *data_json;
+} ev;
+
+// run sends one event (or a decision when type is NULL) for customer c1,
+// carrying the state forward. Returns the rule call's status.
+static int
+run(const char *business, ev e, char *err, size_t errlen)
+{
+	ch_req r = { 0 };
+	r.op       = e.type ? CH_OP_EVENT : CH_OP_DECIDE;
+	r.business = S(business);
+	r.customer = S("c1");
+	r.type     = e.type ? S(e.type) : (ch_str) { NULL, 0 };
+	r.channel  = e.channel ? S(e.channel) : (ch_str) { NULL, 0 };
+	r.region   = e.region ? S(e.region) : (ch_str) { NULL, 0 };
+	r.product  = e.product ? S(e.product) : (ch_str) { NULL, 0 };
+	r.id       = e.id ? S(e.id) : (ch_str) { NULL, 0 };
+	r.decide   = !e.nodecide;
+	r.record   = !e.norecord;
+	r.explain  = e.explain;
+	r.limit    = e.limit ? e.limit : 3;
+	msgpack_unpacked data;
+	msgpack_sbuffer  dbuf;
+	msgpack_unpacked_init(&data);
+	msgpack_sbuffer_init(&dbuf);
+	if (e.data_json != NULL) {
+		json_error_t je;
+		json_t      *j = json_loads(e.data_json, 0, &je);
+		cr_assert_not_null(j, "%s", je.text);
+		msgpack_packer pk;
+		msgpack_packer_init(&pk, &dbuf, msgpack_sbuffer_write);
+		ch_json_to_msgpack(j, &pk);
+		json_decref(j);
+		size_t off = 0;
+		msgpack_unpack_next(&data, dbuf.data, dbuf.size, &off);
+		r.data = &data.data;
+	}
+	st_out.size = reply.size = emits.size = 0;
+	ch_rule_out out = { .store = store, .txn = txn, .state = &st_out,
+		.reply = &reply, .emits = &emits };
+	ch_biz *b  = biz(business);
+	int     rc = r.op == CH_OP_EVENT
+	        ? ch_biz_event(b, &r, st_in.size ? st_in.data : NULL,
+	              st_in.size, now, &out)
+	        : ch_biz_decide(b, &r, st_in.size ? st_in.data : NULL,
+	              st_in.size, now, &out);
+	msgpack_unpacked_destroy(&data);
+	msgpack_sbuffer_destroy(&dbuf);
+	if (err != NULL) {
+		snprintf(err, errlen, "%s", out.errmsg);
+	}
+	if (rc == CH_OK) {
+		json_decref(last_reply);
+		last_reply = to_json(&reply);
+		if (st_out.size > 0) {
+			msgpack_sbuffer_clear(&st_in);
+			msgpack_sbuffer_write(&st_in, st_out.data, st_out.size);
+			json_decref(last_state);
+			last_state = to_json(&st_in);
+		}
+	}
+	return (rc);
+}
+
+static void
+ok(const char *business, ev e)
+{
+	char err[600];
+	int  rc = run(business, e, err, sizeof(err));
+	cr_assert_eq(rc, CH_OK, "rule failed: %s", err);
+}
+
+// at: a value in the last reply by path, e.g. at("actions.0.name")
+static json_t *
+at(json_t *j, const char *path)
+{
+	char p[256];
+	snprintf(p, sizeof(p), "%s", path);
+	for (char *tok = strtok(p, "."); tok && j; tok = strtok(NULL, ".")) {
+		if (json_is_array(j)) {
+			j = json_array_get(j, (size_t) atoi(tok));
+		} else {
+			j = json_object_get(j, tok);
+		}
+	}
+	return (j);
+}
+
+static const char *
+str_at(json_t *j, const char *path)
+{
+	json_t *v = at(j, path);
+	return (json_is_string(v) ? json_string_value(v) : NULL);
+}
+
+static double
+num_at(json_t *j, const char *path)
+{
+	json_t *v = at(j, path);
+	cr_assert(json_is_number(v), "%s is not a number", path);
+	return (json_number_value(v));
+}
+
+static const char BASE[] =
+    "params { price = 9.99 }\n"
+    "journey 'onboarding' { stages = { 'visitor', 'applied', 'funded' }, goal = 'funded' }\n"
+    "action 'gold' { group = 'cards', channels = { 'web', 'app' }, value = 100,\n"
+    "  eligible = function(c) return (c.attrs.age or 0) >= 18 end,\n"
+    "  payload = { title = 'Gold', price = params.price } }\n"
+    "action 'basic' { group = 'cards', value = 40 }\n"
+    "action 'news' { value = 40 }\n";
+
+Test(rules, handlers_run_in_file_order_and_star_runs_for_every_event)
+{
+	write_file("shop", "10.lua", BASE);
+	write_file("shop", "20.lua",
+	    "on('x', function(c, e) c.attrs.log = (c.attrs.log or '') .. 'a' end)\n"
+	    "on('*', function(c, e) c.attrs.log = (c.attrs.log or '') .. '*' end)\n");
+	write_file("shop", "30.lua",
+	    "on('x', function(c, e) c.attrs.log = (c.attrs.log or '') .. 'b' end)\n"
+	    "on('y', function(c, e) c:count('ys') end)\n");
+	load();
+	ok("shop", (ev) { .type = "x", .nodecide = true });
+	cr_assert_str_eq(str_at(last_state, "attrs.log"), "a*b");
+	ok("shop", (ev) { .type = "y", .nodecide = true });
+	cr_assert_str_eq(str_at(last_state, "attrs.log"), "a*b*");
+	cr_assert_eq(num_at(last_state, "counters.ys"), 1);
+}
+
+Test(rules, advance_records_history_and_names_unknown_stages)
+{
+	write_file("shop", "10.lua", BASE);
+	write_file("shop", "20.lua",
+	    "on('apply', function(c) c:advance('onboarding', 'applied') end)\n"
+	    "on('typo', function(c)\n"
+	    "  c:advance('onboarding', 'payed')\n"
+	    "end)\n"
+	    "on('nojourney', function(c) c:advance('onbording', 'applied') end)\n");
+	load();
+	ok("shop", (ev) { .type = "apply", .nodecide = true });
+	cr_assert_str_eq(str_at(last_reply, "journeys.onboarding.stage"),
+	    "applied");
+	cr_assert_str_eq(str_at(last_state,
+	                     "journeys.onboarding.history.0.stage"),
+	    "applied");
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "typo" }, err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "20.lua:3:"), "%s", err);
+	cr_assert_not_null(strstr(err, "'payed'"), "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "nojourney" }, err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "20.lua:5:"), "%s", err);
+	cr_assert_not_null(strstr(err, "unknown journey 'onbording'"), "%s",
+	    err);
+}
+
+Test(rules, runtime_errors_carry_file_and_line)
+{
+	write_file("shop", "10.lua", BASE);
+	write_file("shop", "20.lua",
+	    "on('nil', function(c) local t = nil; return t.x end)\n"
+	    "on('tbl', function(c) error({}) end)\n"
+	    "on('lvl0', function(c) error('plain', 0) end)\n");
+	load();
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "nil" }, err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "20.lua:1:"), "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "tbl" }, err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "20.lua:2:"), "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "lvl0" }, err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "20.lua:3: plain"), "%s", err);
+}
+
+static void
+expect_load_error(const char *file_text, const char *msg, int line)
+{
+	write_file("shop", "10.lua", file_text);
+	write_file("good", "10.lua", "on('x', function(c) end)\n");
+	load();
+	cr_assert_null(ch_rules_find(rules, S("shop")));
+	biz("good"); // the other business serves
+	const char *e = ch_rules_error(rules, S("shop"));
+	cr_assert_not_null(e);
+	cr_assert_not_null(strstr(e, msg), "'%s' should say '%s'", e, msg);
+	char where[64];
+	snprintf(where, sizeof(where), "10.lua:%d:", line);
+	cr_assert_not_null(strstr(e, where), "'%s' should be at %s", e, where);
+	// and the rules op reports it with file and line
+	msgpack_sbuffer b;
+	msgpack_packer  pk;
+	msgpack_sbuffer_init(&b);
+	msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+	cr_assert_eq(ch_rules_pack_info(rules, S("shop"), &pk), CH_OK);
+	json_t *j = to_json(&b);
+	cr_assert_eq(num_at(j, "businesses.shop.error.line"), line);
+	cr_assert_not_null(strstr(str_at(j, "businesses.shop.error.file"),
+	    "shop/10.lua"));
+	cr_assert(json_is_number(at(j, "businesses.shop.error.at")));
+	json_decref(j);
+	msgpack_sbuffer_destroy(&b);
+}
+
+Test(rules, a_syntax_error_stops_only_its_business)
+{
+	expect_load_error("on('x', function(c)\n  c:count('x'\nend)\n", "expected",
+	    3);
+}
+
+Test(rules, declaration_checks)
+{
+	expect_load_error("\naction 'gold_card' { value = 'a lot' }\n",
+	    "action 'gold_card': value must be a number, got string", 2);
+}
+
+Test(rules, unknown_field)
+{
+	expect_load_error("action 'x' {\n  value = 1,\n  valeu = 2 }\n",
+	    "unknown field 'valeu'", 1);
+}
+
+Test(rules, unknown_goal_stage)
+{
+	expect_load_error("journey 'j' { stages = { 'a' }, goal = 'b' }\n",
+	    "goal 'b' is not one of its stages", 1);
+}
+
+Test(rules, lever_for_nothing)
+{
+	expect_load_error("action 'a' { value = 1 }\nlevers { nothing = 2 }\n",
+	    "'nothing' is neither an action nor a group", 2);
+}
+
+Test(rules, bad_duration)
+{
+	expect_load_error("case 'c' { sla = '2 days' }\n",
+	    "must be a duration", 1);
+}
+
+Test(rules, nba_filters_and_scores)
+{
+	write_file("shop", "10.lua", BASE);
+	load();
+	// no age: gold is ineligible; basic and news tie on 40 × 0.5: by name
+	ok("shop", (ev) { .type = "x", .channel = "web", .norecord = true });
+	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "basic");
+	cr_assert_str_eq(str_at(last_reply, "actions.1.name"), "news");
+	cr_assert_eq(num_at(last_reply, "actions.0.score"), 20);
+	cr_assert_eq(num_at(last_reply, "actions.0.propensity"), 0.5);
+	cr_assert_str_eq(str_at(last_reply, "actions.0.channel"), "web");
+}
+
+Test(rules, eligibility_channel_and_limit)
+{
+	write_file("shop", "10.lua", BASE);
+	write_file("shop", "20.lua",
+	    "on('profile', function(c, e) c.attrs.age = e.data.age end)\n");
+	load();
+	ok("shop", (ev) { .type = "profile", .data_json = "{\"age\": 30}",
+	                   .channel = "web", .limit = 1, .norecord = true });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 1);
+	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "gold");
+	cr_assert_eq(num_at(last_reply, "actions.0.payload.price"), 9.99);
+	// not on this channel
+	ok("shop", (ev) { .channel = "email", .norecord = true });
+	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "basic");
+}
+
+static const char VARIATIONS[] =
+    "params { price = 9.99, sla = '48h' }\n"
+    "action 'card' { group = 'cards', value = 120, channels = { 'web', 'app' },\n"
+    "  payload = { title = 'Card', price = params.price, extra = { a = 1, b = 2 } } }\n"
+    "variation { region = 'EU' } {\n"
+    "  params { price = 8.99 },\n"
+    "  action 'card' { value = 100, channels = { 'app' } },\n"
+    "}\n"
+    "variation { region = 'EU', channel = 'app' } {\n"
+    "  action 'card' { payload = { title = 'Card (app)', extra = { b = 3 } } },\n"
+    "  action 'only_here' { value = 1, payload = { title = 'x' } },\n"
+    "}\n"
+    "variation { channel = 'app' } { action 'card' { value = 110 } }\n"
+    "variation { region = 'EU' } { action 'card' { weight = 2 } }\n"
+    "on('p', function(c) c:emit('price', { p = params.price, q = c.params.price }) end)\n";
+
+Test(rules, variations_apply_least_to_most_specific_and_merge_fields)
+{
+	write_file("shop", "10.lua", VARIATIONS);
+	load();
+	// no circumstance: the base
+	ok("shop", (ev) { .norecord = true });
+	cr_assert_eq(num_at(last_reply, "actions.0.value"), 120);
+	cr_assert_eq(num_at(last_reply, "actions.0.payload.price"), 9.99);
+	// EU on app: {channel=app} and both {region=EU} (1 key, in order),
+	// then {region=EU, channel=app}
+	ok("shop", (ev) { .region = "EU", .channel = "app", .norecord = true,
+	                   .explain = true });
+	json_t *card = NULL;
+	for (size_t i = 0; i < json_array_size(at(last_reply, "actions")); i++) {
+		json_t *a = json_array_get(at(last_reply, "actions"), i);
+		if (strcmp(json_string_value(json_object_get(a, "name")), "card") ==
+		    0) {
+			card = a;
+		}
+	}
+	cr_assert_not_null(card);
+	// value: {channel=app} (110) was declared after {region=EU} (100):
+	// same specificity, the later declaration wins
+	cr_assert_eq(num_at(card, "value"), 110);
+	cr_assert_str_eq(str_at(card, "payload.title"), "Card (app)");
+	cr_assert_eq(num_at(card, "payload.price"), 8.99);   // the EU param
+	cr_assert_eq(num_at(card, "payload.extra.a"), 1);    // merged
+	cr_assert_eq(num_at(card, "payload.extra.b"), 3);
+	cr_assert_eq(num_at(card, "score"), 110 * 0.5 * 2);  // weight 2
+	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "card");
+	cr_assert_str_eq(str_at(last_reply, "actions.1.name"), "only_here");
+	// the trace lists the variations in the order applied
+	json_t *applied = at(last_reply, "trace.0.applied");
+	cr_assert_eq(json_array_size(applied), 4);
+	cr_assert_str_eq(str_at(applied, "0.region"), "EU");
+	cr_assert_str_eq(str_at(applied, "1.channel"), "app");
+	cr_assert_str_eq(str_at(applied, "2.region"), "EU");
+	cr_assert_str_eq(str_at(applied, "3.channel"), "app");
+	cr_assert_str_eq(str_at(applied, "3.region"), "EU");
+	// lists are replaced: in the EU, card is app-only
+	ok("shop", (ev) { .region = "EU", .channel = "web", .norecord = true });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 0);
+	// params inside handlers are the circumstance's
+	ok("shop", (ev) { .type = "p", .region = "EU", .nodecide = true });
+	cr_assert_eq(num_at(last_reply, "emitted.0.data.p"), 8.99);
+	cr_assert_eq(num_at(last_reply, "emitted.0.data.q"), 8.99);
+}
+
+Test(rules, the_circumstance_falls_back_to_attrs)
+{
+	write_file("shop", "10.lua", VARIATIONS);
+	write_file("shop", "20.lua",
+	    "on('move', function(c, e) c.attrs.region = e.data.region end)\n");
+	load();
+	ok("shop", (ev) { .type = "move", .data_json = "{\"region\":\"EU\"}",
+	                   .channel = "app", .norecord = true });
+	cr_assert_eq(num_at(last_reply, "actions.0.payload.price"), 8.99);
+}
+
+static const char LIMITS[] =
+    "action 'a' { value = 10, limits = { max_impressions = 2 } }\n"
+    "action 'b' { value = 9, limits = { cooldown = '1h' } }\n"
+    "action 'c' { value = 8, limits = { stop_after_rejects = 1 } }\n"
+    "action 'd' { value = 7, limits = { per_day = 1 } }\n";
+
+static bool
+has(const char *name)
+{
+	json_t *acts = at(last_reply, "actions");
+	for (size_t i = 0; i < json_array_size(acts); i++) {
+		if (strcmp(str_at(json_array_get(acts, i), "name"), name) == 0) {
+			return (true);
+		}
+	}
+	return (false);
+}
+
+Test(rules, every_limit_and_its_window)
+{
+	write_file("shop", "10.lua", LIMITS);
+	load();
+	ok("shop", (ev) { .limit = 4 }); // all shown once
+	cr_assert(has("a") && has("b") && has("c") && has("d"));
+	now += 60 * 1000; // a minute later: b cools down, d had its day
+	ok("shop", (ev) { .limit = 4 });
+	cr_assert(has("a"));
+	cr_assert(!has("b"), "cooldown");
+	cr_assert(!has("d"), "per_day");
+	now += 2 * 3600 * 1000; // +2 h: b is back
+	ok("shop", (ev) { .limit = 4 });
+	cr_assert(!has("a"), "max_impressions reached at 2");
+	cr_assert(has("b"));
+	cr_assert(!has("d"));
+	now += 24 * 3600 * 1000; // a day later: d again
+	ok("shop", (ev) { .limit = 4, .explain = true });
+	cr_assert(has("d"));
+	// a rejection stops c
+	ok("shop", (ev) { .type = "response",
+	                   .data_json = "{\"action\":\"c\",\"outcome\":\"rejected\"}",
+	                   .limit = 4 });
+	cr_assert(!has("c"));
+	ok("shop", (ev) { .limit = 4, .explain = true, .norecord = true });
+	json_t *trace = at(last_reply, "trace");
+	bool    seen  = false;
+	for (size_t i = 0; i < json_array_size(trace); i++) {
+		json_t *t = json_array_get(trace, i);
+		const char *a = str_at(t, "action");
+		if (a && strcmp(a, "c") == 0) {
+			cr_assert_str_eq(str_at(t, "reason"), "stop_after_rejects");
+			seen = true;
+		}
+	}
+	cr_assert(seen);
+}
+
+Test(rules, the_contact_budget_spans_actions)
+{
+	write_file("shop", "10.lua",
+	    "contact_policy { max_per_day = 2, per_channel = { sms = 1 } }\n"
+	    "action 'a' { value = 3, channels = { 'sms', 'app' } }\n"
+	    "action 'b' { value = 2, channels = { 'sms', 'app' } }\n"
+	    "action 'c' { value = 1, channels = { 'sms', 'app' } }\n");
+	load();
+	ok("shop", (ev) { .channel = "sms", .limit = 3, .explain = true });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 1, "one sms");
+	ok("shop", (ev) { .channel = "app", .limit = 3 });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 1,
+	    "one left of the day's two");
+	ok("shop", (ev) { .channel = "app", .limit = 3, .explain = true });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 0);
+	cr_assert_str_eq(str_at(last_reply, "trace.1.reason"), "max_per_day");
+	now += 25 * 3600 * 1000;
+	ok("shop", (ev) { .channel = "app", .limit = 3 });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 2);
+}
+
+Test(rules, responses_teach_the_model_in_the_store)
+{
+	write_file("shop", "10.lua",
+	    "action 'a' { value = 10 }\n"
+	    "action 'b' { value = 10, prior = 0.2 }\n"
+	    "on('response', function(c, e) c.attrs.last = e.data.outcome end)\n");
+	load();
+	ok("shop", (ev) { .norecord = true });
+	cr_assert_eq(num_at(last_reply, "actions.0.propensity"), 0.5);
+	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "a");
+	cr_assert_eq(num_at(last_reply, "actions.1.propensity"), 0.2);
+	ok("shop", (ev) { .type = "response",
+	                   .data_json = "{\"action\":\"a\",\"outcome\":\"accepted\"}" });
+	cr_assert_str_eq(str_at(last_state, "attrs.last"), "accepted");
+	cr_assert_eq(num_at(last_state, "actions.a.accepted"), 1);
+	// Beta(1+1, 1+0): 2/3
+	ok("shop", (ev) { .norecord = true });
+	cr_assert_float_eq(num_at(last_reply, "actions.0.propensity"), 2.0 / 3,
+	    1e-9);
+	// the model lives in the store: a fresh load of the rules sees it
+	load();
+	ok("shop", (ev) { .norecord = true });
+	cr_assert_float_eq(num_at(last_reply, "actions.0.propensity"), 2.0 / 3,
+	    1e-9);
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "response",
+	                              .data_json = "{\"action\":\"zz\",\"outcome\":\"accepted\"}" },
+	                 err, sizeof(err)),
+	    CH_EBADREQ);
+	cr_assert_eq(run("shop", (ev) { .type = "response",
+	                              .data_json = "{\"action\":\"a\",\"outcome\":\"maybe\"}" },
+	                 err, sizeof(err)),
+	    CH_EBADREQ);
+}
+
+Test(rules, explore_is_reproducible)
+{
+	write_file("shop", "10.lua", "action 'a' { value = 10, explore = true }\n");
+	load();
+	ok("shop", (ev) { .id = "e1", .norecord = true });
+	double p1 = num_at(last_reply, "actions.0.propensity");
+	ok("shop", (ev) { .id = "e1", .norecord = true });
+	cr_assert_eq(num_at(last_reply, "actions.0.propensity"), p1);
+	ok("shop", (ev) { .id = "e2", .norecord = true });
+	cr_assert_neq(num_at(last_reply, "actions.0.propensity"), p1);
+}
+
+Test(rules, levers_max_per_group_and_arbitrate)
+{
+	write_file("shop", "10.lua",
+	    "action 'a' { group = 'g', value = 10 }\n"
+	    "action 'b' { group = 'g', value = 9 }\n"
+	    "action 'c' { group = 'h', value = 1 }\n"
+	    "levers { c = 100 }\n"
+	    "max_per_group(1)\n");
+	load();
+	ok("shop", (ev) { .norecord = true });
+	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "c");
+	cr_assert_str_eq(str_at(last_reply, "actions.1.name"), "a");
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 2);
+	write_file("shop", "20.lua",
+	    "arbitrate(function(c, cands)\n"
+	    "  local out = {}\n"
+	    "  for i = #cands, 1, -1 do out[#out + 1] = cands[i] end\n"
+	    "  return out\n"
+	    "end)\n");
+	load();
+	ok("shop", (ev) { .norecord = true });
+	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "b");
+}
+
+Test(rules, cohorts_are_stable_and_split)
+{
+	write_file("shop", "10.lua",
+	    "on('x', function(c, e) c.attrs.g = c:cohort('exp', { control = 0.1, treatment = 0.9 }) end)\n");
+	load();
+	ok("shop", (ev) { .type = "x", .nodecide = true });
+	char g[32];
+	snprintf(g, sizeof(g), "%s", str_at(last_state, "attrs.g"));
+	cr_assert(strcmp(g, "control") == 0 || strcmp(g, "treatment") == 0);
+	cr_assert_str_eq(str_at(last_state, "cohorts.exp"), g);
+	ok("shop", (ev) { .type = "x", .nodecide = true });
+	cr_assert_str_eq(str_at(last_state, "attrs.g"), g);
+	// the split: over 2000 customers, about 10 % in control
+	int control = 0;
+	for (int i = 0; i < 2000; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "cust-%d", i);
+		ch_req r  = { 0 };
+		r.op       = CH_OP_EVENT;
+		r.business = S("shop");
+		r.customer = S(id);
+		r.type     = S("x");
+		st_out.size = reply.size = emits.size = 0;
+		ch_rule_out out = { .state = &st_out, .reply = &reply,
+			.emits = &emits };
+		cr_assert_eq(ch_biz_event(biz("shop"), &r, NULL, 0, now, &out),
+		    CH_OK);
+		json_t *j = to_json(&st_out);
+		control += strcmp(str_at(j, "attrs.g"), "control") == 0;
+		json_decref(j);
+	}
+	cr_assert(control > 140 && control < 260, "control: %d of 2000",
+	    control);
+}
+
+Test(rules, decide_without_record_changes_nothing)
+{
+	write_file("shop", "10.lua", BASE);
+	load();
+	ok("shop", (ev) { .norecord = true });
+	cr_assert_eq(st_out.size, 0);
+	ok("shop", (ev) { 0 });
+	cr_assert_gt(st_out.size, 0);
+	cr_assert_eq(num_at(last_state, "actions.basic.impressions"), 1);
+}
+
+Test(rules, emit_builds_a_pub_message)
+{
+	write_file("shop", "10.lua",
+	    "on('x', function(c) c:emit('welcome', { n = 1 }) end)\n");
+	load();
+	ok("shop", (ev) { .type = "x", .nodecide = true });
+	cr_assert_gt(emits.size, 4);
+	const char *topic = emits.data + 4;
+	cr_assert_str_eq(topic, "choreo/shop/emit/welcome");
+	cr_assert_str_eq(str_at(last_reply, "emitted.0.name"), "welcome");
+}
+
+Test(rules, the_sandbox_has_no_way_out)
+{
+	const char *escapes[] = { "io.open('/etc/passwd')", "os.execute('true')",
+		"require('os')", "debug.getinfo(1)", "package.loadlib('x','y')",
+		"string.dump(print)", "dofile('/etc/passwd')",
+		"collectgarbage()", "getmetatable('').__index.rep('a', 2)",
+		"load('\\27Lua')()", "coroutine.create(print)" };
+	for (size_t i = 0; i < sizeof(escapes) / sizeof(escapes[0]); i++) {
+		char src[256], err[600];
+		snprintf(src, sizeof(src), "on('x', function(c) return %s end)\n",
+		    escapes[i]);
+		write_file("shop", "10.lua", src);
+		load();
+		cr_assert_eq(run("shop", (ev) { .type = "x" }, err, sizeof(err)),
+		    CH_ERULE, "%s must fail", escapes[i]);
+		cr_assert_not_null(strstr(err, "10.lua:1:"), "%s: %s",
+		    escapes[i], err);
+	}
+}
+
+Test(rules, undefined_globals_are_named)
+{
+	write_file("shop", "10.lua", "on('x', function(c) return foo + 1 end)\n");
+	load();
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "x" }, err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "undefined global 'foo'"), "%s", err);
+}
+
+Test(rules, budgets_end_in_rule_limit_and_the_state_lives_on)
+{
+	write_file("shop", "10.lua",
+	    "on('loop', function(c) while true do end end)\n"
+	    "on('ploop', function(c) while true do pcall(function() while true do end end) end end)\n"
+	    "on('xloop', function(c) xpcall(function() while true do end end, function() while true do end end) end)\n"
+	    "on('bomb', function(c) local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(1000) .. i end end)\n"
+	    "on('pattern', function(c) return ('a'):rep(26):find(('a*'):rep(26) .. 'b') end)\n"
+	    "on('gc', function(c) setmetatable({}, { __gc = function() while true do end end }) end)\n"
+	    "on('ok', function(c) c:count('ok') end)\n");
+	ch_rules_opts o = CH_RULES_OPTS_DEFAULT;
+	o.instr_budget  = 200000;
+	o.mem_limit     = 8u << 20;
+	load_with(o);
+	const char *bad[] = { "loop", "ploop", "xloop", "bomb", "pattern" };
+	for (size_t i = 0; i < 5; i++) {
+		char err[600];
+		cr_assert_eq(run("shop", (ev) { .type = bad[i] }, err, sizeof(err)),
+		    CH_ERULELIMIT, "%s: %s", bad[i], err);
+		ok("shop", (ev) { .type = "ok", .nodecide = true });
+	}
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "gc" }, err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "__gc"), "%s", err);
+}
+
+Test(rules, pattern_functions_keep_lua_semantics)
+{
+	write_file("shop", "10.lua",
+	    "on('x', function(c)\n"
+	    "  local a = c.attrs\n"
+	    "  a.find = ('hello world'):find('wor')\n"
+	    "  a.match = ('key=value'):match('(%w+)=(%w+)')\n"
+	    "  a.gsub = ('a,b,c'):gsub(',', ';')\n"
+	    "  local t = {} for w in ('one two'):gmatch('%a+') do t[#t+1] = w end\n"
+	    "  a.gmatch = table.concat(t, '|')\n"
+	    "  a.trim = ('  x  '):match('^%s*(.-)%s*$')\n"
+	    "  a.fn = ('hello'):gsub('l+', function(x) return '<' .. x .. '>' end)\n"
+	    "  a.bal = ('f(a(b)c)d'):match('%b()')\n"
+	    "  a.plain = ('a.b'):find('.', 1, true)\n"
+	    "end)\n");
+	load();
+	ok("shop", (ev) { .type = "x", .nodecide = true });
+	cr_assert_eq(num_at(last_state, "attrs.find"), 7);
+	cr_assert_str_eq(str_at(last_state, "attrs.match"), "key");
+	cr_assert_str_eq(str_at(last_state, "attrs.gsub"), "a;b;c");
+	cr_assert_str_eq(str_at(last_state, "attrs.gmatch"), "one|two");
+	cr_assert_str_eq(str_at(last_state, "attrs.trim"), "x");
+	cr_assert_str_eq(str_at(last_state, "attrs.fn"), "he<ll>o");
+	cr_assert_str_eq(str_at(last_state, "attrs.bal"), "(a(b)c)");
+	cr_assert_eq(num_at(last_state, "attrs.plain"), 2);
+}
