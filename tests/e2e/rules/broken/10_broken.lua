@@ -1,0 +1,3 @@
+on("x", function(c)
+  c:count("x"
+end)
