@@ -61,17 +61,18 @@ mono_ms(void)
 }
 
 // rewatch watches the rules folder, each business folder and its tests/.
-// Watches are cheap and a rescan is rare, so it starts over each time.
+// Adding a watch that exists only refreshes it, and the watch of a removed
+// folder goes by itself; the descriptor stays, so no change made while a
+// reload runs is lost.
 static void
 rewatch(ch_reloader *r)
 {
 	const uint32_t mask = IN_CREATE | IN_DELETE | IN_CLOSE_WRITE |
 	    IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB | IN_DELETE_SELF |
 	    IN_MOVE_SELF | IN_MODIFY;
-	if (r->ifd >= 0) {
-		close(r->ifd);
+	if (r->ifd < 0) {
+		r->ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	}
-	r->ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	if (r->ifd < 0) {
 		ch_log_warn("reload: inotify: %s; reload with SIGHUP",
 		    strerror(errno));
@@ -243,7 +244,6 @@ reloader_main(void *arg)
 		}
 		if ((plain || nw > 0) && r->o.watch) {
 			rewatch(r); // folders may have come or gone
-			drain(r);
 		}
 	}
 	return (NULL);

@@ -183,6 +183,13 @@ rules_write(const char *dir, const char *business, const char *file,
 	char p[1024];
 	snprintf(p, sizeof(p), "%s/%s", dir, business);
 	mkdir(p, 0755);
+	const char *slash = strrchr(file, '/');
+	if (slash != NULL) { // e.g. tests/10.lua
+		snprintf(p, sizeof(p), "%s/%s/%.*s", dir, business,
+		    (int) (slash - file), file);
+		mkdir(p, 0755);
+		file = slash + 1;
+	}
 	// write, then rename: as an editor that saves by rename would
 	char tmp[1100], dst[1100];
 	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", p, file);

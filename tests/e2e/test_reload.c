@@ -1,0 +1,372 @@
+// Hot reload and the sandbox, seen from outside: rule changes go live or are
+// refused while the daemon serves, and no rule can stop it.
+#include <criterion/criterion.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "support.h"
+
+static daemon_t d;
+static char     rules[128];
+
+static void
+setup(void)
+{
+	memset(&d, 0, sizeof(d));
+	rules_dir(rules, sizeof(rules));
+}
+
+static void
+teardown(void)
+{
+	d_stop(&d);
+	d_cleanup(&d);
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", rules);
+	cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(reload, .init = setup, .fini = teardown);
+
+static const char *
+version_of(const char *business)
+{
+	static char v[32];
+	reply_t     r;
+	char        q[128], path[128];
+	snprintf(q, sizeof(q), "{\"op\":\"rules\",\"business\":\"%s\"}", business);
+	call_json(&d, q, &r);
+	snprintf(path, sizeof(path), "businesses.%s.version", business);
+	const char *s = str_at(&r, path);
+	snprintf(v, sizeof(v), "%s", s ? s : "");
+	reply_free(&r);
+	return (v);
+}
+
+static const char *
+error_of(const char *business)
+{
+	static char e[1024];
+	reply_t     r;
+	char        q[128], path[128];
+	snprintf(q, sizeof(q), "{\"op\":\"rules\",\"business\":\"%s\"}", business);
+	call_json(&d, q, &r);
+	snprintf(path, sizeof(path), "businesses.%s.error.message", business);
+	const char *s = str_at(&r, path);
+	snprintf(e, sizeof(e), "%s", s ? s : "");
+	reply_free(&r);
+	return (e);
+}
+
+// wait_for waits (up to 5 s) until business serves a version other than
+// old, and returns it ("" when it did not change).
+static const char *
+wait_for_change(const char *business, const char *old)
+{
+	static char v[32];
+	for (int i = 0; i < 100; i++) {
+		snprintf(v, sizeof(v), "%s", version_of(business));
+		if (strcmp(v, old) != 0) {
+			return (v);
+		}
+		usleep(50 * 1000);
+	}
+	return ("");
+}
+
+static void
+send_ok(const char *json)
+{
+	reply_t r;
+	call_json(&d, json, &r);
+	cr_assert(ok(&r), "%s: %s %s", json, code(&r), str_at(&r, "error.message"));
+	reply_free(&r);
+}
+
+Test(reload, a_file_change_goes_live_and_a_bad_one_is_refused)
+{
+	rules_write(rules, "shop", "10.lua", "action 'a' { value = 1 }\n");
+	d_start(&d, rules, false);
+	char v1[32];
+	snprintf(v1, sizeof(v1), "%s", version_of("shop"));
+	cr_assert_neq(v1[0], '\0');
+	rules_write(rules, "shop", "10.lua", "action 'a' { value = 2 }\n");
+	char v2[32];
+	snprintf(v2, sizeof(v2), "%s", wait_for_change("shop", v1));
+	cr_assert_neq(v2[0], '\0', "the change did not go live within 5 s");
+	// a syntax error: the old version keeps serving, the error is reported
+	rules_write(rules, "shop", "20.lua", "on('x', function(c)\n  c:count(\nend)\n");
+	for (int i = 0; i < 100 && error_of("shop")[0] == '\0'; i++) {
+		usleep(50 * 1000);
+	}
+	cr_assert_not_null(strstr(error_of("shop"), "20.lua:3:"), "%s",
+	    error_of("shop"));
+	cr_assert_str_eq(version_of("shop"), v2);
+	send_ok("{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\"}");
+}
+
+Test(reload, a_failing_analyst_test_refuses_the_reload)
+{
+	rules_write(rules, "shop", "10.lua", "action 'a' { value = 10 }\naction 'b' { value = 5 }\n");
+	rules_write(rules, "shop", "tests/10.lua",
+	    "test('a wins', function(t)\n"
+	    "  local r = t:decide { customer = 'x' }\n"
+	    "  t:eq(r.actions[1].name, 'a')\n"
+	    "end)\n");
+	d_start(&d, rules, false);
+	char v1[32];
+	snprintf(v1, sizeof(v1), "%s", version_of("shop"));
+	rules_write(rules, "shop", "10.lua", "action 'a' { value = 1 }\naction 'b' { value = 5 }\n");
+	for (int i = 0; i < 100 && error_of("shop")[0] == '\0'; i++) {
+		usleep(50 * 1000);
+	}
+	const char *e = error_of("shop");
+	cr_assert_not_null(strstr(e, "test 'a wins' failed"), "%s", e);
+	cr_assert_not_null(strstr(e, "tests/10.lua:3:"), "%s", e);
+	cr_assert_str_eq(version_of("shop"), v1);
+}
+
+Test(reload, business_folders_come_and_go)
+{
+	rules_write(rules, "one", "10.lua", "on('x', function(c) end)\n");
+	d_start(&d, rules, false);
+	rules_write(rules, "two", "10.lua", "on('x', function(c) c:count('x') end)\n");
+	reply_t r;
+	bool    served = false;
+	for (int i = 0; i < 100 && !served; i++) {
+		call_json(&d, "{\"business\":\"two\",\"customer\":\"c\",\"type\":\"x\"}", &r);
+		served = ok(&r);
+		reply_free(&r);
+		usleep(50 * 1000);
+	}
+	cr_assert(served, "a new business folder should start serving");
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s/two'", rules);
+	cr_assert_eq(system(cmd), 0);
+	bool gone = false;
+	for (int i = 0; i < 100 && !gone; i++) {
+		call_json(&d, "{\"business\":\"two\",\"customer\":\"c\",\"type\":\"x\"}", &r);
+		gone = strcmp(code(&r), "unknown_business") == 0;
+		reply_free(&r);
+		usleep(50 * 1000);
+	}
+	cr_assert(gone, "a removed business folder should stop serving");
+}
+
+// Load while reloading: every request must succeed, with a version that
+// was live.
+typedef struct {
+	atomic_int *stop;
+	int         ok, failed;
+	char        seen[32][16];
+	int         nseen;
+} loader_t;
+
+static void *
+loader_main(void *arg)
+{
+	loader_t *l = arg;
+	while (!atomic_load(l->stop)) {
+		reply_t r;
+		call_json(&d, "{\"business\":\"shop\",\"customer\":\"load\",\"type\":\"x\"}", &r);
+		if (ok(&r)) {
+			l->ok++;
+			const char *v = str_at(&r, "rules");
+			bool        known = false;
+			for (int i = 0; i < l->nseen; i++) {
+				known = known || strcmp(l->seen[i], v) == 0;
+			}
+			if (!known && l->nseen < 32) {
+				snprintf(l->seen[l->nseen++], 16, "%s", v);
+			}
+		} else {
+			l->failed++;
+		}
+		reply_free(&r);
+	}
+	return (NULL);
+}
+
+Test(reload, twenty_reloads_under_load_fail_no_request)
+{
+	rules_write(rules, "shop", "10.lua", "-- v0\non('x', function(c) c:count('x') end)\n");
+	d_start(&d, rules, false);
+	char live[32][16];
+	snprintf(live[0], 16, "%s", version_of("shop"));
+	atomic_int stop = 0;
+	loader_t   l    = { .stop = &stop };
+	pthread_t  th;
+	pthread_create(&th, NULL, loader_main, &l);
+	for (int i = 1; i <= 20; i++) {
+		char text[128];
+		snprintf(text, sizeof(text),
+		    "-- v%d\non('x', function(c) c:count('x') end)\n", i);
+		rules_write(rules, "shop", "10.lua", text);
+		snprintf(live[i], 16, "%s", wait_for_change("shop", live[i - 1]));
+		cr_assert_neq(live[i][0], '\0', "reload %d did not go live", i);
+	}
+	atomic_store(&stop, 1);
+	pthread_join(th, NULL);
+	cr_assert_eq(l.failed, 0, "%d requests failed during reloads", l.failed);
+	cr_assert_gt(l.ok, 20);
+	for (int i = 0; i < l.nseen; i++) {
+		bool was_live = false;
+		for (int k = 0; k <= 20; k++) {
+			was_live = was_live || strcmp(l.seen[i], live[k]) == 0;
+		}
+		cr_assert(was_live, "a reply carried version %s, never live",
+		    l.seen[i]);
+	}
+}
+
+Test(reload, the_reload_op_and_rollback)
+{
+	rules_write(rules, "shop", "10.lua", "action 'a' { value = 1 }\n");
+	snprintf(d.extra, sizeof(d.extra), "--admin-token s3cret");
+	d_start(&d, rules, false);
+	char v1[32];
+	snprintf(v1, sizeof(v1), "%s", version_of("shop"));
+	rules_write(rules, "shop", "10.lua", "action 'a' { value = 2 }\n");
+	reply_t r;
+	call_json(&d, "{\"op\":\"reload\"}", &r);
+	cr_assert_str_eq(code(&r), "unauthorized");
+	reply_free(&r);
+	call_json(&d, "{\"op\":\"reload\",\"token\":\"s3cret\"}", &r);
+	cr_assert(ok(&r), "%s", code(&r));
+	reply_free(&r);
+	cr_assert_str_neq(version_of("shop"), v1);
+	call_json(&d, "{\"op\":\"rules\",\"business\":\"shop\",\"history\":true}", &r);
+	cr_assert(ok(&r));
+	cr_assert_not_null(at(&r.up.data, "history.1.version"));
+	reply_free(&r);
+	char q[256];
+	snprintf(q, sizeof(q),
+	    "{\"op\":\"rollback\",\"business\":\"shop\",\"version\":\"%s\",\"token\":\"s3cret\"}",
+	    v1);
+	call_json(&d, q, &r);
+	cr_assert(ok(&r), "%s %s", code(&r), str_at(&r, "error.message"));
+	reply_free(&r);
+	cr_assert_str_eq(version_of("shop"), v1);
+	call_json(&d, "{\"op\":\"decide\",\"business\":\"shop\",\"customer\":\"c\"}", &r);
+	cr_assert_eq(num_at(&r, "actions.0.value"), 1);
+	reply_free(&r);
+}
+
+Test(reload, tokens)
+{
+	rules_write(rules, "shop", "10.lua", "token 'shop-token-123'\non('x', function(c) end)\n");
+	d_start(&d, rules, false);
+	reply_t r;
+	call_json(&d, "{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\"}", &r);
+	cr_assert_str_eq(code(&r), "unauthorized");
+	reply_free(&r);
+	call_json(&d, "{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\",\"token\":\"wrong\"}", &r);
+	cr_assert_str_eq(code(&r), "unauthorized");
+	reply_free(&r);
+	send_ok("{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\",\"token\":\"shop-token-123\"}");
+	call_json(&d, "{\"op\":\"get\",\"business\":\"shop\",\"customer\":\"c\"}", &r);
+	cr_assert_str_eq(code(&r), "unauthorized");
+	reply_free(&r);
+}
+
+static const char SANDBOX[] =
+    "on('io', function(c) return io.open('/etc/passwd') end)\n"
+    "on('exec', function(c) return os.execute('touch /tmp/choreo-pwned') end)\n"
+    "on('bytecode', function(c) return load('\\27LuaT\\0')() end)\n"
+    "on('debug', function(c) return debug.sethook() end)\n"
+    "on('loadlib', function(c) return package.loadlib('libc.so.6', 'system') end)\n"
+    "on('require', function(c) return require('io') end)\n"
+    "on('strmeta', function(c) getmetatable('').__index.upper = function() return 'pwned' end end)\n"
+    "on('loop', function(c) while true do end end)\n"
+    "on('pcallloop', function(c) while true do pcall(function() while true do end end) end end)\n"
+    "on('xpcall', function(c) xpcall(function() while true do end end, function() while true do end end) end)\n"
+    "on('gc', function(c) setmetatable({}, { __gc = function() while true do end end }) end)\n"
+    "on('bomb', function(c) local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(1024) .. i end end)\n"
+    "on('pattern', function(c) return ('a'):rep(30):find(('a*'):rep(30) .. 'b') end)\n"
+    "on('coclose', function(c) local co = coroutine.create(function() end) end)\n"
+    "on('ok', function(c) c:count('ok'); c.attrs.up = ('abc'):upper() end)\n";
+
+Test(reload, no_rule_can_escape_or_stop_the_daemon)
+{
+	rules_write(rules, "evil", "10.lua", SANDBOX);
+	rules_write(rules, "good", "10.lua",
+	    "on('ok', function(c) c.attrs.up = ('abc'):upper() end)\n");
+	d_start(&d, rules, false);
+	const char *attempts[] = { "io", "exec", "bytecode", "debug", "loadlib",
+		"require", "coclose" };
+	for (size_t i = 0; i < sizeof(attempts) / sizeof(attempts[0]); i++) {
+		char    q[256];
+		reply_t r;
+		snprintf(q, sizeof(q),
+		    "{\"business\":\"evil\",\"customer\":\"e\",\"type\":\"%s\"}",
+		    attempts[i]);
+		call_json(&d, q, &r);
+		cr_assert_str_eq(code(&r), "rule_error", "%s", attempts[i]);
+		cr_assert_not_null(strstr(str_at(&r, "error.message"), "10.lua:"),
+		    "%s", attempts[i]);
+		reply_free(&r);
+	}
+	cr_assert_eq(access("/tmp/choreo-pwned", F_OK), -1);
+	const char *limits[] = { "loop", "pcallloop", "xpcall", "bomb", "pattern" };
+	for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++) {
+		char    q[256];
+		reply_t r;
+		snprintf(q, sizeof(q),
+		    "{\"business\":\"evil\",\"customer\":\"e\",\"type\":\"%s\"}",
+		    limits[i]);
+		call_json(&d, q, &r);
+		cr_assert_str_eq(code(&r), "rule_limit", "%s: %s", limits[i],
+		    str_at(&r, "error.message"));
+		reply_free(&r);
+		send_ok("{\"business\":\"evil\",\"customer\":\"e\",\"type\":\"ok\"}");
+	}
+	reply_t r;
+	call_json(&d, "{\"business\":\"evil\",\"customer\":\"e\",\"type\":\"gc\"}", &r);
+	cr_assert_str_eq(code(&r), "rule_error");
+	reply_free(&r);
+	// tampering with the string metatable is refused, and another business
+	// never notices anything
+	call_json(&d, "{\"business\":\"evil\",\"customer\":\"e\",\"type\":\"strmeta\"}", &r);
+	cr_assert_str_eq(code(&r), "rule_error");
+	reply_free(&r);
+	send_ok("{\"business\":\"good\",\"customer\":\"g\",\"type\":\"ok\",\"decide\":false}");
+	call_json(&d, "{\"op\":\"get\",\"business\":\"good\",\"customer\":\"g\"}", &r);
+	cr_assert_str_eq(str_at(&r, "customer.attrs.up"), "ABC");
+	reply_free(&r);
+	// the rolled-back events left nothing behind
+	call_json(&d, "{\"op\":\"get\",\"business\":\"evil\",\"customer\":\"e\"}", &r);
+	cr_assert_eq(int_at(&r, "customer.counters.ok"), 5);
+	reply_free(&r);
+}
+
+Test(reload, a_rule_stuck_in_c_is_quarantined_and_the_daemon_lives)
+{
+	// copying a 1 MB string is C work the instruction budget cannot see
+	rules_write(rules, "stuck", "10.lua",
+	    "on('ok', function(c) c:count('ok') end)\n"
+	    "on('hang', function(c) local s = ('a'):rep(1000000) while true do local x = s:rep(1) end end)\n");
+	snprintf(d.extra, sizeof(d.extra), "--rule-timeout 500");
+	d_start(&d, rules, false);
+	send_ok("{\"business\":\"stuck\",\"customer\":\"s\",\"type\":\"ok\"}");
+	reply_t r;
+	call_json(&d, "{\"business\":\"stuck\",\"customer\":\"s\",\"type\":\"hang\"}", &r);
+	// the REQ resent after the restart: the quarantined version does not
+	// run it again
+	cr_assert(!ok(&r));
+	reply_free(&r);
+	call_json(&d, "{\"op\":\"rules\",\"business\":\"stuck\"}", &r);
+	cr_assert_str_eq(str_at(&r, "businesses.stuck.quarantine.event_type"), "hang");
+	reply_free(&r);
+	call_json(&d, "{\"op\":\"ping\"}", &r);
+	cr_assert(ok(&r));
+	reply_free(&r);
+	// the acknowledged event before the crash is still there
+	call_json(&d, "{\"op\":\"get\",\"business\":\"stuck\",\"customer\":\"s\"}", &r);
+	reply_free(&r);
+}
