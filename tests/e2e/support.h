@@ -1,89 +1,194 @@
-// End-to-end support: the daemon as a black box over real nng sockets.
+// End-to-end support: `choreo serve` as a black box over real sockets.
+//
+// Every helper checks what it does with cr_assert, so a failure reads as
+// the step that went wrong ("the daemon did not print its endpoint lines",
+// "no reply within 10000 ms"). Every wait has its own deadline: no test
+// relies on Criterion's .timeout, which can deadlock on a loaded machine.
 #ifndef E2E_SUPPORT_H
 #define E2E_SUPPORT_H
 
 #include <msgpack.h>
+#include <nng/nng.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
+#define E2E_START_MS 10000 // the endpoint lines must come within this
+#define E2E_STOP_MS 15000  // SIGTERM to exit
+#define E2E_REQ_MS 10000   // REQ send and receive timeouts
+
+/*
+** The daemon
+*/
+
 typedef struct {
-	pid_t pid;
-	char  data[64];     // the store (a temp dir)
+	pid_t pid;          // the process we started (the supervisor)
+	pid_t engine;       // its engine child, when it has one (else 0)
+	char  data[64];     // the store: a mkdtemp dir
 	char  rules[512];   // the rules folder
 	char  rep[64], pull[64], pub[64], http[64];
-	int   http_port;
-	char  log[96];      // the daemon's stderr
-	char  extra[256];   // extra flags
+	int   rep_port, pull_port, pub_port, http_port;
+	char  log[96];      // the daemon's stderr (data dir + ".log")
+	char  extra[256];   // extra flags for serve, separated by spaces
 } daemon_t;
 
-// d_start starts `choreo serve` on free ports with a fresh data dir (or the
-// one already in d->data when keep_data) and waits for its endpoint lines.
+// d_start starts `$CHOREO_BIN serve` on four free ports with a fresh data
+// dir (or the one already in d->data when keep_data) and waits, at most
+// E2E_START_MS, for the four endpoint lines on its standard output.
 void d_start(daemon_t *d, const char *rules, bool keep_data);
-// d_stop sends SIGTERM and asserts exit status 0; d_kill9 kills it hard.
+// d_restart starts it again on the same data dir (new ports).
+void d_restart(daemon_t *d);
+// d_rules is $CHOREO_E2E_RULES.
+const char *d_rules(void);
+// d_stop sends SIGTERM and asserts the daemon exits with status 0.
 void d_stop(daemon_t *d);
+// d_kill9 kills the daemon with SIGKILL and asserts that its engine child
+// dies with it (so nothing keeps the store or the ports).
 void d_kill9(daemon_t *d);
-void d_cleanup(daemon_t *d); // removes the data dir
+// d_cleanup kills whatever still runs and removes the data dir and log: for
+// a suite's .fini, so that a failed test leaves nothing behind.
+void d_cleanup(daemon_t *d);
+// d_log_tail: the end of the daemon's log, for failure messages.
+const char *d_log_tail(const daemon_t *d);
+// port_is_free: nothing listens on 127.0.0.1:port any more.
+bool port_is_free(int port);
 
-// A rules folder made for one test (a temp dir), with files written into it.
+// A rules folder made for one test (a temp dir), with files written into
+// it (file may be "tests/10.lua"); written then renamed, as editors do.
 void rules_dir(char *out, size_t len);
 void rules_write(const char *dir, const char *business, const char *file,
     const char *text);
 
-// A request built with the msgpack packer.
+/*
+** Requests, built with msgpack_packer
+*/
+
 typedef struct {
 	msgpack_sbuffer buf;
 	msgpack_packer  pk;
 } req_t;
 
-void req_init(req_t *r, int nfields);
+void req_init(req_t *r, int nfields); // a map of nfields pairs follows
+void req_key(req_t *r, const char *k); // then pack the value on r->pk
 void req_str(req_t *r, const char *k, const char *v);
+void req_strn(req_t *r, const char *k, const char *v, size_t n);
 void req_int(req_t *r, const char *k, int64_t v);
 void req_bool(req_t *r, const char *k, bool v);
-void req_key(req_t *r, const char *k); // then pack the value on r->pk
 void req_free(req_t *r);
+// req_json packs a JSON text (the test's own converter, via jansson):
+// integers stay integers, reals are float64, objects are maps.
+void req_json(req_t *r, const char *json);
 
-// A reply, decoded.
+/*
+** Replies
+*/
+
 typedef struct {
 	msgpack_unpacked up;
 	void            *raw;
 	size_t           len;
 } reply_t;
 
-// call sends bytes over REQ and decodes the reply (asserts a reply came).
+// A REQ client: nng req0 dialled to the rep endpoint, with E2E_REQ_MS send
+// and receive timeouts.
+typedef struct {
+	nng_socket s;
+	bool       open;
+} client_t;
+
+void client_open(daemon_t *d, client_t *c);
+// client_call sends bytes and asserts that a msgpack map comes back.
+void client_call(client_t *c, const void *buf, size_t len, reply_t *out);
+// client_try: as client_call, but returns the nng error instead of
+// asserting (0: a reply, decoded; anything else: no reply).
+int  client_try(client_t *c, const void *buf, size_t len, reply_t *out);
+void client_close(client_t *c);
+
+// One request on a fresh connection.
 void call_raw(daemon_t *d, const void *buf, size_t len, reply_t *out);
 void call(daemon_t *d, req_t *r, reply_t *out);
-// call_json: the request as a JSON text, for brevity.
 void call_json(daemon_t *d, const char *json, reply_t *out);
 void reply_free(reply_t *r);
 
-// Accessors by dotted path ("error.code", "actions.0.name").
+// Accessors by dotted path ("error.code", "actions.0.name"): a number is
+// an array index. at returns NULL when the path is absent.
 const msgpack_object *at(const msgpack_object *o, const char *path);
-const char *str_at(const reply_t *r, const char *path); // static buffer
-int64_t     int_at(const reply_t *r, const char *path);
-double      num_at(const reply_t *r, const char *path);
-bool        bool_at(const reply_t *r, const char *path);
+const msgpack_object *rat(const reply_t *r, const char *path);
+bool        has(const reply_t *r, const char *path); // present, not nil
+const char *str_at(const reply_t *r, const char *path); // NULL if absent
+int64_t     int_at(const reply_t *r, const char *path); // asserts an int
+double      num_at(const reply_t *r, const char *path); // int or float
+bool        bool_at(const reply_t *r, const char *path); // false if absent
+uint32_t    len_at(const reply_t *r, const char *path); // array/map size
 bool        ok(const reply_t *r);
-const char *code(const reply_t *r);
+const char *code(const reply_t *r);  // error.code, or "(none)"
+const char *emsg(const reply_t *r);  // error.message, or ""
+// dump: the reply as text, for failure messages (a static buffer).
+const char *dump(const reply_t *r);
 
-// A SUB socket on d's pub endpoint, subscribed to prefix.
+// The two checks most tests start with.
+#define assert_ok(r) \
+	cr_assert(ok(r), "expected ok=true, got %s", dump(r))
+#define assert_code(r, c) \
+	cr_assert_str_eq(code(r), (c), "expected error %s, got %s", (c), \
+	    dump(r))
+
+/*
+** REQ over a plain TCP socket (the SP protocol's TCP mapping), for what an
+** nng client hides: seeing the daemon drop a connection, or stopping at
+** once when it dies. Each side sends "\0SP\0", its protocol (REQ 0x30,
+** REP 0x31) and two zero bytes; then each message is a 64-bit big-endian
+** length and the payload: a 4-byte request id (top bit set), then the
+** body; the reply carries the same id. These return errors instead of
+** asserting, so worker threads may use them (no cr_assert off the main
+** thread).
+*/
+
 typedef struct {
-	int sock_id; // nng_socket.id
+	int      fd;
+	uint32_t id; // the last request id sent
+} sp_t;
+
+// sp_connect connects to 127.0.0.1:port and does the handshake: 0, or an
+// errno value (EPROTO for a bad handshake).
+int sp_connect(sp_t *c, int port);
+// sp_send sends one request: 0 or an errno value.
+int sp_send(sp_t *c, const void *body, size_t len);
+// sp_recv waits up to ms for the reply to the last request: 0 with the
+// body (malloc'd) in *body, *blen; ETIMEDOUT; EPIPE when the daemon closed
+// the connection; EPROTO for a malformed frame or a wrong id.
+int  sp_recv(sp_t *c, int ms, char **body, size_t *blen);
+void sp_close(sp_t *c);
+// sp_call: connect, send, receive, decode — asserting each step.
+void sp_call(daemon_t *d, const void *buf, size_t len, reply_t *out);
+
+/*
+** PUSH, PUB/SUB, HTTP, CLI
+*/
+
+typedef struct {
+	nng_socket s;
+	bool       open;
 } sub_t;
+
+// sub_open dials the pub endpoint, subscribed to the topic prefix.
 void sub_open(daemon_t *d, sub_t *s, const char *prefix);
-// sub_recv waits up to ms for a message: topic into topic, body decoded.
+// sub_recv waits up to ms for a message, asserts it is "topic \0 msgpack"
+// and splits it. false when nothing came in time.
 bool sub_recv(sub_t *s, int ms, char *topic, size_t tlen, reply_t *body);
 void sub_close(sub_t *s);
 
-// push sends one request over PUSH to d's pull endpoint.
+// push sends bytes (or a JSON request) over PUSH to the pull endpoint.
+void push_raw(daemon_t *d, const void *buf, size_t len);
 void push_json(daemon_t *d, const char *json);
 
-// http_get returns the status code, body into buf.
-int http_get(daemon_t *d, const char *path, char *buf, size_t len);
+// http_get sends "GET path HTTP/1.0" over a plain TCP socket and returns
+// the status; the body (after the blank line) goes into body.
+int http_get(daemon_t *d, const char *path, char *body, size_t len);
 
-// The client binary, for CLI tests: runs `choreo ARGS` and returns its exit
-// status with stdout in out.
+// run_cli runs `$CHOREO_BIN args` (a shell word list) and returns its exit
+// status, with its standard output in out.
 int run_cli(const char *args, char *out, size_t len);
 
 #endif

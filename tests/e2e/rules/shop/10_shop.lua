@@ -23,3 +23,7 @@ on("purchase", function(c, e)
   c:advance("onboarding", "customer")
   c:emit("thanks", { amount = e.data.amount })
 end)
+on("profile", function(c, e)
+  for k, v in pairs(e.data) do c.attrs[k] = v end
+  c:count("profile_updates", 2)
+end)
