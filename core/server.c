@@ -753,17 +753,20 @@ ch_server_close(ch_server *s)
 	if (s->http_url != NULL) {
 		nng_url_free(s->http_url);
 	}
-	if (s->rep_open) {
-		nng_close(s->rep);
-	}
-	if (s->pull_open) {
-		nng_close(s->pull);
-	}
+	// Stop every aio before closing the sockets: closing first races a
+	// callback that is re-arming a receive on a context being torn down,
+	// and nng_close can then wait forever (seen under load on SIGTERM).
 	for (int i = 0; i < s->nworks; i++) {
 		nng_aio_stop(s->works[i].aio);
 	}
 	if (s->pull_aio != NULL) {
 		nng_aio_stop(s->pull_aio);
+	}
+	if (s->rep_open) {
+		nng_close(s->rep);
+	}
+	if (s->pull_open) {
+		nng_close(s->pull);
 	}
 	for (int i = 0; i < s->nworks; i++) {
 		rep_cleanup(&s->works[i]);
