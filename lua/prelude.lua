@@ -444,6 +444,39 @@ function D.token(t)
   B.token = t
 end
 
+-- sandbox { instructions = 20000000, memory = "128MiB" }: this business's
+-- budget per event and memory cap, within the bounds below.
+local SANDBOX_UNITS = { KiB = 1024, MiB = 1024 * 1024, GiB = 1024 * 1024 * 1024 }
+function D.sandbox(t)
+  if open_variation then fail("sandbox: cannot be declared inside a variation") end
+  if type(t) ~= "table" then fail(sfmt("sandbox: expected a table, got %s", tname(t))) end
+  local out = {}
+  for k, v in pairs(t) do
+    if k == "instructions" then
+      if math.type(v) ~= "integer" or v < 100000 or v > 1000000000 then
+        fail(sfmt("sandbox: instructions must be an integer from 100000 to 1000000000, got %s",
+                  tostring(v)))
+      end
+      out.instructions = v
+    elseif k == "memory" then
+      local bytes = v
+      if type(v) == "string" then
+        local n, u = smatch(v, "^%s*(%d+)%s*([KMG]iB)%s*$")
+        bytes = n and tonumber(n) * SANDBOX_UNITS[u] or nil
+      end
+      if math.type(bytes) ~= "integer" or bytes < 8 * SANDBOX_UNITS.MiB
+         or bytes > SANDBOX_UNITS.GiB then
+        fail(sfmt("sandbox: memory must be from \"8MiB\" to \"1GiB\" (or bytes), got %s",
+                  type(v) == "string" and sfmt("%q", v) or tostring(v)))
+      end
+      out.memory = bytes
+    else
+      fail(sfmt("sandbox: unknown field '%s' (known fields: instructions, memory)", tostring(k)))
+    end
+  end
+  B.sandbox = out
+end
+
 function D.on(etype, fn)
   if open_variation then
     fail("on(): handlers cannot be declared inside a variation")
@@ -1155,6 +1188,10 @@ end
 
 API.check = check_all
 function API.token() return B.token end
+function API.sandbox()
+  local sb = B.sandbox or {}
+  return sb.instructions, sb.memory
+end
 API.CODED = CODED
 
 ------------------------------------------------------------------------

@@ -784,6 +784,19 @@ biz_compile(ch_biz *b, const char *dir)
 		lua_settop(b->L, 0);
 		return;
 	}
+	// sandbox { instructions = N, memory = M } overrides the defaults
+	lua_rawgeti(b->L, LUA_REGISTRYINDEX, b->api);
+	lua_getfield(b->L, -1, "sandbox");
+	lua_remove(b->L, -2);
+	if (pcall_rule(b, 0, 2) == CH_OK) {
+		if (lua_isinteger(b->L, -2)) {
+			b->budget = (uint64_t) lua_tointeger(b->L, -2);
+		}
+		if (lua_isinteger(b->L, -1)) {
+			b->mem_limit = (size_t) lua_tointeger(b->L, -1);
+		}
+	}
+	lua_settop(b->L, 0);
 	// the token: a file next to the rules wins over a declaration
 	char   tpath[4200];
 	size_t tlen;

@@ -735,6 +735,32 @@ Test(rules, budgets_end_in_rule_limit_and_the_state_lives_on)
 	cr_assert_not_null(strstr(err, "__gc"), "%s", err);
 }
 
+Test(rules, a_business_sets_its_own_budget_and_memory_cap)
+{
+	// the daemon's defaults are generous; this business asks for less
+	write_file("shop", "10.lua",
+	    "sandbox { instructions = 2000000, memory = \"8MiB\" }\n"
+	    "on('loop', function(c) for i = 1, 1e7 do end end)\n"
+	    "on('bomb', function(c) local t = {} for i = 1, 1e6 do t[i] = ('x'):rep(100) .. i end end)\n"
+	    "on('ok', function(c) for i = 1, 1000 do end c:count('ok') end)\n");
+	load();
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "loop" }, err, sizeof(err)),
+	    CH_ERULELIMIT, "%s", err);
+	cr_assert_not_null(strstr(err, "2000000 instructions"), "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "bomb" }, err, sizeof(err)),
+	    CH_ERULELIMIT, "%s", err);
+	cr_assert_not_null(strstr(err, "memory limit (8 MiB"), "%s", err);
+	ok("shop", (ev) { .type = "ok", .nodecide = true });
+
+	expect_load_error("sandbox { instructions = 5 }\n",
+	    "sandbox: instructions must be an integer from 100000", 1);
+	expect_load_error("\nsandbox { memory = \"lots\" }\n",
+	    "sandbox: memory must be from \"8MiB\" to \"1GiB\"", 2);
+	expect_load_error("sandbox { cpu = 1 }\n",
+	    "sandbox: unknown field 'cpu'", 1);
+}
+
 Test(rules, pattern_functions_keep_lua_semantics)
 {
 	write_file("shop", "10.lua",
