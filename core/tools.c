@@ -213,8 +213,8 @@ lint_one(const char *rules_dir, const char *business, void *arg)
 		snprintf(cmd, sizeof(cmd),
 		    "luacheck --std lua54 --no-color --codes --formatter plain "
 		    "--globals params journey case action variation levers "
-		    "contact_policy max_per_group arbitrate on token test "
-		    "--no-max-line-length -- '%s/%s' 2>/dev/null",
+		    "contact_policy max_per_group arbitrate on token sandbox test "
+		    "--no-max-line-length --no-unused-args -- '%s/%s' 2>/dev/null",
 		    rules_dir, business);
 		FILE *p = popen(cmd, "r");
 		char  line[1024];
