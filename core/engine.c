@@ -386,6 +386,10 @@ run_job(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	case CH_OP_PING:
 		reply_ok(j);
 		return (CH_OK);
+	case CH_OP_STATS:
+		reply_err(j, CH_EBADREQ, "op 'stats' is not available in this "
+		                         "version of choreo yet");
+		return (CH_OK);
 	default:
 		reply_err(j, CH_EBADREQ, "op '%s' is not served by an engine",
 		    ch_op_name(j->req->op));
