@@ -276,6 +276,17 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 		         e->tmp.data, e->tmp.size)) != CH_OK) {
 			return (store_failed(j, txn, rc));
 		}
+		// and in time order, for sweep_dedup to find it when it expires
+		char     akey[8 + sizeof(dkey)];
+		uint64_t t = (uint64_t) now;
+		for (int i = 0; i < 8; i++) {
+			akey[i] = (char) (t >> (56 - 8 * i));
+		}
+		memcpy(akey + 8, dkey, dklen);
+		if ((rc = ch_store_put(s, txn, CH_DB_DEDUP_AGE, akey, 8 + dklen,
+		         "", 0)) != CH_OK) {
+			return (store_failed(j, txn, rc));
+		}
 	}
 	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
 		return (store_failed(j, NULL, rc));
@@ -459,6 +470,58 @@ run_alone(ch_engine *e, ch_job **jobs, int n, int64_t now)
 	}
 }
 
+// sweep_dedup removes up to max dedup records older than the window, oldest
+// first, in a nested transaction of the batch's: a failure only leaves them
+// for the next batch. A record whose id was applied again since (a newer
+// commit time) stays.
+static void
+sweep_dedup(ch_engine *e, MDB_txn *parent, int64_t now, int max)
+{
+	ch_store   *s = e->o.store;
+	MDB_txn    *txn;
+	MDB_cursor *cur;
+	if (ch_store_begin(s, parent, &txn) != CH_OK) {
+		return;
+	}
+	if (mdb_cursor_open(txn, ch_store_dbi(s, CH_DB_DEDUP_AGE), &cur) != 0) {
+		ch_store_abort(txn);
+		return;
+	}
+	MDB_dbi dedup  = ch_store_dbi(s, CH_DB_DEDUP);
+	int64_t cutoff = now - e->o.dedup_window_ms;
+	int     n = 0, rc = 0;
+	MDB_val k, v;
+	while (n < max && (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
+		const unsigned char *p  = k.mv_data;
+		uint64_t             at = 0;
+		for (int i = 0; i < 8 && k.mv_size >= 8; i++) {
+			at = at << 8 | p[i];
+		}
+		if (k.mv_size < 8 || (int64_t) at >= cutoff) {
+			break;
+		}
+		MDB_val dk = { k.mv_size - 8, (char *) k.mv_data + 8 }, dv;
+		if (mdb_get(txn, dedup, &dk, &dv) == 0 && dv.mv_size >= 8) {
+			int64_t stored;
+			memcpy(&stored, dv.mv_data, 8);
+			if (stored == (int64_t) at &&
+			    (rc = mdb_del(txn, dedup, &dk, NULL)) != 0) {
+				break;
+			}
+		}
+		if ((rc = mdb_cursor_del(cur, 0)) != 0) {
+			break;
+		}
+		n++;
+	}
+	mdb_cursor_close(cur);
+	if ((rc != 0 && rc != MDB_NOTFOUND) || n == 0) {
+		ch_store_abort(txn);
+	} else if (ch_store_commit(s, txn) == CH_OK) { // frees txn either way
+		CH_COUNT(dedup_expired, (uint64_t) n);
+	}
+}
+
 static void
 run_batch(ch_engine *e, ch_job **jobs, int n)
 {
@@ -471,6 +534,9 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 		}
 		for (int i = 0; i < n && rc == CH_OK; i++) {
 			rc = run_job(e, jobs[i], txn, now);
+		}
+		if (rc == CH_OK) {
+			sweep_dedup(e, txn, now, 2 * n + 16);
 		}
 		if (rc != CH_OK) {
 			ch_store_abort(txn);

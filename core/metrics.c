@@ -62,6 +62,9 @@ ch_metrics_render(char *buf, size_t cap, int shards, size_t map_bytes)
 	    rd(&ch_m.events));
 	counter(&o, "choreo_duplicates_total",
 	    "Events answered from the dedup window.", rd(&ch_m.duplicates));
+	counter(&o, "choreo_dedup_expired_total",
+	    "Dedup records removed once past the window.",
+	    rd(&ch_m.dedup_expired));
 	counter(&o, "choreo_decisions_total", "Actions returned.",
 	    rd(&ch_m.decisions));
 	counter(&o, "choreo_emitted_total", "Messages emitted by rules.",

@@ -20,7 +20,7 @@ struct ch_store {
 };
 
 static const char *const db_names[CH_DB_COUNT] = {
-	"customers", "dedup", "models", "stats", "timers", "meta",
+	"customers", "dedup", "models", "stats", "timers", "meta", "dedup_age",
 };
 
 static int

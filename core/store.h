@@ -24,6 +24,7 @@ enum ch_db {
 	CH_DB_STATS,
 	CH_DB_TIMERS,
 	CH_DB_META,
+	CH_DB_DEDUP_AGE, // commit time (8 bytes, big-endian) ‖ dedup key
 	CH_DB_COUNT,
 };
 
