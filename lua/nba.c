@@ -47,7 +47,7 @@ typedef struct {
 typedef struct {
 	int         i; // index in the view
 	double      score, p;
-	const char *src;
+	int         src; // K_RULE, K_MODEL or K_EXPLORE
 } cand;
 
 static int
@@ -100,12 +100,20 @@ l_compile(lua_State *L)
 	luaL_checktype(L, 1, LUA_TTABLE);
 	int    n  = (int) lua_rawlen(L, 1);
 	cview *cv = lua_newuserdatauv(L, sizeof(cview) + (size_t) n *
-	    sizeof(cact), 1);                                 /* list, cv */
+	    sizeof(cact), 2);                                 /* list, cv */
 	memset(cv, 0, sizeof(cview) + (size_t) n * sizeof(cact));
 	luaL_setmetatable(L, CH_NBA_VIEW);
 	cv->n = n;
 	lua_pushvalue(L, 1);
 	lua_setiuservalue(L, -2, 1);                          /* keeps list */
+	lua_createtable(L, n, 0);                     /* the names, by index */
+	for (int i = 0; i < n; i++) {
+		lua_rawgeti(L, 1, i + 1);
+		lua_getfield(L, -1, "name");
+		lua_rawseti(L, -3, i + 1);
+		lua_pop(L, 1);
+	}
+	lua_setiuservalue(L, -2, 2);
 	for (int i = 0; i < n; i++) {
 		cact *a = &cv->a[i];
 		lua_rawgeti(L, 1, i + 1);                     /* list, cv, a */
@@ -174,11 +182,45 @@ on_channel(const cact *a, const char *ch, size_t chlen, lua_State *L, int act)
 	return (false);
 }
 
-// limit_reason: the same checks as the prelude's limit_reason.
-static const char *
-limit_reason(lua_State *L, const cact *a, int hist, int64_t now)
+// l_score's upvalues: the strings it looks up, interned once, so that the
+// loop below never hashes or compares a key (lua_getfield with a C string
+// does both).
+enum {
+	K_IMPRESSIONS = 1,
+	K_REJECTED,
+	K_LAST_SHOWN,
+	K_RECENT,
+	K_ELIGIBLE,
+	K_PROPENSITY,
+	K_RULE,
+	K_MODEL,
+	K_EXPLORE,
+	K_COUNT
+};
+static const char *const keys[K_COUNT] = { NULL, "impressions", "rejected",
+	"last_shown", "recent", "eligible", "propensity", "rule", "model",
+	"explore" };
+
+// key_num: t[upvalue k] as a number, or dflt.
+static double
+key_num(lua_State *L, int t, int k, double dflt)
 {
-	lua_pushlstring(L, a->name, a->namelen);
+	double v = dflt;
+	lua_pushvalue(L, lua_upvalueindex(k));
+	if (lua_rawget(L, t) == LUA_TNUMBER) {
+		v = lua_tonumber(L, -1);
+	}
+	lua_pop(L, 1);
+	return (v);
+}
+
+// limit_reason: the same checks as the prelude's limit_reason; the
+// action's name is at index names[i + 1].
+static const char *
+limit_reason(lua_State *L, const cact *a, int names, int i, int hist,
+    int64_t now)
+{
+	lua_rawgeti(L, names, i + 1);
 	if (lua_rawget(L, hist) != LUA_TTABLE) {
 		lua_pop(L, 1);
 		return (NULL); // never shown
@@ -186,18 +228,18 @@ limit_reason(lua_State *L, const cact *a, int hist, int64_t now)
 	int         h      = lua_gettop(L);
 	const char *reason = NULL;
 	if (a->max_impressions >= 0 &&
-	    num_field(L, h, "impressions", 0) >= (double) a->max_impressions) {
+	    key_num(L, h, K_IMPRESSIONS, 0) >= (double) a->max_impressions) {
 		reason = "max_impressions";
 	} else if (a->stop_after_rejects >= 0 &&
-	    num_field(L, h, "rejected", 0) >= (double) a->stop_after_rejects) {
+	    key_num(L, h, K_REJECTED, 0) >= (double) a->stop_after_rejects) {
 		reason = "stop_after_rejects";
 	} else if (a->cooldown_ms >= 0 &&
-	    lua_getfield(L, h, "last_shown") == LUA_TNUMBER &&
-	    (double) now - lua_tonumber(L, -1) < (double) a->cooldown_ms) {
+	    key_num(L, h, K_LAST_SHOWN, -1e300) >
+	        (double) now - (double) a->cooldown_ms) {
 		reason = "cooldown";
 	} else if (a->per_day >= 0) {
-		lua_settop(L, h);
-		if (lua_getfield(L, h, "recent") == LUA_TTABLE) {
+		lua_pushvalue(L, lua_upvalueindex(K_RECENT));
+		if (lua_rawget(L, h) == LUA_TTABLE) {
 			int     r = lua_gettop(L), shown = 0;
 			lua_Integer nr = (lua_Integer) lua_rawlen(L, r);
 			for (lua_Integer k = 1; k <= nr; k++) {
@@ -268,6 +310,8 @@ l_score(lua_State *L)
 	cand *cands = cv->n <= 64 ? stack_cands
 	                          : lua_newuserdatauv(L, sizeof(cand) *
 	                                (size_t) cv->n, 0);
+	lua_getiuservalue(L, 1, 2);                           /* names */
+	int names = lua_gettop(L);
 	lua_getiuservalue(L, 1, 1);                           /* list */
 	int list = lua_gettop(L);
 	for (int i = 0; i < cv->n; i++) {
@@ -278,7 +322,8 @@ l_score(lua_State *L)
 		if (ch != NULL && !on_channel(a, ch, chlen, L, act)) {
 			reason = "channel";
 		} else if (a->eligible) {
-			lua_getfield(L, act, "eligible");
+			lua_pushvalue(L, lua_upvalueindex(K_ELIGIBLE));
+			lua_rawget(L, act);
 			lua_pushvalue(L, c);
 			lua_call(L, 1, 1);
 			if (!lua_toboolean(L, -1)) {
@@ -287,7 +332,7 @@ l_score(lua_State *L)
 			lua_pop(L, 1);
 		}
 		if (reason == NULL && a->limits) {
-			reason = limit_reason(L, a, hist, now);
+			reason = limit_reason(L, a, names, i, hist, now);
 		}
 		if (reason != NULL) {
 			if (want_reasons) {
@@ -298,9 +343,10 @@ l_score(lua_State *L)
 			continue;
 		}
 		double      p;
-		const char *src;
+		int         src;
 		if (a->propensity) {
-			lua_getfield(L, act, "propensity");
+			lua_pushvalue(L, lua_upvalueindex(K_PROPENSITY));
+			lua_rawget(L, act);
 			lua_pushvalue(L, c);
 			lua_call(L, 1, 1);
 			if (lua_type(L, -1) != LUA_TNUMBER) {
@@ -310,7 +356,7 @@ l_score(lua_State *L)
 				    a->name, luaL_typename(L, -1)));
 			}
 			p   = clamp01(lua_tonumber(L, -1));
-			src = "rule";
+			src = K_RULE;
 			lua_pop(L, 1);
 		} else {
 			double acc, fail;
@@ -325,11 +371,11 @@ l_score(lua_State *L)
 				lua_pushvalue(L, 6);      // the request's seed
 				lua_call(L, 4, 1);
 				p   = clamp01(lua_tonumber(L, -1));
-				src = "explore";
+				src = K_EXPLORE;
 				lua_pop(L, 1);
 			} else {
 				p   = alpha / (alpha + beta);
-				src = "model";
+				src = K_MODEL;
 			}
 		}
 		cands[n].i     = i;
@@ -359,7 +405,7 @@ l_score(lua_State *L)
 		lua_rawseti(L, CS, k + 1);
 		lua_pushnumber(L, cands[k].p);
 		lua_rawseti(L, CP, k + 1);
-		lua_pushstring(L, cands[k].src);
+		lua_pushvalue(L, lua_upvalueindex(cands[k].src));
 		lua_rawseti(L, CSRC, k + 1);
 	}
 	lua_pushinteger(L, n);
@@ -380,6 +426,9 @@ ch_nba_register(lua_State *L, int h)
 {
 	lua_pushcfunction(L, l_compile);
 	lua_setfield(L, h, "nba_compile");
-	lua_pushcfunction(L, l_score);
+	for (int k = 1; k < K_COUNT; k++) {
+		lua_pushstring(L, keys[k]);
+	}
+	lua_pushcclosure(L, l_score, K_COUNT - 1);
 	lua_setfield(L, h, "nba_score");
 }
