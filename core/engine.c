@@ -246,6 +246,7 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	out.reply      = &j->reply;
 	out.emits      = &j->emits;
 	out.errmsg[0]  = '\0';
+	out.nactions   = 0;
 	const void *st = rc == CH_OK ? v.mv_data : NULL;
 	size_t      sl = rc == CH_OK ? v.mv_size : 0;
 	rc             = r->op == CH_OP_EVENT
@@ -262,7 +263,8 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 		reply_err(j, rc, "%s", out.errmsg);
 		return (CH_OK);
 	}
-	j->err = CH_OK;
+	j->err      = CH_OK;
+	j->nactions = out.nactions;
 	if (e->state.size > 0 &&
 	    (rc = ch_store_put(s, txn, CH_DB_CUSTOMERS, ckey, cklen,
 	         e->state.data, e->state.size)) != CH_OK) {
@@ -383,6 +385,7 @@ run_rules_info(ch_engine *e, ch_job *j)
 static int
 run_job(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 {
+	j->nactions = 0;
 	switch (j->req->op) {
 	case CH_OP_EVENT:
 	case CH_OP_DECIDE:
@@ -423,6 +426,9 @@ finish(ch_engine *e, ch_job **jobs, int n)
 		ch_job *j = jobs[i];
 		if (j->err == CH_OK && j->req->op == CH_OP_EVENT) {
 			CH_COUNT(events, 1);
+		}
+		if (j->err == CH_OK && j->nactions > 0) {
+			CH_COUNT(decisions, (uint64_t) j->nactions);
 		}
 		if (j->err != CH_OK) {
 			CH_COUNT(errors[ch_err_index(j->err)], 1);

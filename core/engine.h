@@ -32,6 +32,7 @@ struct ch_job {
 	void           *owner;   // the submitter's
 	uint32_t        index;   // the submitter's (e.g. batch slot)
 	int             err;     // CH_OK or the error of the reply
+	int             nactions; // actions the reply returns (engine writes)
 	msgpack_sbuffer reply;   // the reply map (engine writes)
 	msgpack_sbuffer emits;   // pub messages: u32 len ‖ topic \0 map
 };

@@ -1670,6 +1670,9 @@ do_call(lua_State *L)
 	}
 	msgpack_packer_init(&pk, a->out->reply, sbuf_write);
 	ch_conv_pack(L, -1, &pk, "reply");
+	lua_getfield(L, -1, "actions");
+	a->out->nactions = lua_istable(L, -1) ? (int) lua_rawlen(L, -1) : 0;
+	lua_pop(L, 1);
 	pack_emits(L, lua_gettop(L), a);
 	return (0);
 }

@@ -110,6 +110,7 @@ typedef struct {
 	msgpack_sbuffer *state;   // the new customer state; empty: unchanged
 	msgpack_sbuffer *reply;   // the reply map
 	msgpack_sbuffer *emits;   // pub messages, each: u32 length ‖ topic \0 map
+	int              nactions; // how many actions the reply returns
 	char             errmsg[512];
 } ch_rule_out;
 

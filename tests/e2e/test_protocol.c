@@ -835,9 +835,14 @@ Test(protocol, pushed_events_publish_decisions_and_emits)
 
 Test(protocol, http_healthz_and_metrics)
 {
-	char body[65536];
-	event("{\"business\":\"shop\",\"customer\":\"m1\",\"type\":"
-	      "\"page_view\"}");
+	char    body[65536], want[64];
+	reply_t r;
+	call_json(&d, "{\"business\":\"shop\",\"customer\":\"m1\",\"type\":"
+	              "\"page_view\",\"channel\":\"web\"}", &r);
+	assert_ok(&r);
+	uint32_t nactions = len_at(&r, "actions");
+	cr_assert_gt(nactions, 0);
+	reply_free(&r);
 	cr_assert_eq(http_get(&d, "/healthz", body, sizeof(body)), 200);
 	cr_assert_eq(strncmp(body, "ok", 2), 0, "/healthz says ok: '%s'", body);
 	cr_assert_eq(http_get(&d, "/metrics", body, sizeof(body)), 200);
@@ -846,6 +851,8 @@ Test(protocol, http_healthz_and_metrics)
 	    body);
 	cr_assert_not_null(strstr(body, "choreo_requests_total{op=\"event\"} 1"),
 	    "%s", body);
+	snprintf(want, sizeof(want), "choreo_decisions_total %u\n", nactions);
+	cr_assert_not_null(strstr(body, want), "%s in %s", want, body);
 	int st = http_get(&d, "/no/such/page", body, sizeof(body));
 	cr_assert_eq(st, 404, "an unknown path is 404, got %d", st);
 }
