@@ -14,10 +14,20 @@ ch_log_set_level(enum ch_log_level lv)
 	level = lv;
 }
 
+static _Thread_local bool quiet;
+
+bool
+ch_log_quiet(bool q)
+{
+	bool was = quiet;
+	quiet    = q;
+	return (was);
+}
+
 void
 ch_log(enum ch_log_level lv, const char *fmt, ...)
 {
-	if (lv > level) {
+	if (lv > level || quiet) {
 		return;
 	}
 	char            line[2048];

@@ -46,6 +46,7 @@ typedef struct {
 	ch_store   *store;
 	char        dir[64];
 	FILE       *out;
+	char        last_err[600]; // the test's last error reply, if any
 } harness;
 
 static const char HKEY = 'h';
@@ -167,6 +168,16 @@ call(lua_State *L, const char *op)
 	if (ok != 0) {
 		return (luaL_error(L, "the engine's reply could not be read"));
 	}
+	// kept to explain a failing test: a rule error is often the cause
+	if (lua_getfield(L, -1, "error") == LUA_TTABLE) {
+		lua_getfield(L, -1, "code");
+		lua_getfield(L, -2, "message");
+		snprintf(h->last_err, sizeof(h->last_err), "%s: %s",
+		    lua_tostring(L, -2) ? lua_tostring(L, -2) : "?",
+		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
+		lua_pop(L, 2);
+	}
+	lua_pop(L, 1);
 	return (1);
 }
 
@@ -354,8 +365,8 @@ msgh(lua_State *L)
 	return (1);
 }
 
-int
-ch_atest_run(const char *rules_dir, const char *business, FILE *out,
+static int
+run_tests(const char *rules_dir, const char *business, FILE *out,
     int *passed, int *failed, char *first_fail, size_t fflen)
 {
 	harness h = { .rules_dir = rules_dir, .business = business, .out = out };
@@ -421,6 +432,7 @@ ch_atest_run(const char *rules_dir, const char *business, FILE *out,
 		lua_getfield(L, LUA_REGISTRYINDEX, "choreo.t");
 		lua_setmetatable(L, -2);
 		lua_sethook(L, hook, LUA_MASKCOUNT, TEST_BUDGET);
+		h.last_err[0] = '\0';
 		int st = lua_pcall(L, 1, 0, -3);
 		lua_sethook(L, NULL, 0, 0);
 		if (st == LUA_OK) {
@@ -430,6 +442,11 @@ ch_atest_run(const char *rules_dir, const char *business, FILE *out,
 			const char *m = lua_tostring(L, -1);
 			fprintf(out, "FAIL %s: %s\n     %s\n", business, name,
 			    m ? m : "(error)");
+			if (h.last_err[0] != '\0') {
+				fprintf(out, "     (the test's last reply was an "
+				             "error: %s)\n",
+				    h.last_err);
+			}
 			if (first_fail != NULL && first_fail[0] == '\0') {
 				snprintf(first_fail, fflen, "test '%s' failed: %s",
 				    name, m ? m : "(error)");
@@ -450,5 +467,18 @@ ch_atest_run(const char *rules_dir, const char *business, FILE *out,
 		free(files[i]);
 	}
 	free(files);
+	return (rc);
+}
+
+// The tests' own engines and rule loads log nothing: their outcome is what
+// the tests print.
+int
+ch_atest_run(const char *rules_dir, const char *business, FILE *out,
+    int *passed, int *failed, char *first_fail, size_t fflen)
+{
+	bool was = ch_log_quiet(true);
+	int  rc  = run_tests(rules_dir, business, out, passed, failed,
+	      first_fail, fflen);
+	ch_log_quiet(was);
 	return (rc);
 }
