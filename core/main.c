@@ -31,6 +31,8 @@ usage(FILE *f)
 	    "  forget    erase a customer\n"
 	    "  rules     loaded rule versions and load errors\n"
 	    "  reload    reload the rules now\n"
+	    "  rollback  make an earlier rule version live again\n"
+	    "  stats     journey and action analytics (not served yet)\n"
 	    "  ping      is the daemon there?\n");
 }
 

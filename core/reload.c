@@ -240,6 +240,14 @@ reloader_main(void *arg)
 			char rwhy[300] = "";
 			int  rrc       = reload_now(r, ws[i].business,
 			           ws[i].version, rwhy, sizeof(rwhy));
+			if (rrc != CH_OK) {
+				ch_log_error("reload: %s stays as it was: "
+				             "cannot roll back to %s: %s",
+				    ws[i].business, ws[i].version, rwhy);
+			} else {
+				ch_log_info("reload: %s is at %s again",
+				    ws[i].business, ws[i].version);
+			}
 			ws[i].done(ws[i].arg, rrc, rwhy);
 		}
 		if ((plain || nw > 0) && r->o.watch) {

@@ -993,7 +993,11 @@ ch_rules_publish_changes(ch_rules *fresh, ch_rules *old,
 		ch_biz *ob   = lookup(old, name);
 		bool    changed = ob == NULL || ob->L == NULL ||
 		    strcmp(ob->version, fb->version) != 0;
-		if (!changed && fb->err.message == NULL) {
+		// an error that went away (the files were put back) is news
+		// to whoever saw it
+		bool cleared = ob != NULL && ob->err.message != NULL &&
+		    fb->err.message == NULL;
+		if (!changed && !cleared && fb->err.message == NULL) {
 			continue; // the same files as before
 		}
 		b.size = 0;

@@ -111,6 +111,42 @@ Test(reload, a_file_change_goes_live_and_a_bad_one_is_refused)
 	send_ok("{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\"}");
 }
 
+// rules_news waits for the next message on choreo/shop/rules and returns
+// its ok field.
+static bool
+rules_news(sub_t *s)
+{
+	char    topic[128];
+	reply_t m;
+	cr_assert(sub_recv(s, 5000, topic, sizeof(topic), &m),
+	    "nothing on choreo/shop/rules within 5 s");
+	cr_assert_str_eq(topic, "choreo/shop/rules");
+	cr_assert_str_eq(str_at(&m, "business"), "shop");
+	bool yes = bool_at(&m, "ok");
+	reply_free(&m);
+	return (yes);
+}
+
+Test(reload, the_rules_topic_tells_of_a_refusal_and_of_its_fix)
+{
+	rules_write(rules, "shop", "10.lua", "action 'a' { value = 1 }\n");
+	d_start(&d, rules, false);
+	sub_t s;
+	sub_open(&d, &s, "choreo/shop/rules");
+	usleep(200 * 1000); // the subscription reaches the daemon
+	char v1[32];
+	snprintf(v1, sizeof(v1), "%s", version_of("shop"));
+	rules_write(rules, "shop", "10.lua", "action 'a' { value = 'one' }\n");
+	cr_assert_not(rules_news(&s), "a refused change is news with ok=false");
+	cr_assert_str_eq(version_of("shop"), v1);
+	// put the old file back: the same version as the one serving, and
+	// the error is gone — subscribers hear it
+	rules_write(rules, "shop", "10.lua", "action 'a' { value = 1 }\n");
+	cr_assert(rules_news(&s), "the fix is news with ok=true");
+	cr_assert_str_eq(error_of("shop"), "");
+	sub_close(&s);
+}
+
 Test(reload, a_failing_analyst_test_refuses_the_reload)
 {
 	rules_write(rules, "shop", "10.lua", "action 'a' { value = 10 }\naction 'b' { value = 5 }\n");
