@@ -6,6 +6,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
+SERVE_FLAGS ?=
 
 .PHONY: all deps build run test test-plain test-asan clean
 
@@ -19,7 +20,7 @@ build: deps
 	@cmake --build $(BUILD) -j $(JOBS)
 
 run: build
-	$(BUILD)/choreo serve --rules rules --data data
+	$(BUILD)/choreo serve --rules rules --data data $(SERVE_FLAGS)
 
 test: deps test-plain test-asan
 
