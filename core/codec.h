@@ -43,6 +43,7 @@ struct ch_req {
 	enum ch_op op;
 	ch_str     business, customer, type, id, channel, region, product;
 	ch_str     token, journey, version;
+	ch_str     timer;   // a timer firing: its name (never from the wire)
 	int64_t    ts;      // 0 when absent
 	bool       decide;  // default true
 	bool       explain; // default false

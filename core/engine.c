@@ -28,7 +28,19 @@ struct ch_engine {
 	pthread_cond_t  swap_cv;
 	msgpack_sbuffer state; // scratch: a customer's new state
 	msgpack_sbuffer tmp;   // scratch
+	struct timer_slot *timers; // CH_TIMER_BATCH slots for fire_timers
 };
+
+// A timer being fired: a copy of its key and value (LMDB's pages change
+// under writes), the request made of them, and its job.
+typedef struct timer_slot {
+	ch_job           job;
+	ch_req           req;
+	msgpack_sbuffer  val;
+	msgpack_unpacked up;
+	char             key[CH_TIMER_KEY_MAX];
+	size_t           klen;
+} timer_slot;
 
 static int64_t
 real_clock(void)
@@ -161,7 +173,9 @@ biz_or_reply(ch_engine *e, ch_job *j)
 		reply_err(j, CH_EUNAUTHORIZED, "forget needs the admin token");
 		return (NULL);
 	}
-	if (!admin && !ch_biz_authorized(b, j->req->token)) {
+	// a timer was set by the business's own rules: no token to check
+	if (!admin && j->req->timer.n == 0 &&
+	    !ch_biz_authorized(b, j->req->token)) {
 		reply_err(j, CH_EUNAUTHORIZED,
 		    "business '" BIZ_FMT "' needs its token (field 'token')",
 		    BIZ_ARG(j->req->business));
@@ -329,6 +343,54 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 	return (CH_OK);
 }
 
+// forget_timers deletes the customer's pending timers, listed in its state
+// as timers = {name = due}.
+static int
+forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
+{
+	msgpack_unpacked up;
+	msgpack_unpacked_init(&up);
+	int rc = CH_OK;
+	if (msgpack_unpack_next(&up, st->mv_data, st->mv_size, NULL) !=
+	        MSGPACK_UNPACK_SUCCESS ||
+	    up.data.type != MSGPACK_OBJECT_MAP) {
+		msgpack_unpacked_destroy(&up);
+		return (CH_OK); // a damaged state has no timers we can find
+	}
+	const msgpack_object_map *m = &up.data.via.map;
+	for (uint32_t i = 0; i < m->size && rc == CH_OK; i++) {
+		const msgpack_object *k = &m->ptr[i].key, *t = &m->ptr[i].val;
+		if (k->type != MSGPACK_OBJECT_STR || k->via.str.size != 6 ||
+		    memcmp(k->via.str.ptr, "timers", 6) != 0 ||
+		    t->type != MSGPACK_OBJECT_MAP) {
+			continue;
+		}
+		for (uint32_t x = 0; x < t->via.map.size && rc == CH_OK; x++) {
+			const msgpack_object *name = &t->via.map.ptr[x].key;
+			const msgpack_object *due  = &t->via.map.ptr[x].val;
+			if (name->type != MSGPACK_OBJECT_STR ||
+			    (due->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
+			        due->type != MSGPACK_OBJECT_FLOAT64)) {
+				continue;
+			}
+			int64_t d = due->type == MSGPACK_OBJECT_FLOAT64
+			    ? (int64_t) due->via.f64
+			    : (int64_t) due->via.u64;
+			char    key[CH_TIMER_KEY_MAX];
+			size_t  kl = ch_timer_key(key, sizeof(key), d,
+			     r->business, r->customer,
+			     (ch_str) { name->via.str.ptr, name->via.str.size });
+			if (kl > 0) {
+				rc = ch_store_del(e->o.store, txn, CH_DB_TIMERS,
+				    key, kl);
+				rc = rc == CH_ENOTFOUND ? CH_OK : rc;
+			}
+		}
+	}
+	msgpack_unpacked_destroy(&up);
+	return (rc);
+}
+
 static int
 run_forget(ch_engine *e, ch_job *j, MDB_txn *parent)
 {
@@ -337,8 +399,13 @@ run_forget(ch_engine *e, ch_job *j, MDB_txn *parent)
 	if (biz_or_reply(e, j) == NULL) {
 		return (CH_OK);
 	}
-	size_t klen = ch_store_key(key, r->business, r->customer);
-	int    rc   = ch_store_del(e->o.store, parent, CH_DB_CUSTOMERS, key, klen);
+	size_t  klen = ch_store_key(key, r->business, r->customer);
+	MDB_val v;
+	int     rc = ch_store_get(e->o.store, parent, CH_DB_CUSTOMERS, key, klen,
+	        &v);
+	if (rc == CH_OK && (rc = forget_timers(e, parent, r, &v)) == CH_OK) {
+		rc = ch_store_del(e->o.store, parent, CH_DB_CUSTOMERS, key, klen);
+	}
 	if (rc == CH_ENOTFOUND) {
 		reply_err(j, CH_ENOTFOUND,
 		    "business '" BIZ_FMT "' has never seen customer '" BIZ_FMT
@@ -473,6 +540,236 @@ run_alone(ch_engine *e, ch_job **jobs, int n, int64_t now)
 			reply_err(jobs[i], CH_EINTERNAL,
 			    "the store failed; see the server log");
 		}
+	}
+}
+
+static void
+timer_done(ch_job *j)
+{
+	(void) j; // nobody waits for a timer's reply
+}
+
+// timer_parse fills t->req from t->key and t->val: business \0 customer \0
+// name, and {type, data}. false when the record is damaged.
+static bool
+timer_parse(timer_slot *t)
+{
+	const char *p = t->key + 8, *end = t->key + t->klen;
+	const char *z1 = memchr(p, '\0', (size_t) (end - p));
+	const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t) (end - z1 - 1))
+	                    : NULL;
+	if (z2 == NULL || z1 == p || z2 == z1 + 1 || z2 + 1 == end) {
+		return (false);
+	}
+	memset(&t->req, 0, sizeof(t->req));
+	t->req.op       = CH_OP_EVENT;
+	t->req.business = (ch_str) { p, (uint32_t) (z1 - p) };
+	t->req.customer = (ch_str) { z1 + 1, (uint32_t) (z2 - z1 - 1) };
+	t->req.timer    = (ch_str) { z2 + 1, (uint32_t) (end - z2 - 1) };
+	t->req.record   = true;
+	t->req.limit    = 3;
+	msgpack_unpacked_destroy(&t->up);
+	msgpack_unpacked_init(&t->up);
+	if (msgpack_unpack_next(&t->up, t->val.data, t->val.size, NULL) !=
+	        MSGPACK_UNPACK_SUCCESS ||
+	    t->up.data.type != MSGPACK_OBJECT_MAP) {
+		return (false);
+	}
+	const msgpack_object_map *m = &t->up.data.via.map;
+	for (uint32_t i = 0; i < m->size; i++) {
+		const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
+		if (k->type != MSGPACK_OBJECT_STR) {
+			continue;
+		}
+		if (k->via.str.size == 4 && memcmp(k->via.str.ptr, "type", 4) == 0 &&
+		    v->type == MSGPACK_OBJECT_STR && v->via.str.size > 0) {
+			t->req.type = (ch_str) { v->via.str.ptr, v->via.str.size };
+		} else if (k->via.str.size == 4 &&
+		    memcmp(k->via.str.ptr, "data", 4) == 0 &&
+		    v->type == MSGPACK_OBJECT_MAP) {
+			t->req.data = v;
+		}
+	}
+	return (t->req.type.n > 0);
+}
+
+// reply_message: the error message of a packed error reply, for the log.
+static void
+reply_message(const ch_job *j, char *out, size_t cap)
+{
+	msgpack_unpacked up;
+	msgpack_unpacked_init(&up);
+	snprintf(out, cap, "%s", ch_err_code(j->err));
+	if (msgpack_unpack_next(&up, j->reply.data, j->reply.size, NULL) ==
+	        MSGPACK_UNPACK_SUCCESS && up.data.type == MSGPACK_OBJECT_MAP) {
+		const msgpack_object_map *m = &up.data.via.map;
+		for (uint32_t i = 0; i < m->size; i++) {
+			const msgpack_object *v = &m->ptr[i].val;
+			if (v->type != MSGPACK_OBJECT_MAP) {
+				continue;
+			}
+			for (uint32_t k = 0; k < v->via.map.size; k++) {
+				const msgpack_object *kk = &v->via.map.ptr[k].key;
+				const msgpack_object *vv = &v->via.map.ptr[k].val;
+				if (kk->type == MSGPACK_OBJECT_STR &&
+				    kk->via.str.size == 7 &&
+				    memcmp(kk->via.str.ptr, "message", 7) == 0 &&
+				    vv->type == MSGPACK_OBJECT_STR) {
+					snprintf(out, cap, "%s: %.*s",
+					    ch_err_code(j->err),
+					    (int) vv->via.str.size,
+					    vv->via.str.ptr);
+				}
+			}
+		}
+	}
+	msgpack_unpacked_destroy(&up);
+}
+
+static void finish(ch_engine *e, ch_job **jobs, int n);
+
+int
+ch_engine_fire_timers(ch_engine *e)
+{
+	int64_t     now = e->o.clock ? e->o.clock() : real_clock();
+	ch_store   *s   = e->o.store;
+	MDB_txn    *txn;
+	MDB_cursor *cur;
+	MDB_val     k, v;
+	int         n = 0, rc;
+	if (e->timers == NULL || ch_store_begin(s, NULL, &txn) != CH_OK) {
+		return (0);
+	}
+	if (mdb_cursor_open(txn, ch_store_dbi(s, CH_DB_TIMERS), &cur) != 0) {
+		ch_store_abort(txn);
+		return (0);
+	}
+	int op = MDB_FIRST, damaged = 0;
+	while (n < CH_TIMER_BATCH && mdb_cursor_get(cur, &k, &v, op) == 0) {
+		op = MDB_NEXT;
+		const unsigned char *p   = k.mv_data;
+		uint64_t             due = 0;
+		for (int i = 0; i < 8 && k.mv_size >= 8; i++) {
+			due = due << 8 | p[i];
+		}
+		if (k.mv_size >= 8 && (int64_t) due > now) {
+			break;
+		}
+		timer_slot *t = &e->timers[n];
+		if (k.mv_size < 8 || k.mv_size > sizeof(t->key)) {
+			damaged++;
+			mdb_cursor_del(cur, 0); // MDB_NEXT then reads what followed
+			continue;
+		}
+		memcpy(t->key, k.mv_data, k.mv_size);
+		t->klen      = k.mv_size;
+		t->val.size  = 0;
+		msgpack_sbuffer_write(&t->val, v.mv_data, v.mv_size);
+		n++;
+	}
+	mdb_cursor_close(cur);
+	int fired = 0;
+	rc        = CH_OK;
+	ch_job *jobs[CH_TIMER_BATCH];
+	for (int i = 0; i < n && rc == CH_OK; i++) {
+		timer_slot *t = &e->timers[i];
+		// deleted in the transaction that runs it: a timer fires once,
+		// even when its rule fails
+		rc = ch_store_del(s, txn, CH_DB_TIMERS, t->key, t->klen);
+		if (rc == CH_ENOTFOUND) {
+			rc = CH_OK;
+		}
+		if (rc != CH_OK) {
+			break;
+		}
+		if (!timer_parse(t)) {
+			damaged++;
+			continue;
+		}
+		t->job.req  = &t->req;
+		t->job.done = timer_done;
+		t->job.err  = CH_OK;
+		rc          = run_job(e, &t->job, txn, now);
+		jobs[fired++] = &t->job;
+	}
+	if (rc != CH_OK) {
+		// the store failed (or is full): nothing fired; they stay due
+		ch_store_abort(txn);
+		ch_rules_model_rollback();
+		if (rc == CH_ESTORAGEFULL) {
+			ch_store_grow(s);
+		}
+		return (0);
+	}
+	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
+		ch_rules_model_rollback();
+		return (0);
+	}
+	if (damaged > 0) {
+		ch_log_warn("timers: dropped %d damaged timer record(s)", damaged);
+	}
+	for (int i = 0; i < fired; i++) {
+		if (jobs[i]->err != CH_OK) {
+			char m[600];
+			reply_message(jobs[i], m, sizeof(m));
+			ch_log_warn("timer '%.*s' of %.*s/%.*s failed: %s",
+			    (int) jobs[i]->req->type.n, jobs[i]->req->type.p,
+			    (int) jobs[i]->req->business.n,
+			    jobs[i]->req->business.p,
+			    (int) jobs[i]->req->customer.n,
+			    jobs[i]->req->customer.p, m);
+		}
+	}
+	CH_COUNT(timers_fired, (uint64_t) fired);
+	finish(e, jobs, fired);
+	return (n);
+}
+
+// next_due: the due time of the earliest timer, or INT64_MAX.
+static int64_t
+next_due(ch_engine *e)
+{
+	MDB_txn    *txn;
+	MDB_cursor *cur;
+	MDB_val     k, v;
+	int64_t     due = INT64_MAX;
+	if (mdb_txn_begin(ch_store_env(e->o.store), NULL, MDB_RDONLY, &txn) != 0) {
+		return (due);
+	}
+	if (mdb_cursor_open(txn, ch_store_dbi(e->o.store, CH_DB_TIMERS),
+	        &cur) == 0) {
+		if (mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0 &&
+		    k.mv_size >= 8) {
+			const unsigned char *p = k.mv_data;
+			uint64_t             d = 0;
+			for (int i = 0; i < 8; i++) {
+				d = d << 8 | p[i];
+			}
+			due = (int64_t) d;
+		}
+		mdb_cursor_close(cur);
+	}
+	mdb_txn_abort(txn);
+	return (due);
+}
+
+void
+ch_engine_run_timers_until(ch_engine *e, int64_t *vclock, int64_t target)
+{
+	for (int rounds = 0; rounds < 100000; rounds++) {
+		int64_t due = next_due(e);
+		if (due > target) {
+			break;
+		}
+		if (due > *vclock) {
+			*vclock = due;
+		}
+		if (ch_engine_fire_timers(e) == 0) {
+			break; // nothing could fire (the store failed)
+		}
+	}
+	if (target > *vclock) {
+		*vclock = target;
 	}
 }
 
@@ -644,10 +941,33 @@ engine_main(void *arg)
 		ch_log_error("engine: out of memory");
 		abort();
 	}
+	uint64_t next_timers = 0; // mono µs of the next look at the timers
 	for (;;) {
+		if (mono_us() >= next_timers) {
+			// due timers run as events, between batches; a full round
+			// means more are due: look again at once
+			int fired   = ch_engine_fire_timers(e);
+			next_timers = fired == CH_TIMER_BATCH
+			    ? 0
+			    : mono_us() + CH_TIMER_TICK_MS * 1000;
+		}
 		pthread_mutex_lock(&e->mu);
 		while (e->head == NULL && !e->stopping && e->pending == NULL) {
-			pthread_cond_wait(&e->cv, &e->mu);
+			uint64_t        now_us = mono_us();
+			if (now_us >= next_timers) {
+				break;
+			}
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			uint64_t wait_ns = (next_timers - now_us) * 1000 +
+			    (uint64_t) ts.tv_nsec;
+			ts.tv_sec += (time_t) (wait_ns / 1000000000u);
+			ts.tv_nsec = (long) (wait_ns % 1000000000u);
+			pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+		}
+		if (e->head == NULL && !e->stopping && e->pending == NULL) {
+			pthread_mutex_unlock(&e->mu);
+			continue; // time for the timers
 		}
 		if (e->pending != NULL) {
 			// between two batches: the events in flight ran on the
@@ -707,6 +1027,12 @@ ch_engine_new(ch_engine **out, const ch_engine_opts *o)
 	pthread_cond_init(&e->swap_cv, NULL);
 	msgpack_sbuffer_init(&e->state);
 	msgpack_sbuffer_init(&e->tmp);
+	e->timers = calloc(CH_TIMER_BATCH, sizeof(timer_slot));
+	for (int i = 0; e->timers != NULL && i < CH_TIMER_BATCH; i++) {
+		ch_job_init(&e->timers[i].job);
+		msgpack_sbuffer_init(&e->timers[i].val);
+		msgpack_unpacked_init(&e->timers[i].up);
+	}
 	*out = e;
 	return (CH_OK);
 }
@@ -794,6 +1120,12 @@ ch_engine_free(ch_engine *e)
 	ch_rules_free(e->rules);
 	msgpack_sbuffer_destroy(&e->state);
 	msgpack_sbuffer_destroy(&e->tmp);
+	for (int i = 0; e->timers != NULL && i < CH_TIMER_BATCH; i++) {
+		ch_job_fini(&e->timers[i].job);
+		msgpack_sbuffer_destroy(&e->timers[i].val);
+		msgpack_unpacked_destroy(&e->timers[i].up);
+	}
+	free(e->timers);
 	pthread_mutex_destroy(&e->mu);
 	pthread_cond_destroy(&e->cv);
 	pthread_cond_destroy(&e->swap_cv);

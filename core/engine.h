@@ -85,6 +85,20 @@ int ch_engine_swap_rules(ch_engine *e, ch_swap *sw);
 // its own transaction (for tools and tests; never while the thread runs).
 void ch_engine_run_one(ch_engine *e, ch_job *j);
 
+// ch_engine_fire_timers runs the timers due by the engine's clock (at most
+// CH_TIMER_BATCH) as events, in one transaction; returns how many were due.
+// The engine thread calls it every CH_TIMER_TICK_MS; tools with a virtual
+// clock call it after moving the clock (never while the thread runs).
+#define CH_TIMER_BATCH 64
+#define CH_TIMER_TICK_MS 100
+int ch_engine_fire_timers(ch_engine *e);
+// ch_engine_run_timers_until, for tools whose clock function returns
+// *vclock: fires every timer due up to target in due order, with *vclock
+// at each one's due time (so timers set by timers fire too), then sets
+// *vclock = target.
+void ch_engine_run_timers_until(ch_engine *e, int64_t *vclock,
+    int64_t target);
+
 // ch_engine_new builds an engine without starting its thread; ch_engine_run
 // starts it (ch_engine_start does both).
 int  ch_engine_new(ch_engine **out, const ch_engine_opts *o);

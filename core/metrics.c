@@ -62,6 +62,9 @@ ch_metrics_render(char *buf, size_t cap, int shards, size_t map_bytes)
 	    rd(&ch_m.events));
 	counter(&o, "choreo_duplicates_total",
 	    "Events answered from the dedup window.", rd(&ch_m.duplicates));
+	counter(&o, "choreo_timers_fired_total",
+	    "Timers (c:after, inactivity, case SLAs) run as events.",
+	    rd(&ch_m.timers_fired));
 	counter(&o, "choreo_dedup_expired_total",
 	    "Dedup records removed once past the window.",
 	    rd(&ch_m.dedup_expired));

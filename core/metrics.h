@@ -20,6 +20,7 @@ typedef struct {
 	atomic_uint_fast64_t events;              // events applied
 	atomic_uint_fast64_t duplicates;          // events answered from dedup
 	atomic_uint_fast64_t dedup_expired;       // dedup records past the window, removed
+	atomic_uint_fast64_t timers_fired;        // timers run as events
 	atomic_uint_fast64_t decisions;           // actions returned
 	atomic_uint_fast64_t emitted;             // c:emit messages published
 	atomic_uint_fast64_t batches;             // group commits

@@ -106,6 +106,8 @@ run_req(ch_engine *e, const ch_req *r, msgpack_sbuffer *batch_out)
 	j.req  = r;
 	j.done = job_done;
 	if (r->ts > 0) {
+		// the timers due before this request fire first
+		ch_engine_run_timers_until(e, &virtual_now, r->ts);
 		virtual_now = r->ts;
 	}
 	ch_engine_run_one(e, &j);

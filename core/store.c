@@ -232,6 +232,28 @@ ch_store_grow(ch_store *s)
 }
 
 size_t
+ch_timer_key(char *buf, size_t cap, int64_t due, ch_str business,
+    ch_str customer, ch_str name)
+{
+	size_t n = 8 + business.n + 1 + customer.n + 1 + name.n;
+	if (n > cap) {
+		return (0);
+	}
+	for (int i = 0; i < 8; i++) {
+		buf[i] = (char) ((uint64_t) due >> (56 - 8 * i));
+	}
+	char *p = buf + 8;
+	memcpy(p, business.p, business.n);
+	p += business.n;
+	*p++ = '\0';
+	memcpy(p, customer.p, customer.n);
+	p += customer.n;
+	*p++ = '\0';
+	memcpy(p, name.p, name.n);
+	return (n);
+}
+
+size_t
 ch_store_key(char *buf, ch_str business, ch_str rest)
 {
 	memcpy(buf, business.p, business.n);

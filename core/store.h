@@ -57,6 +57,11 @@ int ch_store_grow(ch_store *s);
 
 // ch_store_key builds business \0 rest into buf (at least 64+1+256 bytes).
 size_t ch_store_key(char *buf, ch_str business, ch_str rest);
+// ch_timer_key builds a timers key: due (8 bytes, big-endian) ‖ business
+// \0 customer \0 name; 0 when it does not fit in cap.
+#define CH_TIMER_KEY_MAX (8 + 64 + 1 + 256 + 1 + 128)
+size_t ch_timer_key(char *buf, size_t cap, int64_t due, ch_str business,
+    ch_str customer, ch_str name);
 
 // ch_store_get: CH_OK (val borrowed until the txn's next write or end),
 // CH_ENOTFOUND, or CH_EINTERNAL.

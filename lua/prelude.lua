@@ -755,11 +755,94 @@ function C:history(action)
   return self._s.actions[action]
 end
 
+-- Timers: durable, in the store's timers database (written in the event's
+-- transaction), and listed in the state as timers[name] = due, so that a
+-- later call can find the key to replace or cancel. Names: "a:<type>" for
+-- c:after, "i:<journey>" for inactivity, "s:<case>" for case SLAs.
+local MAX_TIMERS = 100
+
+local function set_timer(c, name, due, etype, data)
+  local st = c._s
+  local tm = st.timers
+  if not tm then tm = {}; st.timers = tm end
+  local old = tm[name]
+  if old == due then return end
+  if old then H.timer_del(c.id, name, old) end
+  if not old then
+    local n = 0
+    for _ in pairs(tm) do n = n + 1 end
+    if n >= MAX_TIMERS then
+      fail(sfmt("a customer can have at most %d timers pending", MAX_TIMERS))
+    end
+  end
+  tm[name] = due
+  H.timer_put(c.id, name, due, etype, data)
+end
+
+local function clear_timer(c, name)
+  local tm = c._s.timers
+  local old = tm and tm[name]
+  if not old then return false end
+  H.timer_del(c.id, name, old)
+  tm[name] = nil
+  if next(tm) == nil then c._s.timers = nil end
+  return true
+end
+
+-- c:after(duration, type[, data]): an event of that type for this customer
+-- once the duration has passed (one per type: a second call moves it).
+function C:after(d, etype, data)
+  local ms = duration(d, "c:after: the delay")
+  if type(etype) ~= "string" or #etype == 0 or #etype > 64 then
+    fail(sfmt("c:after: the event type must be a string of 1 to 64 bytes, got %s", tname(etype)))
+  end
+  if data ~= nil and type(data) ~= "table" then
+    fail(sfmt("c:after('%s', '%s', data): data must be a table, got %s", d, etype, tname(data)))
+  end
+  local due = self.now + ms
+  set_timer(self, "a:" .. etype, due, etype, data)
+  return due
+end
+
+-- c:cancel(type): the pending c:after of that type, if any; true if there was one.
+function C:cancel(etype)
+  if type(etype) ~= "string" then
+    fail(sfmt("c:cancel: the event type must be a string, got %s", tname(etype)))
+  end
+  return clear_timer(self, "a:" .. etype)
+end
+
+-- c:score(journey, metric, value): a measure of the journey (CSAT, NPS,
+-- effort...), kept per customer as the last value and a running count/sum.
+function C:score(jname, metric, value)
+  journey_of(self, jname)
+  if type(metric) ~= "string" or metric == "" then
+    fail(sfmt("c:score: the metric must be a string, got %s", tname(metric)))
+  end
+  if type(value) ~= "number" then
+    fail(sfmt("c:score('%s', '%s', value): value must be a number, got %s", jname, metric, tname(value)))
+  end
+  local js = self._s.journeys[jname]
+  if not js then
+    fail(sfmt("c:score: the customer is not in journey '%s' (c:advance first)", jname))
+  end
+  local sc = js.scores
+  if not sc then sc = {}; js.scores = sc end
+  local m = sc[metric]
+  if not m then m = { count = 0, sum = 0 }; sc[metric] = m end
+  m.last, m.at = value, self.now
+  m.count, m.sum = m.count + 1, m.sum + value
+  return value
+end
+
 function C:open_case(name, data)
   local k = self._view.cases[name]
   if not k then fail(sfmt("unknown case '%s'", tostring(name))) end
   local cs = { status = "open", opened_at = self.now, data = data }
-  if k.sla then cs.due_at = self.now + k.sla end
+  if k.sla then
+    cs.due_at = self.now + k.sla
+    set_timer(self, "s:" .. name, cs.due_at, "sla_breached", { case = name })
+  end
   self._s.cases[name] = cs
 end
 
@@ -769,6 +852,24 @@ function C:close_case(name, outcome)
     fail(sfmt("case '%s' is not open for this customer", tostring(name)))
   end
   cs.status, cs.outcome, cs.closed_at = "closed", outcome, self.now
+  clear_timer(self, "s:" .. name)
+end
+
+-- After a customer's own event: every journey with inactive_after that the
+-- customer is in (and has not reached the goal of) gets its inactivity
+-- timer moved to now + inactive_after.
+local function touch_journeys(c)
+  local js = c._s.journeys
+  for name, j in pairs(c._view.journeys) do
+    local s = js[name]
+    if s then
+      if j.inactive_after and s.stage ~= j.goal then
+        set_timer(c, "i:" .. name, c.now + j.inactive_after, "inactive", { journey = name })
+      elseif c._s.timers and c._s.timers["i:" .. name] then
+        clear_timer(c, "i:" .. name)
+      end
+    end
+  end
 end
 
 -- c:cohort(experiment, { name = share, ... }): a stable assignment, from a
@@ -1146,10 +1247,23 @@ function API.event(st, req, now, version)
     type = req.type, id = req.id, ts = req.ts or now, data = data,
     channel = req.channel, region = req.region, product = req.product,
   }
+  if req.timer then
+    -- a timer firing: it is no longer pending
+    local tm = st.timers
+    if tm and tm[req.timer] and tm[req.timer] <= now then
+      tm[req.timer] = nil
+      if next(tm) == nil then st.timers = nil end
+    end
+    if req.type == "sla_breached" and data.case and st.cases[data.case]
+       and st.cases[data.case].status == "open" then
+      st.cases[data.case].breached_at = now
+    end
+  end
   local list = handlers_for(req.type)
   for i = 1, #list do
     list[i](c, ev)
   end
+  if not req.timer then touch_journeys(c) end
   st.updated_at = now
   local reply = { ok = true, rules = version }
   if req.decide ~= false then

@@ -365,6 +365,80 @@ l_model_add(lua_State *L)
 	return (0);
 }
 
+// Timers: key = due (8 bytes, big-endian) ‖ business \0 customer \0 name,
+// value = {type, data} packed; the engine fires them (core/engine.c).
+static size_t
+timer_key(ch_biz *b, int64_t due, const char *c, size_t cn, const char *n,
+    size_t nn, char *key, size_t cap)
+{
+	ch_str biz = { b->name, (uint32_t) strlen(b->name) };
+	return (ch_timer_key(key, cap, due, biz, (ch_str) { c, (uint32_t) cn },
+	    (ch_str) { n, (uint32_t) nn }));
+}
+
+// H.timer_put(customer, name, due, type, data|nil)
+static int
+l_timer_put(lua_State *L)
+{
+	ch_biz     *b = ch_biz_of(L);
+	size_t      cn, nn, tn;
+	const char *c   = luaL_checklstring(L, 1, &cn);
+	const char *n   = luaL_checklstring(L, 2, &nn);
+	int64_t     due = (int64_t) luaL_checkinteger(L, 3);
+	const char *t   = luaL_checklstring(L, 4, &tn);
+	char        key[CH_TIMER_KEY_MAX];
+	size_t      klen = timer_key(b, due, c, cn, n, nn, key, sizeof(key));
+	if (b->cur == NULL || b->cur->store == NULL) {
+		return (0); // lint and tools: nothing is kept
+	}
+	if (klen == 0) {
+		return (luaL_error(L, "a timer name is too long"));
+	}
+	msgpack_sbuffer v;
+	msgpack_packer  pk;
+	msgpack_sbuffer_init(&v);
+	msgpack_packer_init(&pk, &v, sbuf_write);
+	bool data = lua_istable(L, 5);
+	msgpack_pack_map(&pk, data ? 2 : 1);
+	ch_pack_str(&pk, "type");
+	msgpack_pack_str_with_body(&pk, t, tn);
+	if (data) {
+		ch_pack_str(&pk, "data");
+		ch_conv_pack(L, 5, &pk, "timer data");
+	}
+	int rc = ch_store_put(b->cur->store, b->cur->txn, CH_DB_TIMERS, key,
+	    klen, v.data, v.size);
+	msgpack_sbuffer_destroy(&v);
+	if (rc != CH_OK) {
+		b->cur->store_err = rc;
+		return (luaL_error(L, "the store failed"));
+	}
+	return (0);
+}
+
+// H.timer_del(customer, name, due)
+static int
+l_timer_del(lua_State *L)
+{
+	ch_biz     *b = ch_biz_of(L);
+	size_t      cn, nn;
+	const char *c   = luaL_checklstring(L, 1, &cn);
+	const char *n   = luaL_checklstring(L, 2, &nn);
+	int64_t     due = (int64_t) luaL_checkinteger(L, 3);
+	char        key[CH_TIMER_KEY_MAX];
+	size_t      klen = timer_key(b, due, c, cn, n, nn, key, sizeof(key));
+	if (b->cur == NULL || b->cur->store == NULL || klen == 0) {
+		return (0);
+	}
+	int rc = ch_store_del(b->cur->store, b->cur->txn, CH_DB_TIMERS, key,
+	    klen);
+	if (rc != CH_OK && rc != CH_ENOTFOUND) {
+		b->cur->store_err = rc;
+		return (luaL_error(L, "the store failed"));
+	}
+	return (0);
+}
+
 // The model epoch: bumped whenever a transaction that may have written the
 // model is rolled back, so that the rules' cached counts are dropped.
 static atomic_uint_fast64_t model_epoch;
@@ -596,6 +670,10 @@ open_state(ch_biz *b)
 	lua_setfield(L, -2, "model_get");
 	lua_pushcfunction(L, l_model_add);
 	lua_setfield(L, -2, "model_add");
+	lua_pushcfunction(L, l_timer_put);
+	lua_setfield(L, -2, "timer_put");
+	lua_pushcfunction(L, l_timer_del);
+	lua_setfield(L, -2, "timer_del");
 	lua_pushcfunction(L, l_model_epoch);
 	lua_setfield(L, -2, "model_epoch");
 	ch_nba_register(L, lua_gettop(L));
@@ -1585,6 +1663,7 @@ push_req(lua_State *L, const ch_req *r)
 	lua_setfield(L, -2, "explain");
 	lua_pushinteger(L, r->limit);
 	lua_setfield(L, -2, "limit");
+	setfield_str(L, "timer", r->timer);
 }
 
 typedef struct {

@@ -45,3 +45,46 @@ test("two rejections stop the welcome discount", function(t)
   local r = t:decide { customer = "dee", channel = "web", record = false }
   for _, a in ipairs(r.actions) do t:ok(a.name ~= "welcome_discount", a.name) end
 end)
+
+test("a cart left for an hour gets a reminder; a purchase cancels it", function(t)
+  t:event { customer = "eve", type = "add_to_cart" }
+  t:ok(t:get("eve").timers["a:cart_reminder"], "the reminder is pending")
+  t:advance_clock("59m")
+  t:eq(t:get("eve").counters.events, 1, "not yet")
+  t:advance_clock("2m")
+  t:eq(t:get("eve").counters.events, 2, "the reminder ran as an event")
+  t:eq(t:get("eve").timers["a:cart_reminder"], nil)
+
+  t:event { customer = "fay", type = "add_to_cart" }
+  t:event { customer = "fay", type = "purchase", data = { amount = 10 } }
+  t:advance_clock("2h")
+  t:eq(t:get("fay").counters.events, 2, "no reminder after the purchase")
+end)
+
+test("three quiet days make an inactive event", function(t)
+  t:event { customer = "gus", type = "page_view" }
+  t:advance_clock("2d")
+  t:event { customer = "gus", type = "page_view" }   -- moves the deadline
+  t:advance_clock("2d")
+  t:eq(t:get("gus").counters.inactive_onboarding, nil)
+  t:advance_clock("1d")
+  t:eq(t:get("gus").counters.inactive_onboarding, 1)
+end)
+
+test("a ticket open past its SLA is escalated", function(t)
+  t:event { customer = "hal", type = "ticket_opened", data = { subject = "late" } }
+  t:advance_clock("49h")
+  local c = t:get("hal")
+  t:eq(c.cases.support_ticket.status, "open")
+  t:ok(c.cases.support_ticket.breached_at, "the breach is recorded")
+end)
+
+test("a survey scores the journey", function(t)
+  t:event { customer = "ivy", type = "page_view" }
+  t:event { customer = "ivy", type = "survey", data = { csat = 4 } }
+  t:event { customer = "ivy", type = "survey", data = { csat = 5 } }
+  local s = t:get("ivy").journeys.onboarding.scores.csat
+  t:eq(s.last, 5)
+  t:eq(s.count, 2)
+  t:eq(s.sum, 9)
+end)
