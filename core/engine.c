@@ -701,6 +701,10 @@ ch_engine_fire_timers(ch_engine *e)
 		}
 		return (0);
 	}
+	if (n == 0 && damaged == 0) {
+		ch_store_abort(txn); // nothing due: the usual case
+		return (0);
+	}
 	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
 		ch_rules_model_rollback();
 		return (0);
