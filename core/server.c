@@ -654,6 +654,9 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 		goto fail;
 	}
 	s->pub_open = true;
+	// nng's default queue per subscriber is 16 messages: a subscriber a
+	// moment slow would lose decisions at a few thousand a second
+	nng_socket_set_int(s->pub, NNG_OPT_SENDBUF, 8192);
 	if (listen_on(s->pub, "pub", o->pub_url, o->max_message, why,
 	        whylen) != CH_OK) {
 		goto fail;
