@@ -289,7 +289,7 @@ clamp01(double p)
 }
 
 // nba_score(cview, c, hist, channel|nil, now, seed, sample, CA, CS, CP,
-//           CSRC, reasons|nil) -> n
+//           CSRC, reasons|nil, want) -> n
 // Fills the scratch arrays with the candidates 1..n, ranked (score
 // descending, ties by name) and, when reasons is a table, reasons[i] with
 // why the i-th action of the view was dropped.
@@ -397,6 +397,11 @@ l_score(lua_State *L)
 			j--;
 		}
 		cands[j + 1] = x;
+	}
+	// only the top `want` are looked at (0: all of them)
+	lua_Integer want = luaL_optinteger(L, 13, 0);
+	if (want > 0 && want < n) {
+		n = (int) want;
 	}
 	for (int k = 0; k < n; k++) {
 		lua_rawgeti(L, list, cands[k].i + 1);

@@ -1085,8 +1085,11 @@ local function nba(c, view, req)
   local list = view.list
   -- filter and score, in C: channel, eligible(c), limits, propensity
   local reasons = trace and {} or nil
+  -- the ranked candidates the choice below may look at: the top `limit`,
+  -- unless a rule, a budget or explain may skip some or want them all
+  local want = (trace or view.arbitrate or view.max_per_group or view.policy) and 0 or limit
   local n = H.nba_score(view.cnba, c, hist, channel, now, seed, sample,
-                        CA, CS, CP, CSRC, reasons)
+                        CA, CS, CP, CSRC, reasons, want)
   if trace then
     for i = 1, #list do
       local r = reasons[i]
