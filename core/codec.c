@@ -383,7 +383,7 @@ decode_map(const msgpack_object *o, ch_req *r, bool in_batch, char *msg,
 {
 	int     rv;
 	int     have = 0;
-	int64_t x;
+	int64_t x = 0;
 	const msgpack_object *events = NULL;
 
 	r->op     = CH_OP_EVENT;
