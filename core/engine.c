@@ -29,7 +29,19 @@ struct ch_engine {
 	msgpack_sbuffer state; // scratch: a customer's new state
 	msgpack_sbuffer tmp;   // scratch
 	struct timer_slot *timers; // CH_TIMER_BATCH slots for fire_timers
+	msgpack_sbuffer    ev_stats; // the running event's analytics deltas
+	struct stat_map {
+		struct stat_ent *t;
+		uint32_t         cap, n;
+	} stats; // the batch's analytics deltas, by stats key
 };
+
+// An analytics counter of the batch: key = business \0 counter name.
+typedef struct stat_ent {
+	char    *key; // NULL: free slot
+	uint32_t klen;
+	double   v;
+} stat_ent;
 
 // A timer being fired: a copy of its key and value (LMDB's pages change
 // under writes), the request made of them, and its job.
@@ -41,6 +53,11 @@ typedef struct timer_slot {
 	char             key[CH_TIMER_KEY_MAX];
 	size_t           klen;
 } timer_slot;
+
+static void stat_merge(ch_engine *e, ch_str biz);
+static int  stat_flush(ch_engine *e, MDB_txn *txn);
+static void stat_clear(struct stat_map *m);
+static void run_stats(ch_engine *e, ch_job *j);
 
 static int64_t
 real_clock(void)
@@ -261,6 +278,8 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	out.emits      = &j->emits;
 	out.errmsg[0]  = '\0';
 	out.nactions   = 0;
+	e->ev_stats.size = 0;
+	out.stats      = &e->ev_stats;
 	const void *st = rc == CH_OK ? v.mv_data : NULL;
 	size_t      sl = rc == CH_OK ? v.mv_size : 0;
 	rc             = r->op == CH_OP_EVENT
@@ -307,6 +326,7 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
 		return (store_failed(j, NULL, rc));
 	}
+	stat_merge(e, r->business); // only now: the event is in the batch
 	return (CH_OK);
 }
 
@@ -468,8 +488,7 @@ run_job(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 		reply_ok(j);
 		return (CH_OK);
 	case CH_OP_STATS:
-		reply_err(j, CH_EBADREQ, "op 'stats' is not available in this "
-		                         "version of choreo yet");
+		run_stats(e, j);
 		return (CH_OK);
 	default:
 		reply_err(j, CH_EBADREQ, "op '%s' is not served by an engine",
@@ -524,8 +543,12 @@ run_alone(ch_engine *e, ch_job **jobs, int n, int64_t now)
 	for (int i = 0; i < n; i++) {
 		MDB_txn *txn;
 		int      rc = ch_store_begin(e->o.store, NULL, &txn);
+		stat_clear(&e->stats);
 		if (rc == CH_OK) {
 			rc = run_job(e, jobs[i], txn, now);
+			if (rc == CH_OK && jobs[i]->err == CH_OK) {
+				rc = stat_flush(e, txn);
+			}
 			if (rc == CH_OK && jobs[i]->err == CH_OK) {
 				rc = ch_store_commit(e->o.store, txn);
 			} else {
@@ -542,6 +565,209 @@ run_alone(ch_engine *e, ch_job **jobs, int n, int64_t now)
 		}
 	}
 }
+
+/*
+** {======================================================
+** Analytics: counters summed per batch, written once per batch
+** =======================================================
+*/
+
+static uint64_t
+hash_bytes(const char *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (size_t i = 0; i < n; i++) {
+		h = (h ^ (unsigned char) p[i]) * 0x100000001b3ull;
+	}
+	return (h);
+}
+
+static stat_ent *
+stat_slot(struct stat_map *m, const char *k, uint32_t kl)
+{
+	uint32_t i = (uint32_t) hash_bytes(k, kl) & (m->cap - 1);
+	while (m->t[i].key != NULL &&
+	    (m->t[i].klen != kl || memcmp(m->t[i].key, k, kl) != 0)) {
+		i = (i + 1) & (m->cap - 1);
+	}
+	return (&m->t[i]);
+}
+
+static bool
+stat_add(struct stat_map *m, ch_str biz, const char *name, uint32_t nl,
+    double v)
+{
+	if ((m->n + 1) * 2 > m->cap) {
+		uint32_t  cap = m->cap ? m->cap * 2 : 256;
+		stat_ent *old = m->t;
+		uint32_t  oc  = m->cap;
+		if ((m->t = calloc(cap, sizeof(stat_ent))) == NULL) {
+			m->t = old;
+			return (false);
+		}
+		m->cap = cap;
+		for (uint32_t i = 0; i < oc; i++) {
+			if (old[i].key != NULL) {
+				*stat_slot(m, old[i].key, old[i].klen) = old[i];
+			}
+		}
+		free(old);
+	}
+	char key[512];
+	if (biz.n + 1 + nl > sizeof(key)) {
+		return (true); // a counter name that long is dropped
+	}
+	memcpy(key, biz.p, biz.n);
+	key[biz.n] = '\0';
+	memcpy(key + biz.n + 1, name, nl);
+	uint32_t  kl = biz.n + 1 + nl;
+	stat_ent *e  = stat_slot(m, key, kl);
+	if (e->key == NULL) {
+		if ((e->key = malloc(kl)) == NULL) {
+			return (false);
+		}
+		memcpy(e->key, key, kl);
+		e->klen = kl;
+		e->v    = 0;
+		m->n++;
+	}
+	e->v += v;
+	return (true);
+}
+
+static void
+stat_clear(struct stat_map *m)
+{
+	for (uint32_t i = 0; m->n > 0 && i < m->cap; i++) {
+		if (m->t[i].key != NULL) {
+			free(m->t[i].key);
+			m->t[i].key = NULL;
+			m->n--;
+		}
+	}
+	m->n = 0;
+}
+
+// stat_merge adds the event's deltas ([name, delta, ...]) to the batch's.
+static void
+stat_merge(ch_engine *e, ch_str biz)
+{
+	if (e->ev_stats.size == 0) {
+		return;
+	}
+	msgpack_unpacked up;
+	msgpack_unpacked_init(&up);
+	if (msgpack_unpack_next(&up, e->ev_stats.data, e->ev_stats.size,
+	        NULL) == MSGPACK_UNPACK_SUCCESS &&
+	    up.data.type == MSGPACK_OBJECT_ARRAY) {
+		const msgpack_object_array *a = &up.data.via.array;
+		for (uint32_t i = 0; i + 1 < a->size; i += 2) {
+			if (a->ptr[i].type == MSGPACK_OBJECT_STR &&
+			    a->ptr[i + 1].type == MSGPACK_OBJECT_FLOAT64) {
+				stat_add(&e->stats, biz, a->ptr[i].via.str.ptr,
+				    a->ptr[i].via.str.size,
+				    a->ptr[i + 1].via.f64);
+			}
+		}
+	}
+	msgpack_unpacked_destroy(&up);
+}
+
+// stat_flush writes the batch's counters into the stats database.
+static int
+stat_flush(ch_engine *e, MDB_txn *txn)
+{
+	int rc = CH_OK;
+	for (uint32_t i = 0; i < e->stats.cap && rc == CH_OK; i++) {
+		stat_ent *x = &e->stats.t[i];
+		if (x->key == NULL || x->v == 0) {
+			continue;
+		}
+		MDB_val v;
+		double  cur = 0;
+		rc = ch_store_get(e->o.store, txn, CH_DB_STATS, x->key, x->klen,
+		    &v);
+		if (rc == CH_OK && v.mv_size == sizeof(double)) {
+			memcpy(&cur, v.mv_data, sizeof(double));
+		} else if (rc != CH_OK && rc != CH_ENOTFOUND) {
+			break;
+		}
+		cur += x->v;
+		rc = ch_store_put(e->o.store, txn, CH_DB_STATS, x->key, x->klen,
+		    &cur, sizeof(cur));
+	}
+	stat_clear(&e->stats);
+	return (rc);
+}
+
+// run_stats answers the stats op from every shard's counters.
+static void
+run_stats(ch_engine *e, ch_job *j)
+{
+	ch_biz *b = biz_or_reply(e, j);
+	if (b == NULL) {
+		return;
+	}
+	const ch_req    *r = j->req;
+	msgpack_sbuffer  flat;
+	msgpack_sbuffer  items;
+	msgpack_packer   pk;
+	uint32_t         n = 0;
+	msgpack_sbuffer_init(&flat);
+	msgpack_sbuffer_init(&items);
+	msgpack_packer_init(&pk, &items, sbuf_write);
+	char   prefix[70];
+	size_t plen = (size_t) r->business.n + 1;
+	memcpy(prefix, r->business.p, r->business.n);
+	prefix[r->business.n] = '\0';
+	ch_store **stores  = e->o.all_stores ? e->o.all_stores : &e->o.store;
+	int        nstores = e->o.all_stores ? e->o.nstores : 1;
+	for (int s = 0; s < nstores; s++) {
+		MDB_txn    *txn;
+		MDB_cursor *cur;
+		if (stores[s] == NULL ||
+		    mdb_txn_begin(ch_store_env(stores[s]), NULL, MDB_RDONLY,
+		        &txn) != 0) {
+			continue;
+		}
+		if (mdb_cursor_open(txn, ch_store_dbi(stores[s], CH_DB_STATS),
+		        &cur) == 0) {
+			MDB_val k = { plen, prefix }, v;
+			int     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+			while (rc == 0 && k.mv_size >= plen &&
+			    memcmp(k.mv_data, prefix, plen) == 0) {
+				double x = 0;
+				if (v.mv_size == sizeof(double)) {
+					memcpy(&x, v.mv_data, sizeof(double));
+				}
+				msgpack_pack_str_with_body(&pk,
+				    (const char *) k.mv_data + plen,
+				    k.mv_size - plen);
+				msgpack_pack_double(&pk, x);
+				n++;
+				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+			}
+			mdb_cursor_close(cur);
+		}
+		mdb_txn_abort(txn);
+	}
+	msgpack_packer_init(&pk, &flat, sbuf_write);
+	msgpack_pack_array(&pk, (size_t) n * 2);
+	msgpack_sbuffer_write(&flat, items.data, items.size);
+	char err[512] = "";
+	j->reply.size = 0;
+	int rc = ch_biz_stats(b, flat.data, flat.size, r->journey, &j->reply,
+	    err, sizeof(err));
+	if (rc != CH_OK) {
+		reply_err(j, rc, "%s", err);
+	} else {
+		j->err = CH_OK;
+	}
+	msgpack_sbuffer_destroy(&flat);
+	msgpack_sbuffer_destroy(&items);
+}
+
+/* }====================================================== */
 
 static void
 timer_done(ch_job *j)
@@ -640,6 +866,7 @@ ch_engine_fire_timers(ch_engine *e)
 	if (e->timers == NULL || ch_store_begin(s, NULL, &txn) != CH_OK) {
 		return (0);
 	}
+	stat_clear(&e->stats);
 	if (mdb_cursor_open(txn, ch_store_dbi(s, CH_DB_TIMERS), &cur) != 0) {
 		ch_store_abort(txn);
 		return (0);
@@ -703,6 +930,11 @@ ch_engine_fire_timers(ch_engine *e)
 	}
 	if (n == 0 && damaged == 0) {
 		ch_store_abort(txn); // nothing due: the usual case
+		return (0);
+	}
+	if ((rc = stat_flush(e, txn)) != CH_OK) {
+		ch_store_abort(txn);
+		ch_rules_model_rollback();
 		return (0);
 	}
 	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
@@ -839,8 +1071,12 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 		if ((rc = ch_store_begin(e->o.store, NULL, &txn)) != CH_OK) {
 			break;
 		}
+		stat_clear(&e->stats);
 		for (int i = 0; i < n && rc == CH_OK; i++) {
 			rc = run_job(e, jobs[i], txn, now);
+		}
+		if (rc == CH_OK) {
+			rc = stat_flush(e, txn);
 		}
 		if (rc == CH_OK) {
 			sweep_dedup(e, txn, now, 2 * n + 16);
@@ -1031,6 +1267,7 @@ ch_engine_new(ch_engine **out, const ch_engine_opts *o)
 	pthread_cond_init(&e->swap_cv, NULL);
 	msgpack_sbuffer_init(&e->state);
 	msgpack_sbuffer_init(&e->tmp);
+	msgpack_sbuffer_init(&e->ev_stats);
 	e->timers = calloc(CH_TIMER_BATCH, sizeof(timer_slot));
 	for (int i = 0; e->timers != NULL && i < CH_TIMER_BATCH; i++) {
 		ch_job_init(&e->timers[i].job);
@@ -1130,6 +1367,9 @@ ch_engine_free(ch_engine *e)
 		msgpack_unpacked_destroy(&e->timers[i].up);
 	}
 	free(e->timers);
+	stat_clear(&e->stats);
+	free(e->stats.t);
+	msgpack_sbuffer_destroy(&e->ev_stats);
 	pthread_mutex_destroy(&e->mu);
 	pthread_cond_destroy(&e->cv);
 	pthread_cond_destroy(&e->swap_cv);

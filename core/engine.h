@@ -55,6 +55,8 @@ typedef struct {
 	void         *publish_arg;
 	int64_t (*clock)(void);   // ms since the epoch; NULL: the real clock
 	const char *admin_token;  // forget needs it; NULL: none
+	ch_store  **all_stores;   // every shard's store, for stats; NULL: store
+	int         nstores;
 } ch_engine_opts;
 
 int  ch_engine_start(ch_engine **out, const ch_engine_opts *o);

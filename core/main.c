@@ -32,7 +32,7 @@ usage(FILE *f)
 	    "  rules     loaded rule versions and load errors\n"
 	    "  reload    reload the rules now\n"
 	    "  rollback  make an earlier rule version live again\n"
-	    "  stats     journey and action analytics (not served yet)\n"
+	    "  stats     journey and action analytics\n"
 	    "  ping      is the daemon there?\n");
 }
 

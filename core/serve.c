@@ -540,6 +540,8 @@ serve(serve_opts *op, const char *version)
 			.publish         = ch_server_publish,
 			.publish_arg     = NULL,
 			.admin_token     = o.admin_token,
+			.all_stores      = stores, // filled by the time stats run
+			.nstores         = o.shards,
 		};
 		if (ch_engine_new(&engines[i], &eo) != CH_OK) {
 			ch_rules_free(rules);

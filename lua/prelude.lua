@@ -696,6 +696,19 @@ local C = {}
 C.__index = C
 C.__name = "customer"
 
+-- Analytics: each event adds to counters named by \0-separated keys
+-- ("j\0<journey>\0entered\0<stage>", "a\0<action>\0impressions"...); the
+-- engine sums them per batch into the store's stats database in the
+-- event's transaction, and API.stats builds the stats reply from them.
+local STATS = {}
+local function stat(key, n)
+  STATS[key] = (STATS[key] or 0) + (n or 1)
+end
+local function reset_stats()
+  if next(STATS) ~= nil then STATS = {} end
+end
+local ELAPSED_STEPS = 4 -- histogram buckets per doubling of the time to goal
+
 local function journey_of(c, name)
   local j = c._view.journeys[name]
   if not j then
@@ -716,13 +729,33 @@ function C:advance(jname, stage)
     fail(sfmt("journey '%s' has no stage '%s'", jname, tostring(stage)))
   end
   local js = self._s.journeys[jname]
+  local pre = "j\0" .. jname .. "\0"
   if not js then
     js = { history = arr() }
     self._s.journeys[jname] = js
+    stat(pre .. "customers")
+    for _, k in ipairs { "region", "channel", "product" } do
+      local v = self.context[k]
+      if v then stat(pre .. "by\0" .. k .. "\0" .. v .. "\0customers") end
+    end
   end
   if js.stage ~= stage then
+    if js.stage then stat(pre .. "current\0" .. js.stage, -1) end
+    stat(pre .. "current\0" .. stage)
+    stat(pre .. "entered\0" .. stage)
     js.stage, js.since = stage, self.now
     js.history[#js.history + 1] = { stage = stage, at = self.now }
+    if stage == j.goal and not js.converted_at then
+      js.converted_at = self.now
+      stat(pre .. "converted")
+      local ms = self.now - js.history[1].at
+      local b = ms >= 1 and mfloor(math.log(ms, 2) * ELAPSED_STEPS) or 0
+      stat(pre .. "elapsed\0" .. b)
+      for _, k in ipairs { "region", "channel", "product" } do
+        local v = self.context[k]
+        if v then stat(pre .. "by\0" .. k .. "\0" .. v .. "\0converted") end
+      end
+    end
   end
   return stage
 end
@@ -830,6 +863,8 @@ function C:score(jname, metric, value)
   if not sc then sc = {}; js.scores = sc end
   local m = sc[metric]
   if not m then m = { count = 0, sum = 0 }; sc[metric] = m end
+  stat("j\0" .. jname .. "\0score\0" .. metric .. "\0count")
+  stat("j\0" .. jname .. "\0score\0" .. metric .. "\0sum", value)
   m.last, m.at = value, self.now
   m.count, m.sum = m.count + 1, m.sum + value
   return value
@@ -1168,6 +1203,8 @@ local function nba(c, view, req)
       end
       h.impressions = h.impressions + 1
       h.last_shown = now
+      stat("a\0" .. x.name .. "\0impressions")
+      if x.channel then stat("a\0" .. x.name .. "\0ch\0" .. x.channel .. "\0impressions") end
       local a = view.actions[x.name]
       if a.limits and a.limits.per_day then
         local r = prune(h.recent or {}, now - DAY)
@@ -1229,6 +1266,8 @@ local function respond(st, ctx, data, now)
   end
   h[outcome] = (h[outcome] or 0) + 1
   h.last_response = now
+  stat("a\0" .. name .. "\0" .. outcome)
+  if ctx.channel then stat("a\0" .. name .. "\0ch\0" .. ctx.channel .. "\0" .. outcome) end
   H.model_add(name, "*", outcome)
   if ctx.channel then H.model_add(name, ctx.channel, outcome) end
 end
@@ -1239,6 +1278,7 @@ local API = {}
 -- st is the stored state (nil for a new customer). Returns the new state
 -- and the reply table.
 function API.event(st, req, now, version)
+  reset_stats()
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1256,6 +1296,9 @@ function API.event(st, req, now, version)
     if tm and tm[req.timer] and tm[req.timer] <= now then
       tm[req.timer] = nil
       if next(tm) == nil then st.timers = nil end
+    end
+    if req.type == "inactive" and data.journey then
+      stat("j\0" .. data.journey .. "\0inactive")
     end
     if req.type == "sla_breached" and data.case and st.cases[data.case]
        and st.cases[data.case].status == "open" then
@@ -1281,11 +1324,12 @@ function API.event(st, req, now, version)
   end
   reply.journeys = journeys_reply(st)
   if #c._emitted > 0 then reply.emitted = c._emitted end
-  return st, reply
+  return st, reply, STATS
 end
 
 -- decide ranks the next best actions without an event.
 function API.decide(st, req, now, version)
+  reset_stats()
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1298,9 +1342,104 @@ function API.decide(st, req, now, version)
   }
   if changed then
     st.updated_at = now
-    return st, reply
+    return st, reply, STATS
   end
-  return nil, reply -- nothing recorded: the stored state stays as it is
+  return nil, reply, STATS -- nothing recorded: the stored state stays as it is
+end
+
+-- stats(counters, journey|nil) builds the stats reply from the summed
+-- counters (key without the business -> number).
+local function split0(key)
+  local parts, i = {}, 1
+  while true do
+    local z = key:find("\0", i, true)
+    if not z then parts[#parts + 1] = key:sub(i); return parts end
+    parts[#parts + 1] = key:sub(i, z - 1)
+    i = z + 1
+  end
+end
+
+local function quantile(hist, total, q)
+  local want, seen = q * total, 0
+  local keys = {}
+  for b in pairs(hist) do keys[#keys + 1] = b end
+  tsort(keys)
+  for _, b in ipairs(keys) do
+    seen = seen + hist[b]
+    if seen >= want then return mfloor(2 ^ ((b + 0.5) / ELAPSED_STEPS)) end
+  end
+  return nil
+end
+
+function API.stats(counters, only)
+  if only ~= nil and not B.journeys[only] then
+    coded("bad_request", sfmt("unknown journey '%s'", only))
+  end
+  local J, A = {}, {}
+  for name, j in pairs(B.journeys) do
+    if only == nil or only == name then
+      local stages = {}
+      for _, st in ipairs(j.stages) do stages[st] = { entered = 0, current = 0 } end
+      J[name] = { stages = stages, goal = j.goal, customers = 0, converted = 0,
+                  inactive = 0, scores = {}, by = {}, _elapsed = {}, _n = 0 }
+    end
+  end
+  if only == nil then
+    for name in pairs(B.all_actions) do
+      A[name] = { impressions = 0, accepted = 0, rejected = 0, ignored = 0, by_channel = {} }
+    end
+  end
+  for key, v in pairs(counters) do
+    local p = split0(key)
+    local j = p[1] == "j" and J[p[2]]
+    local a = p[1] == "a" and A[p[2]]
+    if j then
+      local what = p[3]
+      if (what == "entered" or what == "current") and j.stages[p[4]] then
+        j.stages[p[4]][what] = v
+      elseif what == "customers" or what == "converted" or what == "inactive" then
+        j[what] = v
+      elseif what == "elapsed" then
+        j._elapsed[tonumber(p[4])] = v
+        j._n = j._n + v
+      elseif what == "score" and p[5] then
+        local m = j.scores[p[4]] or { count = 0, sum = 0 }
+        j.scores[p[4]] = m
+        m[p[5]] = v
+      elseif what == "by" and p[5] then
+        local byk = j.by[p[4]] or {}
+        j.by[p[4]] = byk
+        local e = byk[p[5]] or { customers = 0, converted = 0 }
+        byk[p[5]] = e
+        e[p[6]] = v
+      end
+    elseif a then
+      if p[3] == "ch" and p[5] then
+        local e = a.by_channel[p[4]] or { impressions = 0, accepted = 0, rejected = 0, ignored = 0 }
+        a.by_channel[p[4]] = e
+        e[p[5]] = v
+      elseif a[p[3]] then
+        a[p[3]] = v
+      end
+    end
+  end
+  for _, j in pairs(J) do
+    j.conversion_rate = j.customers > 0 and j.converted / j.customers or 0
+    if j._n > 0 then
+      j.elapsed_ms = { p50 = quantile(j._elapsed, j._n, 0.5), p90 = quantile(j._elapsed, j._n, 0.9) }
+    end
+    for _, m in pairs(j.scores) do
+      m.mean = m.count > 0 and (m.sum or 0) / m.count or nil
+      m.sum = nil
+    end
+    j._elapsed, j._n = nil, nil
+  end
+  for _, a in pairs(A) do
+    a.acceptance_rate = a.impressions > 0 and a.accepted / a.impressions or 0
+  end
+  local out = { ok = true, journeys = J }
+  if only == nil then out.actions = A end
+  return out
 end
 
 API.check = check_all

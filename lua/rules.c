@@ -1745,8 +1745,30 @@ do_call(lua_State *L)
 	push_req(L, a->req);
 	lua_pushinteger(L, a->now);
 	lua_pushstring(L, a->b->version);
-	lua_call(L, 4, 2);                             /* state, reply */
+	lua_call(L, 4, 3);                      /* state, reply, stats */
 	msgpack_packer pk;
+	if (a->out->stats != NULL && lua_istable(L, -1)) {
+		// the analytics counters: a flat array key, delta, key, delta...
+		int n = 0;
+		lua_pushnil(L);
+		while (lua_next(L, -2) != 0) {
+			n++;
+			lua_pop(L, 1);
+		}
+		if (n > 0) {
+			msgpack_packer_init(&pk, a->out->stats, sbuf_write);
+			msgpack_pack_array(&pk, (size_t) n * 2);
+			lua_pushnil(L);
+			while (lua_next(L, -2) != 0) {
+				size_t      kl;
+				const char *k = lua_tolstring(L, -2, &kl);
+				msgpack_pack_str_with_body(&pk, k, kl);
+				msgpack_pack_double(&pk, lua_tonumber(L, -1));
+				lua_pop(L, 1);
+			}
+		}
+	}
+	lua_pop(L, 1);                                 /* state, reply */
 	if (!lua_isnil(L, -2)) {
 		msgpack_packer_init(&pk, a->out->state, sbuf_write);
 		ch_conv_pack(L, -2, &pk, "customer state");
@@ -1791,6 +1813,60 @@ run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
 	}
 	lua_settop(L, 0);
 	return (rv);
+}
+
+int
+ch_biz_stats(ch_biz *b, const void *counters, size_t len, ch_str journey,
+    msgpack_sbuffer *reply, char *errmsg, size_t errlen)
+{
+	lua_State *L = b->L;
+	lua_settop(L, 0);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->api);
+	lua_getfield(L, -1, "stats");
+	lua_remove(L, -2);
+	// the counters, summed (a key comes once per shard)
+	lua_newtable(L);
+	msgpack_unpacked up;
+	msgpack_unpacked_init(&up);
+	if (len > 0 && msgpack_unpack_next(&up, counters, len, NULL) ==
+	        MSGPACK_UNPACK_SUCCESS && up.data.type == MSGPACK_OBJECT_ARRAY) {
+		const msgpack_object_array *a = &up.data.via.array;
+		for (uint32_t i = 0; i + 1 < a->size; i += 2) {
+			const msgpack_object *k = &a->ptr[i], *v = &a->ptr[i + 1];
+			if (k->type != MSGPACK_OBJECT_STR ||
+			    v->type != MSGPACK_OBJECT_FLOAT64) {
+				continue;
+			}
+			lua_pushlstring(L, k->via.str.ptr, k->via.str.size);
+			lua_pushvalue(L, -1);
+			lua_rawget(L, -3);
+			lua_Number sum = lua_tonumber(L, -1) + v->via.f64;
+			lua_pop(L, 1);
+			if (sum == (lua_Number) (lua_Integer) sum) {
+				lua_pushinteger(L, (lua_Integer) sum);
+			} else {
+				lua_pushnumber(L, sum);
+			}
+			lua_rawset(L, -3);
+		}
+	}
+	msgpack_unpacked_destroy(&up);
+	if (journey.n > 0) {
+		lua_pushlstring(L, journey.p, journey.n);
+	} else {
+		lua_pushnil(L);
+	}
+	int rc = pcall_rule(b, 2, 1);
+	if (rc != CH_OK) {
+		snprintf(errmsg, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "stats failed");
+		lua_settop(L, 0);
+		return (rc);
+	}
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, reply, sbuf_write);
+	ch_conv_pack(L, -1, &pk, "stats");
+	lua_settop(L, 0);
+	return (CH_OK);
 }
 
 int

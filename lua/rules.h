@@ -98,6 +98,13 @@ bool ch_biz_authorized(const ch_biz *b, ch_str token);
 // ch_token_ok compares a token in constant time; want NULL accepts any.
 bool ch_token_ok(const char *want, ch_str got);
 
+// ch_biz_stats builds the stats reply of a business (one journey when
+// journey.n > 0) from counters, a packed flat array key, value, ... (keys
+// without the business; repeated keys add up). CH_OK, or CH_EBADREQ for
+// an unknown journey (errmsg says so).
+int ch_biz_stats(ch_biz *b, const void *counters, size_t len, ch_str journey,
+    msgpack_sbuffer *reply, char *errmsg, size_t errlen);
+
 // ch_biz_version returns the rule version (a short hash of the files).
 const char *ch_biz_version(const ch_biz *b);
 
@@ -111,6 +118,7 @@ typedef struct {
 	msgpack_sbuffer *reply;   // the reply map
 	msgpack_sbuffer *emits;   // pub messages, each: u32 length ‖ topic \0 map
 	int              nactions; // how many actions the reply returns
+	msgpack_sbuffer *stats;   // NULL, or analytics deltas: [key, n, ...]
 	char             errmsg[512];
 } ch_rule_out;
 

@@ -5,8 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "core/engine.h"
 #include "core/err.h"
+#include "core/json.h"
 #include "core/store.h"
 #include "lua/rules.h"
 
@@ -43,6 +46,21 @@ setup(void)
 	FILE *f = fopen(path, "w");
 	cr_assert_not_null(f);
 	fputs("on('*', function(c) c:count('events') end)\n", f);
+	fclose(f);
+	// a funnel for the analytics
+	snprintf(cmd, sizeof(cmd), "mkdir -p %s/rules/funnel", dir);
+	cr_assert_eq(system(cmd), 0);
+	snprintf(path, sizeof(path), "%s/rules/funnel/10.lua", dir);
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fputs("journey 'buy' { stages = { 'look', 'cart', 'paid' }, goal = 'paid' }\n"
+	      "action 'offer' { channels = { 'web' }, value = 10 }\n"
+	      "on('look', function(c) c:advance('buy', 'look') end)\n"
+	      "on('cart', function(c) c:advance('buy', 'cart') end)\n"
+	      "on('paid', function(c) c:advance('buy', 'paid') end)\n"
+	      "on('rate', function(c, e) c:score('buy', 'csat', e.data.csat) end)\n"
+	      "on('boom', function(c) c:advance('buy', 'paid'); error('no') end)\n",
+	    f);
 	fclose(f);
 
 	snprintf(path, sizeof(path), "%s/data", dir);
@@ -166,4 +184,111 @@ Test(engine, an_id_applied_again_keeps_its_new_record)
 	cr_assert(has_dedup_record("again"));
 	clock_ms += 1 * HOUR;
 	cr_assert(event("again"), "still a duplicate of its second run");
+}
+
+// request runs one request of business funnel and returns its reply as JSON.
+static json_t *
+request(enum ch_op op, const char *customer, const char *type,
+    const char *channel, const char *data_json, const char *journey)
+{
+	ch_req r = { 0 };
+	r.op       = op;
+	r.business = S("funnel");
+	r.customer = S(customer ? customer : "");
+	r.type     = S(type ? type : "");
+	r.channel  = S(channel ? channel : "");
+	r.journey  = S(journey ? journey : "");
+	r.decide   = channel != NULL;
+	r.record   = true;
+	r.limit    = 3;
+	msgpack_unpacked data;
+	msgpack_unpacked_init(&data);
+	msgpack_sbuffer  db;
+	msgpack_sbuffer_init(&db);
+	if (data_json != NULL) {
+		msgpack_packer pk;
+		msgpack_packer_init(&pk, &db, msgpack_sbuffer_write);
+		json_t *j = json_loads(data_json, 0, NULL);
+		cr_assert_not_null(j);
+		cr_assert_eq(ch_json_to_msgpack(j, &pk), 0);
+		json_decref(j);
+		cr_assert_eq(msgpack_unpack_next(&data, db.data, db.size, NULL),
+		    MSGPACK_UNPACK_SUCCESS);
+		r.data = &data.data;
+	}
+	ch_job j;
+	ch_job_init(&j);
+	j.req  = &r;
+	j.done = job_done;
+	ch_engine_run_one(eng, &j);
+	msgpack_unpacked up;
+	msgpack_unpacked_init(&up);
+	cr_assert_eq(msgpack_unpack_next(&up, j.reply.data, j.reply.size, NULL),
+	    MSGPACK_UNPACK_SUCCESS);
+	json_t *out = ch_msgpack_to_json(&up.data);
+	msgpack_unpacked_destroy(&up);
+	msgpack_unpacked_destroy(&data);
+	msgpack_sbuffer_destroy(&db);
+	ch_job_fini(&j);
+	return (out);
+}
+
+static double
+num(json_t *j, const char *path)
+{
+	char p[256];
+	snprintf(p, sizeof(p), "%s", path);
+	for (char *t = strtok(p, "."); t != NULL && j != NULL; t = strtok(NULL, ".")) {
+		j = json_object_get(j, t);
+	}
+	cr_assert(json_is_number(j), "%s is not a number", path);
+	return (json_number_value(j));
+}
+
+static void
+ev(const char *customer, const char *type, const char *channel,
+    const char *data_json)
+{
+	json_t *r = request(CH_OP_EVENT, customer, type, channel, data_json, NULL);
+	json_decref(r);
+}
+
+Test(engine, stats_count_the_funnel_scores_and_impressions)
+{
+	ev("c1", "look", "web", NULL);
+	ev("c2", "look", "web", NULL);
+	clock_ms += 60000;
+	ev("c1", "cart", NULL, NULL);
+	clock_ms += 60000;
+	ev("c1", "paid", NULL, NULL);
+	ev("c1", "rate", NULL, "{\"csat\": 3}");
+	ev("c2", "rate", NULL, "{\"csat\": 5}");
+	ev("c2", "boom", NULL, NULL); // rolled back, and its counts with it
+	json_t *s = request(CH_OP_STATS, NULL, NULL, NULL, NULL, NULL);
+	cr_assert(json_is_true(json_object_get(s, "ok")));
+	cr_assert_eq(num(s, "journeys.buy.customers"), 2);
+	cr_assert_eq(num(s, "journeys.buy.stages.look.entered"), 2);
+	cr_assert_eq(num(s, "journeys.buy.stages.look.current"), 1);
+	cr_assert_eq(num(s, "journeys.buy.stages.cart.entered"), 1);
+	cr_assert_eq(num(s, "journeys.buy.stages.cart.current"), 0);
+	cr_assert_eq(num(s, "journeys.buy.stages.paid.current"), 1);
+	cr_assert_eq(num(s, "journeys.buy.converted"), 1);
+	cr_assert_float_eq(num(s, "journeys.buy.conversion_rate"), 0.5, 1e-9);
+	// 2 minutes to the goal, within a histogram bucket (a 4th of a doubling)
+	double p50 = num(s, "journeys.buy.elapsed_ms.p50");
+	cr_assert(p50 > 120000 / 1.2 && p50 < 120000 * 1.2, "p50 %f", p50);
+	cr_assert_eq(num(s, "journeys.buy.scores.csat.count"), 2);
+	cr_assert_float_eq(num(s, "journeys.buy.scores.csat.mean"), 4, 1e-9);
+	cr_assert_eq(num(s, "journeys.buy.by.channel.web.customers"), 2);
+	cr_assert_eq(num(s, "actions.offer.impressions"), 2);
+	cr_assert_eq(num(s, "actions.offer.by_channel.web.impressions"), 2);
+	json_decref(s);
+	// one journey only; an unknown one is a bad request
+	s = request(CH_OP_STATS, NULL, NULL, NULL, NULL, "buy");
+	cr_assert_null(json_object_get(s, "actions"));
+	cr_assert_eq(num(s, "journeys.buy.customers"), 2);
+	json_decref(s);
+	s = request(CH_OP_STATS, NULL, NULL, NULL, NULL, "sell");
+	cr_assert(json_is_false(json_object_get(s, "ok")));
+	json_decref(s);
 }
