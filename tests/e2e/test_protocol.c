@@ -833,6 +833,34 @@ Test(protocol, pushed_events_publish_decisions_and_emits)
 	expect_ping();
 }
 
+Test(protocol, stats_report_the_journey_and_the_actions)
+{
+	event("{\"business\":\"shop\",\"customer\":\"s1\",\"type\":"
+	      "\"page_view\",\"channel\":\"web\",\"region\":\"EU\"}");
+	event("{\"business\":\"shop\",\"customer\":\"s2\",\"type\":"
+	      "\"page_view\",\"channel\":\"web\"}");
+	event("{\"business\":\"shop\",\"customer\":\"s2\",\"type\":"
+	      "\"purchase\",\"data\":{\"amount\":5}}");
+	reply_t r;
+	call_json(&d, "{\"op\":\"stats\",\"business\":\"shop\"}", &r);
+	assert_ok(&r);
+	cr_assert_eq(int_at(&r, "journeys.onboarding.customers"), 2);
+	cr_assert_eq(int_at(&r, "journeys.onboarding.stages.browsing.entered"), 2);
+	cr_assert_eq(int_at(&r, "journeys.onboarding.stages.browsing.current"), 1);
+	cr_assert_eq(int_at(&r, "journeys.onboarding.converted"), 1);
+	cr_assert_str_eq(str_at(&r, "journeys.onboarding.goal"), "customer");
+	cr_assert_eq(int_at(&r, "journeys.onboarding.by.region.EU.customers"), 1);
+	cr_assert_gt(int_at(&r, "actions.discount.impressions"), 0);
+	reply_free(&r);
+	call_json(&d, "{\"op\":\"stats\",\"business\":\"shop\",\"journey\":"
+	              "\"nope\"}", &r);
+	assert_code(&r, "bad_request");
+	reply_free(&r);
+	call_json(&d, "{\"op\":\"stats\",\"business\":\"nope\"}", &r);
+	assert_code(&r, "unknown_business");
+	reply_free(&r);
+}
+
 Test(protocol, http_healthz_and_metrics)
 {
 	char    body[65536], want[64];
