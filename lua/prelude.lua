@@ -709,6 +709,22 @@ local function reset_stats()
 end
 local ELAPSED_STEPS = 4 -- histogram buckets per doubling of the time to goal
 
+-- The impression counters' names, made once per action and channel rather
+-- than concatenated on every event (most events show actions).
+local IMP = {}
+local function impressions_key(action, channel)
+  local t = IMP[action]
+  if not t then t = { total = "a\0" .. action .. "\0impressions" }; IMP[action] = t end
+  if not channel then return t.total end
+  local k = t[channel]
+  if not k then
+    k = "a\0" .. action .. "\0ch\0" .. channel .. "\0impressions"
+    -- channels come from requests: keep a few dozen, not any number
+    if (t.n or 0) < 32 then t[channel] = k; t.n = (t.n or 0) + 1 end
+  end
+  return k
+end
+
 local function journey_of(c, name)
   local j = c._view.journeys[name]
   if not j then
@@ -1203,8 +1219,8 @@ local function nba(c, view, req)
       end
       h.impressions = h.impressions + 1
       h.last_shown = now
-      stat("a\0" .. x.name .. "\0impressions")
-      if x.channel then stat("a\0" .. x.name .. "\0ch\0" .. x.channel .. "\0impressions") end
+      stat(impressions_key(x.name))
+      if x.channel then stat(impressions_key(x.name, x.channel)) end
       local a = view.actions[x.name]
       if a.limits and a.limits.per_day then
         local r = prune(h.recent or {}, now - DAY)
