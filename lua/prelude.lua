@@ -714,13 +714,16 @@ local ELAPSED_STEPS = 4 -- histogram buckets per doubling of the time to goal
 local IMP = {}
 local function impressions_key(action, channel)
   local t = IMP[action]
-  if not t then t = { total = "a\0" .. action .. "\0impressions" }; IMP[action] = t end
+  if not t then
+    t = { total = "a\0" .. action .. "\0impressions", ch = {}, n = 0 }
+    IMP[action] = t
+  end
   if not channel then return t.total end
-  local k = t[channel]
+  local k = t.ch[channel]
   if not k then
     k = "a\0" .. action .. "\0ch\0" .. channel .. "\0impressions"
     -- channels come from requests: keep a few dozen, not any number
-    if (t.n or 0) < 32 then t[channel] = k; t.n = (t.n or 0) + 1 end
+    if t.n < 32 then t.ch[channel] = k; t.n = t.n + 1 end
   end
   return k
 end
