@@ -13,6 +13,32 @@ ch_conv_init(lua_State *L)
 	lua_pushliteral(L, "array");
 	lua_setfield(L, -2, "__name");           /* mt.__name = "array" */
 	lua_rawsetp(L, LUA_REGISTRYINDEX, &ARRAY_MT_KEY);
+	luaL_newmetatable(L, CH_PACKED);         /* pre-packed msgpack */
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_pop(L, 1);
+}
+
+static int
+sbuf_write_(void *data, const char *buf, size_t len)
+{
+	return (msgpack_sbuffer_write(data, buf, len));
+}
+
+int
+ch_conv_prepack(lua_State *L, int idx)
+{
+	idx = lua_absindex(L, idx);
+	msgpack_sbuffer b;
+	msgpack_packer  pk;
+	msgpack_sbuffer_init(&b);
+	msgpack_packer_init(&pk, &b, sbuf_write_);
+	ch_conv_pack(L, idx, &pk, "payload");
+	void *p = lua_newuserdatauv(L, b.size, 0);
+	memcpy(p, b.data, b.size);
+	msgpack_sbuffer_destroy(&b);
+	luaL_setmetatable(L, CH_PACKED);
+	return (1);
 }
 
 void
@@ -307,10 +333,12 @@ ch_conv_push_bytes(lua_State *L, const void *buf, size_t len)
 ** =======================================================
 */
 
+// Where the packer is, for an error message only: a string key, or a
+// number key (formatted when an error needs it, never on the way down).
 typedef struct {
 	const char *what;
 	const char *path[CH_CONV_MAX_DEPTH + 1];
-	char        idx[CH_CONV_MAX_DEPTH + 1][24];
+	lua_Number  num[CH_CONV_MAX_DEPTH + 1];
 } packctx;
 
 static void
@@ -324,7 +352,9 @@ pack_fail(lua_State *L, packctx *pc, int depth, const char *why)
 			luaL_addchar(&b, '.');
 			luaL_addstring(&b, pc->path[i]);
 		} else {
-			luaL_addstring(&b, pc->idx[i]);
+			char idx[40];
+			snprintf(idx, sizeof(idx), "[%.17g]", (double) pc->num[i]);
+			luaL_addstring(&b, idx);
 		}
 	}
 	luaL_addstring(&b, ": ");
@@ -377,8 +407,7 @@ pack_table(lua_State *L, int idx, msgpack_packer *pk, packctx *pc, int depth)
 		for (lua_Integer i = 1; i <= n; i++) {
 			lua_rawgeti(L, idx, i);
 			pc->path[depth + 1] = NULL;
-			snprintf(pc->idx[depth + 1], sizeof(pc->idx[0]), "[%lld]",
-			    (long long) i);
+			pc->num[depth + 1]  = (lua_Number) i;
 			pack_value(L, lua_gettop(L), pk, pc, depth + 1);
 			lua_pop(L, 1);
 		}
@@ -410,13 +439,11 @@ pack_table(lua_State *L, int idx, msgpack_packer *pk, packctx *pc, int depth)
 		} else if (kt == LUA_TNUMBER && lua_isinteger(L, -2)) {
 			msgpack_pack_int64(pk, lua_tointeger(L, -2));
 			pc->path[depth + 1] = NULL;
-			snprintf(pc->idx[depth + 1], sizeof(pc->idx[0]), "[%lld]",
-			    (long long) lua_tointeger(L, -2));
+			pc->num[depth + 1]  = (lua_Number) lua_tointeger(L, -2);
 		} else if (kt == LUA_TNUMBER) {
 			msgpack_pack_double(pk, lua_tonumber(L, -2));
 			pc->path[depth + 1] = NULL;
-			snprintf(pc->idx[depth + 1], sizeof(pc->idx[0]), "[%g]",
-			    lua_tonumber(L, -2));
+			pc->num[depth + 1]  = lua_tonumber(L, -2);
 		} else if (kt == LUA_TBOOLEAN) {
 			if (lua_toboolean(L, -2)) {
 				msgpack_pack_true(pk);
@@ -465,6 +492,14 @@ pack_value(lua_State *L, int idx, msgpack_packer *pk, packctx *pc, int depth)
 	case LUA_TTABLE:
 		pack_table(L, idx, pk, pc, depth);
 		break;
+	case LUA_TUSERDATA:
+		if (luaL_testudata(L, idx, CH_PACKED) != NULL) {
+			// bytes packed once (a payload of a cached view)
+			pk->callback(pk->data, lua_touserdata(L, idx),
+			    lua_rawlen(L, idx));
+			break;
+		}
+		/* FALLTHROUGH */
 	default:
 		pack_fail(L, pc, depth,
 		    lua_pushfstring(L, "cannot store a value of type %s",

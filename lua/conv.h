@@ -16,6 +16,12 @@
 // ch_conv_init registers the array metatable in L's registry. Call once.
 void ch_conv_init(lua_State *L);
 
+// ch_conv_prepack pushes a userdata holding the value at idx packed as
+// msgpack; ch_conv_pack writes its bytes as they are. For values packed on
+// every request that never change (payloads of a cached view).
+#define CH_PACKED "choreo.packed"
+int ch_conv_prepack(lua_State *L, int idx);
+
 // ch_conv_push_array_mt pushes the array metatable.
 void ch_conv_push_array_mt(lua_State *L);
 

@@ -1124,6 +1124,12 @@ local function arbitrated(c, view, n, channel, trace)
   return #list
 end
 
+-- a view's action payload is the same for every request: packed once
+local function prepack(a)
+  a.packed = H.prepack(a.payload)
+  return a.packed
+end
+
 local function nba(c, view, req)
   local st, now = c._s, c.now
   local channel = c.context.channel
@@ -1204,7 +1210,7 @@ local function nba(c, view, req)
       nout = nout + 1
       out[nout] = {
         name = a.name, score = CS[k], value = a.value, propensity = CP[k],
-        group = g, channel = ch, payload = a.payload,
+        group = g, channel = ch, payload = a.payload and (a.packed or prepack(a)),
       }
       if g and per_group then per_group[g] = (per_group[g] or 0) + 1 end
       if policy then
