@@ -55,6 +55,8 @@ typedef struct timer_slot {
 } timer_slot;
 
 static void stat_merge(ch_engine *e, ch_str biz);
+static bool stat_add(struct stat_map *m, ch_str biz, const char *name,
+    uint32_t nl, double v);
 static int  stat_flush(ch_engine *e, MDB_txn *txn);
 static void stat_clear(struct stat_map *m);
 static void run_stats(ch_engine *e, ch_job *j);
@@ -363,6 +365,37 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 	return (CH_OK);
 }
 
+// forget_stages takes a forgotten customer out of the analytics' "current"
+// count of each stage it was in (the counts of what happened stay).
+static void
+forget_stages(ch_engine *e, ch_str biz, const msgpack_object *journeys)
+{
+	for (uint32_t x = 0; x < journeys->via.map.size; x++) {
+		const msgpack_object *jn = &journeys->via.map.ptr[x].key;
+		const msgpack_object *js = &journeys->via.map.ptr[x].val;
+		if (jn->type != MSGPACK_OBJECT_STR || js->type != MSGPACK_OBJECT_MAP) {
+			continue;
+		}
+		for (uint32_t y = 0; y < js->via.map.size; y++) {
+			const msgpack_object *f = &js->via.map.ptr[y].key;
+			const msgpack_object *v = &js->via.map.ptr[y].val;
+			if (f->type != MSGPACK_OBJECT_STR || f->via.str.size != 5 ||
+			    memcmp(f->via.str.ptr, "stage", 5) != 0 ||
+			    v->type != MSGPACK_OBJECT_STR) {
+				continue;
+			}
+			char     name[400];
+			uint32_t n = (uint32_t) snprintf(name, sizeof(name),
+			    "j%c%.*s%ccurrent%c%.*s", 0, (int) jn->via.str.size,
+			    jn->via.str.ptr, 0, 0, (int) v->via.str.size,
+			    v->via.str.ptr);
+			if (n < sizeof(name)) {
+				stat_add(&e->stats, biz, name, n, -1);
+			}
+		}
+	}
+}
+
 // forget_timers deletes the customer's pending timers, listed in its state
 // as timers = {name = due}.
 static int
@@ -380,6 +413,12 @@ forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 	const msgpack_object_map *m = &up.data.via.map;
 	for (uint32_t i = 0; i < m->size && rc == CH_OK; i++) {
 		const msgpack_object *k = &m->ptr[i].key, *t = &m->ptr[i].val;
+		if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == 8 &&
+		    memcmp(k->via.str.ptr, "journeys", 8) == 0 &&
+		    t->type == MSGPACK_OBJECT_MAP) {
+			forget_stages(e, r->business, t);
+			continue;
+		}
 		if (k->type != MSGPACK_OBJECT_STR || k->via.str.size != 6 ||
 		    memcmp(k->via.str.ptr, "timers", 6) != 0 ||
 		    t->type != MSGPACK_OBJECT_MAP) {

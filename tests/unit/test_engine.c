@@ -291,4 +291,12 @@ Test(engine, stats_count_the_funnel_scores_and_impressions)
 	s = request(CH_OP_STATS, NULL, NULL, NULL, NULL, "sell");
 	cr_assert(json_is_false(json_object_get(s, "ok")));
 	json_decref(s);
+	// a forgotten customer is no longer in its stage; what happened stays
+	s = request(CH_OP_FORGET, "c2", NULL, NULL, NULL, NULL);
+	cr_assert(json_is_true(json_object_get(s, "ok")));
+	json_decref(s);
+	s = request(CH_OP_STATS, NULL, NULL, NULL, NULL, "buy");
+	cr_assert_eq(num(s, "journeys.buy.stages.look.current"), 0);
+	cr_assert_eq(num(s, "journeys.buy.stages.look.entered"), 2);
+	json_decref(s);
 }
