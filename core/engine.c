@@ -257,6 +257,7 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 				ch_pack_str(&pk, "duplicate");
 				msgpack_pack_true(&pk);
 				ch_store_abort(txn);
+				j->duplicate = true;
 				CH_COUNT(duplicates, 1);
 				return (CH_OK);
 			}
@@ -511,7 +512,8 @@ run_rules_info(ch_engine *e, ch_job *j)
 static int
 run_job(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 {
-	j->nactions = 0;
+	j->nactions  = 0;
+	j->duplicate = false;
 	switch (j->req->op) {
 	case CH_OP_EVENT:
 	case CH_OP_DECIDE:
@@ -549,7 +551,8 @@ finish(ch_engine *e, ch_job **jobs, int n)
 {
 	for (int i = 0; i < n; i++) {
 		ch_job *j = jobs[i];
-		if (j->err == CH_OK && j->req->op == CH_OP_EVENT) {
+		if (j->err == CH_OK && j->req->op == CH_OP_EVENT &&
+		    !j->duplicate) {
 			CH_COUNT(events, 1);
 		}
 		if (j->err == CH_OK && j->nactions > 0) {

@@ -33,6 +33,7 @@ struct ch_job {
 	uint32_t        index;   // the submitter's (e.g. batch slot)
 	int             err;     // CH_OK or the error of the reply
 	int             nactions; // actions the reply returns (engine writes)
+	bool            duplicate; // answered from the dedup window
 	msgpack_sbuffer reply;   // the reply map (engine writes)
 	msgpack_sbuffer emits;   // pub messages: u32 len ‖ topic \0 map
 };

@@ -760,7 +760,7 @@ biz_log(ch_biz *b)
 			b->L = NULL;
 		}
 	} else {
-		ch_log_info("rules[%s]: version %s, %d file(s)", b->name,
+		ch_log_info("rules[%s]: version %s compiled, %d file(s)", b->name,
 		    b->version, b->nfiles);
 	}
 }
@@ -1087,6 +1087,10 @@ ch_rules_publish_changes(ch_rules *fresh, ch_rules *old,
 		    fb->err.message == NULL;
 		if (!changed && !cleared && fb->err.message == NULL) {
 			continue; // the same files as before
+		}
+		if (changed && fb->err.message == NULL && fb->L != NULL) {
+			ch_log_info("rules[%s]: version %s is live", fb->name,
+			    fb->version);
 		}
 		b.size = 0;
 		char topic[128];

@@ -865,11 +865,15 @@ Test(protocol, http_healthz_and_metrics)
 {
 	char    body[65536], want[64];
 	reply_t r;
-	call_json(&d, "{\"business\":\"shop\",\"customer\":\"m1\",\"type\":"
-	              "\"page_view\",\"channel\":\"web\"}", &r);
+	const char *ev = "{\"business\":\"shop\",\"customer\":\"m1\",\"type\":"
+	                 "\"page_view\",\"channel\":\"web\",\"id\":\"m-1\"}";
+	call_json(&d, ev, &r);
 	assert_ok(&r);
 	uint32_t nactions = len_at(&r, "actions");
 	cr_assert_gt(nactions, 0);
+	reply_free(&r);
+	call_json(&d, ev, &r); // a duplicate is answered, not applied again
+	cr_assert(bool_at(&r, "duplicate"));
 	reply_free(&r);
 	cr_assert_eq(http_get(&d, "/healthz", body, sizeof(body)), 200);
 	cr_assert_eq(strncmp(body, "ok", 2), 0, "/healthz says ok: '%s'", body);
@@ -877,10 +881,12 @@ Test(protocol, http_healthz_and_metrics)
 	cr_assert_not_null(strstr(body, "choreo_events_total"), "%s", body);
 	cr_assert_not_null(strstr(body, "choreo_events_total 1\n"), "%s",
 	    body);
-	cr_assert_not_null(strstr(body, "choreo_requests_total{op=\"event\"} 1"),
+	cr_assert_not_null(strstr(body, "choreo_requests_total{op=\"event\"} 2"),
 	    "%s", body);
 	snprintf(want, sizeof(want), "choreo_decisions_total %u\n", nactions);
 	cr_assert_not_null(strstr(body, want), "%s in %s", want, body);
+	cr_assert_not_null(strstr(body, "choreo_duplicates_total 1\n"), "%s",
+	    body);
 	int st = http_get(&d, "/no/such/page", body, sizeof(body));
 	cr_assert_eq(st, 404, "an unknown path is 404, got %d", st);
 }
