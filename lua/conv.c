@@ -516,4 +516,253 @@ ch_conv_pack(lua_State *L, int idx, msgpack_packer *pk, const char *what)
 	pack_value(L, lua_absindex(L, idx), pk, &pc, 0);
 }
 
+/*
+** The same, straight into a buffer: no callback per piece, and a map's
+** header is written after its entries (one pass over the table, not two).
+*/
+
+static void
+sb_need(lua_State *L, msgpack_sbuffer *sb, size_t n)
+{
+	if (sb->alloc - sb->size >= n) {
+		return;
+	}
+	size_t want = sb->alloc ? sb->alloc * 2 : 1024;
+	while (want - sb->size < n) {
+		want *= 2;
+	}
+	char *p = realloc(sb->data, want);
+	if (p == NULL) {
+		luaL_error(L, "out of memory");
+	}
+	sb->data  = p;
+	sb->alloc = want;
+}
+
+static void
+sb_be(msgpack_sbuffer *sb, uint64_t v, int bytes)
+{
+	for (int i = bytes - 1; i >= 0; i--) {
+		sb->data[sb->size++] = (char) (v >> (8 * i));
+	}
+}
+
+static void
+sb_str(lua_State *L, msgpack_sbuffer *sb, const char *s, size_t n)
+{
+	sb_need(L, sb, n + 5);
+	if (n < 32) {
+		sb->data[sb->size++] = (char) (0xa0 | n);
+	} else if (n < 256) {
+		sb->data[sb->size++] = (char) 0xd9;
+		sb_be(sb, n, 1);
+	} else if (n < 65536) {
+		sb->data[sb->size++] = (char) 0xda;
+		sb_be(sb, n, 2);
+	} else {
+		sb->data[sb->size++] = (char) 0xdb;
+		sb_be(sb, n, 4);
+	}
+	memcpy(sb->data + sb->size, s, n);
+	sb->size += n;
+}
+
+static void
+sb_int(lua_State *L, msgpack_sbuffer *sb, lua_Integer i)
+{
+	sb_need(L, sb, 9);
+	if (i >= 0) {
+		uint64_t u = (uint64_t) i;
+		if (u < 128) {
+			sb->data[sb->size++] = (char) u;
+		} else if (u < 256) {
+			sb->data[sb->size++] = (char) 0xcc;
+			sb_be(sb, u, 1);
+		} else if (u < 65536) {
+			sb->data[sb->size++] = (char) 0xcd;
+			sb_be(sb, u, 2);
+		} else if (u < 4294967296u) {
+			sb->data[sb->size++] = (char) 0xce;
+			sb_be(sb, u, 4);
+		} else {
+			sb->data[sb->size++] = (char) 0xcf;
+			sb_be(sb, u, 8);
+		}
+	} else if (i >= -32) {
+		sb->data[sb->size++] = (char) (0xe0 | (i + 32));
+	} else if (i >= -128) {
+		sb->data[sb->size++] = (char) 0xd0;
+		sb_be(sb, (uint64_t) i, 1);
+	} else if (i >= -32768) {
+		sb->data[sb->size++] = (char) 0xd1;
+		sb_be(sb, (uint64_t) i, 2);
+	} else if (i >= INT32_MIN) {
+		sb->data[sb->size++] = (char) 0xd2;
+		sb_be(sb, (uint64_t) i, 4);
+	} else {
+		sb->data[sb->size++] = (char) 0xd3;
+		sb_be(sb, (uint64_t) i, 8);
+	}
+}
+
+static void sb_value(lua_State *L, int idx, msgpack_sbuffer *sb, packctx *pc,
+    int depth);
+
+// sb_key writes a map key and notes it for an error message.
+static void
+sb_key(lua_State *L, msgpack_sbuffer *sb, packctx *pc, int depth)
+{
+	switch (lua_type(L, -2)) {
+	case LUA_TSTRING: {
+		size_t      kl;
+		const char *k = lua_tolstring(L, -2, &kl);
+		sb_str(L, sb, k, kl);
+		pc->path[depth + 1] = k;
+		return;
+	}
+	case LUA_TNUMBER:
+		pc->path[depth + 1] = NULL;
+		pc->num[depth + 1]  = lua_tonumber(L, -2);
+		if (lua_isinteger(L, -2)) {
+			sb_int(L, sb, lua_tointeger(L, -2));
+		} else {
+			double d = lua_tonumber(L, -2);
+			uint64_t u;
+			memcpy(&u, &d, 8);
+			sb_need(L, sb, 9);
+			sb->data[sb->size++] = (char) 0xcb;
+			sb_be(sb, u, 8);
+		}
+		return;
+	case LUA_TBOOLEAN:
+		sb_need(L, sb, 1);
+		sb->data[sb->size++] = lua_toboolean(L, -2) ? (char) 0xc3
+		                                            : (char) 0xc2;
+		pc->path[depth + 1] = lua_toboolean(L, -2) ? "[true]" : "[false]";
+		return;
+	default:
+		pack_fail(L, pc, depth,
+		    "a table key must be a string, number or boolean");
+	}
+}
+
+static void
+sb_table(lua_State *L, int idx, msgpack_sbuffer *sb, packctx *pc, int depth)
+{
+	lua_Integer n;
+	if (depth >= CH_CONV_MAX_DEPTH) {
+		pack_fail(L, pc, depth, "tables nested too deeply (or a cycle)");
+	}
+	luaL_checkstack(L, 6, "tables nested too deeply");
+	if (is_array(L, idx, &n)) {
+		sb_need(L, sb, 5);
+		if (n < 16) {
+			sb->data[sb->size++] = (char) (0x90 | n);
+		} else if (n < 65536) {
+			sb->data[sb->size++] = (char) 0xdc;
+			sb_be(sb, (uint64_t) n, 2);
+		} else {
+			sb->data[sb->size++] = (char) 0xdd;
+			sb_be(sb, (uint64_t) n, 4);
+		}
+		for (lua_Integer i = 1; i <= n; i++) {
+			lua_rawgeti(L, idx, i);
+			pc->path[depth + 1] = NULL;
+			pc->num[depth + 1]  = (lua_Number) i;
+			sb_value(L, lua_gettop(L), sb, pc, depth + 1);
+			lua_pop(L, 1);
+		}
+		return;
+	}
+	// a fixmap header now; a longer one once the count is known
+	sb_need(L, sb, 1);
+	size_t at = sb->size++;
+	size_t count = 0;
+	lua_pushnil(L);
+	while (lua_next(L, idx) != 0) {             /* key, value */
+		if (lua_type(L, -1) == LUA_TFUNCTION) {
+			lua_pop(L, 1); /* functions are behaviour, not data */
+			continue;
+		}
+		sb_key(L, sb, pc, depth);
+		sb_value(L, lua_gettop(L), sb, pc, depth + 1);
+		lua_pop(L, 1);                          /* key */
+		count++;
+	}
+	if (count < 16) {
+		sb->data[at] = (char) (0x80 | count);
+		return;
+	}
+	size_t extra = count < 65536 ? 2 : 4;
+	sb_need(L, sb, extra);
+	memmove(sb->data + at + 1 + extra, sb->data + at + 1, sb->size - at - 1);
+	sb->size += extra;
+	size_t end = sb->size;
+	sb->size   = at;
+	sb->data[sb->size++] = count < 65536 ? (char) 0xde : (char) 0xdf;
+	sb_be(sb, count, (int) extra);
+	sb->size = end;
+}
+
+static void
+sb_value(lua_State *L, int idx, msgpack_sbuffer *sb, packctx *pc, int depth)
+{
+	switch (lua_type(L, idx)) {
+	case LUA_TNIL:
+		sb_need(L, sb, 1);
+		sb->data[sb->size++] = (char) 0xc0;
+		break;
+	case LUA_TBOOLEAN:
+		sb_need(L, sb, 1);
+		sb->data[sb->size++] = lua_toboolean(L, idx) ? (char) 0xc3
+		                                             : (char) 0xc2;
+		break;
+	case LUA_TNUMBER:
+		if (lua_isinteger(L, idx)) {
+			sb_int(L, sb, lua_tointeger(L, idx));
+		} else {
+			double   d = lua_tonumber(L, idx);
+			uint64_t u;
+			memcpy(&u, &d, 8);
+			sb_need(L, sb, 9);
+			sb->data[sb->size++] = (char) 0xcb;
+			sb_be(sb, u, 8);
+		}
+		break;
+	case LUA_TSTRING: {
+		size_t      n;
+		const char *s = lua_tolstring(L, idx, &n);
+		sb_str(L, sb, s, n);
+		break;
+	}
+	case LUA_TTABLE:
+		sb_table(L, idx, sb, pc, depth);
+		break;
+	case LUA_TUSERDATA:
+		if (luaL_testudata(L, idx, CH_PACKED) != NULL) {
+			size_t n = lua_rawlen(L, idx);
+			sb_need(L, sb, n);
+			memcpy(sb->data + sb->size, lua_touserdata(L, idx), n);
+			sb->size += n;
+			break;
+		}
+		/* FALLTHROUGH */
+	default:
+		pack_fail(L, pc, depth,
+		    lua_pushfstring(L, "cannot store a value of type %s",
+		        luaL_typename(L, idx)));
+	}
+}
+
+void
+ch_conv_pack_sbuf(lua_State *L, int idx, msgpack_sbuffer *sb, const char *what)
+{
+	packctx pc;
+	pc.what    = what;
+	pc.path[0] = NULL;
+	// an error (lua_error) leaves what was written so far: every caller
+	// clears its buffer on failure
+	sb_value(L, lua_absindex(L, idx), sb, &pc, 0);
+}
+
 /* }====================================================== */

@@ -1784,11 +1784,9 @@ do_call(lua_State *L)
 	}
 	lua_pop(L, 1);                                 /* state, reply */
 	if (!lua_isnil(L, -2)) {
-		msgpack_packer_init(&pk, a->out->state, sbuf_write);
-		ch_conv_pack(L, -2, &pk, "customer state");
+		ch_conv_pack_sbuf(L, -2, a->out->state, "customer state");
 	}
-	msgpack_packer_init(&pk, a->out->reply, sbuf_write);
-	ch_conv_pack(L, -1, &pk, "reply");
+	ch_conv_pack_sbuf(L, -1, a->out->reply, "reply");
 	lua_getfield(L, -1, "actions");
 	a->out->nactions = lua_istable(L, -1) ? (int) lua_rawlen(L, -1) : 0;
 	lua_pop(L, 1);
