@@ -61,7 +61,7 @@ usage(FILE *f)
 	    "  --shards N          engine threads, each with its own store (1)\n"
 	    "  --max-size BYTES    the store never grows past this (64G)\n"
 	    "  --max-message BYTES larger messages are refused by nng (1M)\n"
-	    "  --batch N           most events per group commit (256)\n"
+	    "  --batch N           most events per group commit (64)\n"
 	    "  --queue N           queued requests per shard before\n"
 	    "                      'overloaded' (4096)\n"
 	    "  --admin-token T     reload, rollback and forget need this token\n"
@@ -457,7 +457,7 @@ ch_serve_main(int argc, char **argv, const char *version)
 		.shards      = 1,
 		.max_size    = (size_t) 64 << 30,
 		.max_message = 1 << 20,
-		.batch_max   = 256,
+		.batch_max   = 64, // small enough that nng keeps the next batch coming meanwhile
 		.queue_cap   = 4096,
 		.supervise   = true,
 		.rule_timeout_ms = 2000,
