@@ -40,6 +40,12 @@ struct ch_server {
 	atomic_bool      stopping;
 	atomic_int       inflight;
 	ch_reloader     *_Atomic reloader;
+	// replies the engine finished, sent by the sender thread
+	pthread_t        sender;
+	bool             sender_on, sender_stop;
+	pthread_mutex_t  smu;
+	pthread_cond_t   scv;
+	rep_work        *shead, *stail;
 };
 
 static ch_server *the_server; // for the HTTP handlers, which get no argument
@@ -103,6 +109,8 @@ struct rep_work {
 	atomic_uint pending;
 	msgpack_sbuffer out;
 	ch_req      rules_req; // a reload answers with the rules it loaded
+	rep_work   *snext;     // the sender's queue
+	bool        sfan;      // send the fanned-out results, not job.reply
 };
 
 static void
@@ -131,11 +139,66 @@ rep_send_error(rep_work *w, int err, const char *msg)
 	rep_send(w, w->out.data, w->out.size);
 }
 
+// The engine thread finishes a batch's jobs one after the other; sending
+// each reply from there would take nng's socket lock and wake nng's threads
+// once per reply on the thread everything waits for. It queues them for
+// the sender thread instead, which sends them as one run.
+static void
+enqueue_reply(rep_work *w, bool fan)
+{
+	ch_server *s = w->srv;
+	w->snext     = NULL;
+	w->sfan      = fan;
+	pthread_mutex_lock(&s->smu);
+	bool was_empty = s->shead == NULL;
+	if (s->stail != NULL) {
+		s->stail->snext = w;
+	} else {
+		s->shead = w;
+	}
+	s->stail = w;
+	pthread_mutex_unlock(&s->smu);
+	if (was_empty) {
+		pthread_cond_signal(&s->scv);
+	}
+}
+
+static void fan_complete(rep_work *w);
+
+static void *
+sender_main(void *arg)
+{
+	ch_server *s = arg;
+	pthread_mutex_lock(&s->smu);
+	for (;;) {
+		while (s->shead == NULL && !s->sender_stop) {
+			pthread_cond_wait(&s->scv, &s->smu);
+		}
+		if (s->shead == NULL) {
+			break; // stopping, and nothing left to send
+		}
+		rep_work *w = s->shead;
+		s->shead = s->stail = NULL;
+		pthread_mutex_unlock(&s->smu);
+		while (w != NULL) {
+			rep_work *next = w->snext; // w may be reused once sent
+			if (w->sfan) {
+				fan_complete(w);
+			} else {
+				rep_send(w, w->job.reply.data, w->job.reply.size);
+			}
+			w = next;
+		}
+		pthread_mutex_lock(&s->smu);
+	}
+	pthread_mutex_unlock(&s->smu);
+	return (NULL);
+}
+
 static void
 rep_single_done(ch_job *j)
 {
-	rep_work *w = j->owner;
-	rep_send(w, j->reply.data, j->reply.size);
+	enqueue_reply(j->owner, false);
 }
 
 // fan_complete sends a batch's results, in order, once every member is
@@ -163,7 +226,7 @@ fan_done(ch_job *j)
 {
 	rep_work *w = j->owner;
 	if (atomic_fetch_sub(&w->pending, 1) == 1) {
-		fan_complete(w);
+		enqueue_reply(w, true);
 	}
 }
 
@@ -646,6 +709,13 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 		s->o.pull_slots = 1024;
 	}
 	pthread_mutex_init(&s->pull_mu, NULL);
+	pthread_mutex_init(&s->smu, NULL);
+	pthread_cond_init(&s->scv, NULL);
+	if (pthread_create(&s->sender, NULL, sender_main, s) != 0) {
+		snprintf(why, whylen, "cannot start the reply thread");
+		goto fail;
+	}
+	s->sender_on = true;
 	the_server = s;
 
 	// pub first: the engines may publish as soon as anything arrives
@@ -749,6 +819,15 @@ ch_server_close(ch_server *s)
 		return;
 	}
 	atomic_store(&s->stopping, true);
+	if (s->sender_on) {
+		// the engines have stopped: send what they finished, then stop
+		pthread_mutex_lock(&s->smu);
+		s->sender_stop = true;
+		pthread_mutex_unlock(&s->smu);
+		pthread_cond_signal(&s->scv);
+		pthread_join(s->sender, NULL);
+		s->sender_on = false;
+	}
 	if (s->http != NULL) {
 		nng_http_server_stop(s->http);
 		nng_http_server_release(s->http);
