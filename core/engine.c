@@ -1215,6 +1215,9 @@ engine_main(void *arg)
 {
 	ch_engine *e   = arg;
 	int        cap = e->o.batch_max;
+	char       name[16];
+	snprintf(name, sizeof(name), "choreo:eng%d", e->o.shard);
+	pthread_setname_np(pthread_self(), name); // for top -H, perf, gdb
 	if (ch_running_slots != NULL) {
 		ch_running_mine = &ch_running_slots[e->o.shard];
 	}

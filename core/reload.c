@@ -183,6 +183,7 @@ reloader_main(void *arg)
 {
 	ch_reloader *r        = arg;
 	int64_t      deadline = -1; // a change seen: reload at this time
+	pthread_setname_np(pthread_self(), "choreo:reload");
 	if (ch_running_slots != NULL) {
 		ch_running_mine = &ch_running_slots[CH_RUNNING_SLOTS - 1];
 	}

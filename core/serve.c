@@ -306,6 +306,7 @@ static void *
 watchdog_main(void *arg)
 {
 	watchdog *w = arg;
+	pthread_setname_np(pthread_self(), "choreo:watch");
 	pthread_mutex_lock(&w->mu);
 	while (!w->stop) {
 		struct timespec ts;

@@ -169,6 +169,7 @@ static void *
 sender_main(void *arg)
 {
 	ch_server *s = arg;
+	pthread_setname_np(pthread_self(), "choreo:send");
 	pthread_mutex_lock(&s->smu);
 	for (;;) {
 		while (s->shead == NULL && !s->sender_stop) {
