@@ -50,15 +50,6 @@ typedef struct {
 	int         src; // K_RULE, K_MODEL or K_EXPLORE
 } cand;
 
-static int
-by_rank(const void *x, const void *y)
-{
-	const cand *a = x, *b = y;
-	if (a->score != b->score) {
-		return (a->score > b->score ? -1 : 1);
-	}
-	return (0); // names are compared by the caller's tie-break below
-}
 
 // The uservalue of a compiled view is its action list (Lua tables), which
 // keeps every string the structs point into alive.
@@ -385,14 +376,15 @@ l_score(lua_State *L)
 		n++;
 		lua_settop(L, list);
 	}
-	// rank: score descending, ties by name (insertion sort keeps it
-	// stable and is the fastest for the few dozen actions of a view)
-	qsort(cands, (size_t) n, sizeof(cand), by_rank);
+	// rank: score descending, ties by name — an insertion sort, the
+	// fastest for the few dozen actions of a view
 	for (int k = 1; k < n; k++) {
 		cand x = cands[k];
 		int  j = k - 1;
-		while (j >= 0 && cands[j].score == x.score &&
-		    strcmp(cv->a[cands[j].i].name, cv->a[x.i].name) > 0) {
+		while (j >= 0 && (cands[j].score < x.score ||
+		                     (cands[j].score == x.score &&
+		                         strcmp(cv->a[cands[j].i].name,
+		                             cv->a[x.i].name) > 0))) {
 			cands[j + 1] = cands[j];
 			j--;
 		}
