@@ -315,11 +315,8 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 			return (store_failed(j, txn, rc));
 		}
 		// and in time order, for sweep_dedup to find it when it expires
-		char     akey[8 + sizeof(dkey)];
-		uint64_t t = (uint64_t) now;
-		for (int i = 0; i < 8; i++) {
-			akey[i] = (char) (t >> (56 - 8 * i));
-		}
+		char akey[8 + sizeof(dkey)];
+		ch_be64_put(akey, now);
 		memcpy(akey + 8, dkey, dklen);
 		if ((rc = ch_store_put(s, txn, CH_DB_DEDUP_AGE, akey, 8 + dklen,
 		         "", 0)) != CH_OK) {
@@ -916,12 +913,7 @@ ch_engine_fire_timers(ch_engine *e)
 	int op = MDB_FIRST, damaged = 0;
 	while (n < CH_TIMER_BATCH && mdb_cursor_get(cur, &k, &v, op) == 0) {
 		op = MDB_NEXT;
-		const unsigned char *p   = k.mv_data;
-		uint64_t             due = 0;
-		for (int i = 0; i < 8 && k.mv_size >= 8; i++) {
-			due = due << 8 | p[i];
-		}
-		if (k.mv_size >= 8 && (int64_t) due > now) {
+		if (k.mv_size >= 8 && ch_be64_get(k.mv_data) > now) {
 			break;
 		}
 		timer_slot *t = &e->timers[n];
@@ -1018,12 +1010,7 @@ next_due(ch_engine *e)
 	        &cur) == 0) {
 		if (mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0 &&
 		    k.mv_size >= 8) {
-			const unsigned char *p = k.mv_data;
-			uint64_t             d = 0;
-			for (int i = 0; i < 8; i++) {
-				d = d << 8 | p[i];
-			}
-			due = (int64_t) d;
+			due = ch_be64_get(k.mv_data);
 		}
 		mdb_cursor_close(cur);
 	}
@@ -1073,19 +1060,18 @@ sweep_dedup(ch_engine *e, MDB_txn *parent, int64_t now, int max)
 	int     n = 0, rc = 0;
 	MDB_val k, v;
 	while (n < max && (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
-		const unsigned char *p  = k.mv_data;
-		uint64_t             at = 0;
-		for (int i = 0; i < 8 && k.mv_size >= 8; i++) {
-			at = at << 8 | p[i];
+		if (k.mv_size < 8) {
+			break;
 		}
-		if (k.mv_size < 8 || (int64_t) at >= cutoff) {
+		int64_t at = ch_be64_get(k.mv_data);
+		if (at >= cutoff) {
 			break;
 		}
 		MDB_val dk = { k.mv_size - 8, (char *) k.mv_data + 8 }, dv;
 		if (mdb_get(txn, dedup, &dk, &dv) == 0 && dv.mv_size >= 8) {
 			int64_t stored;
 			memcpy(&stored, dv.mv_data, 8);
-			if (stored == (int64_t) at &&
+			if (stored == at &&
 			    (rc = mdb_del(txn, dedup, &dk, NULL)) != 0) {
 				break;
 			}

@@ -239,9 +239,7 @@ ch_timer_key(char *buf, size_t cap, int64_t due, ch_str business,
 	if (n > cap) {
 		return (0);
 	}
-	for (int i = 0; i < 8; i++) {
-		buf[i] = (char) ((uint64_t) due >> (56 - 8 * i));
-	}
+	ch_be64_put(buf, due);
 	char *p = buf + 8;
 	memcpy(p, business.p, business.n);
 	p += business.n;

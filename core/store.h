@@ -57,6 +57,27 @@ int ch_store_grow(ch_store *s);
 
 // ch_store_key builds business \0 rest into buf (at least 64+1+256 bytes).
 size_t ch_store_key(char *buf, ch_str business, ch_str rest);
+// Keys that sort by time start with 8 bytes of big-endian milliseconds.
+static inline void
+ch_be64_put(void *buf, int64_t v)
+{
+	unsigned char *p = buf;
+	for (int i = 0; i < 8; i++) {
+		p[i] = (unsigned char) ((uint64_t) v >> (56 - 8 * i));
+	}
+}
+
+static inline int64_t
+ch_be64_get(const void *buf)
+{
+	const unsigned char *p = buf;
+	uint64_t             v = 0;
+	for (int i = 0; i < 8; i++) {
+		v = v << 8 | p[i];
+	}
+	return ((int64_t) v);
+}
+
 // ch_timer_key builds a timers key: due (8 bytes, big-endian) ‖ business
 // \0 customer \0 name; 0 when it does not fit in cap.
 #define CH_TIMER_KEY_MAX (8 + 64 + 1 + 256 + 1 + 128)
