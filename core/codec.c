@@ -191,6 +191,21 @@ key_is(const msgpack_object *k, const char *s)
 	    memcmp(k->via.str.ptr, s, n) == 0);
 }
 
+const msgpack_object *
+ch_mp_get(const msgpack_object *map, const char *key, msgpack_object_type type)
+{
+	if (map == NULL || map->type != MSGPACK_OBJECT_MAP) {
+		return (NULL);
+	}
+	for (uint32_t i = 0; i < map->via.map.size; i++) {
+		if (key_is(&map->via.map.ptr[i].key, key)) {
+			const msgpack_object *v = &map->via.map.ptr[i].val;
+			return (v->type == type ? v : NULL);
+		}
+	}
+	return (NULL);
+}
+
 int
 ch_mp_depth(const msgpack_object *o)
 {

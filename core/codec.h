@@ -92,6 +92,10 @@ void ch_pack_kv_str(msgpack_packer *pk, const char *k, const char *v);
 void ch_pack_error(msgpack_packer *pk, int err, const char *msg);
 
 // ch_mp_depth returns how deeply o nests (a scalar is 0, {} is 1).
+// ch_mp_get: the value of key in a msgpack map when it has that type, or
+// NULL (absent, another type, or not a map).
+const msgpack_object *ch_mp_get(const msgpack_object *map, const char *key,
+    msgpack_object_type type);
 int ch_mp_depth(const msgpack_object *o);
 
 #endif

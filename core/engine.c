@@ -374,22 +374,18 @@ forget_stages(ch_engine *e, ch_str biz, const msgpack_object *journeys)
 		if (jn->type != MSGPACK_OBJECT_STR || js->type != MSGPACK_OBJECT_MAP) {
 			continue;
 		}
-		for (uint32_t y = 0; y < js->via.map.size; y++) {
-			const msgpack_object *f = &js->via.map.ptr[y].key;
-			const msgpack_object *v = &js->via.map.ptr[y].val;
-			if (f->type != MSGPACK_OBJECT_STR || f->via.str.size != 5 ||
-			    memcmp(f->via.str.ptr, "stage", 5) != 0 ||
-			    v->type != MSGPACK_OBJECT_STR) {
-				continue;
-			}
-			char     name[400];
-			uint32_t n = (uint32_t) snprintf(name, sizeof(name),
-			    "j%c%.*s%ccurrent%c%.*s", 0, (int) jn->via.str.size,
-			    jn->via.str.ptr, 0, 0, (int) v->via.str.size,
-			    v->via.str.ptr);
-			if (n < sizeof(name)) {
-				stat_add(&e->stats, biz, name, n, -1);
-			}
+		const msgpack_object *v = ch_mp_get(js, "stage",
+		    MSGPACK_OBJECT_STR);
+		if (v == NULL) {
+			continue;
+		}
+		char     name[400];
+		uint32_t n = (uint32_t) snprintf(name, sizeof(name),
+		    "j%c%.*s%ccurrent%c%.*s", 0, (int) jn->via.str.size,
+		    jn->via.str.ptr, 0, 0, (int) v->via.str.size,
+		    v->via.str.ptr);
+		if (n < sizeof(name)) {
+			stat_add(&e->stats, biz, name, n, -1);
 		}
 	}
 }
@@ -408,20 +404,14 @@ forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 		msgpack_unpacked_destroy(&up);
 		return (CH_OK); // a damaged state has no timers we can find
 	}
-	const msgpack_object_map *m = &up.data.via.map;
-	for (uint32_t i = 0; i < m->size && rc == CH_OK; i++) {
-		const msgpack_object *k = &m->ptr[i].key, *t = &m->ptr[i].val;
-		if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == 8 &&
-		    memcmp(k->via.str.ptr, "journeys", 8) == 0 &&
-		    t->type == MSGPACK_OBJECT_MAP) {
-			forget_stages(e, r->business, t);
-			continue;
-		}
-		if (k->type != MSGPACK_OBJECT_STR || k->via.str.size != 6 ||
-		    memcmp(k->via.str.ptr, "timers", 6) != 0 ||
-		    t->type != MSGPACK_OBJECT_MAP) {
-			continue;
-		}
+	const msgpack_object *js = ch_mp_get(&up.data, "journeys",
+	    MSGPACK_OBJECT_MAP);
+	if (js != NULL) {
+		forget_stages(e, r->business, js);
+	}
+	const msgpack_object *t = ch_mp_get(&up.data, "timers",
+	    MSGPACK_OBJECT_MAP);
+	if (t != NULL) {
 		for (uint32_t x = 0; x < t->via.map.size && rc == CH_OK; x++) {
 			const msgpack_object *name = &t->via.map.ptr[x].key;
 			const msgpack_object *due  = &t->via.map.ptr[x].val;
@@ -840,21 +830,12 @@ timer_parse(timer_slot *t)
 	    t->up.data.type != MSGPACK_OBJECT_MAP) {
 		return (false);
 	}
-	const msgpack_object_map *m = &t->up.data.via.map;
-	for (uint32_t i = 0; i < m->size; i++) {
-		const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
-		if (k->type != MSGPACK_OBJECT_STR) {
-			continue;
-		}
-		if (k->via.str.size == 4 && memcmp(k->via.str.ptr, "type", 4) == 0 &&
-		    v->type == MSGPACK_OBJECT_STR && v->via.str.size > 0) {
-			t->req.type = (ch_str) { v->via.str.ptr, v->via.str.size };
-		} else if (k->via.str.size == 4 &&
-		    memcmp(k->via.str.ptr, "data", 4) == 0 &&
-		    v->type == MSGPACK_OBJECT_MAP) {
-			t->req.data = v;
-		}
+	const msgpack_object *type = ch_mp_get(&t->up.data, "type",
+	    MSGPACK_OBJECT_STR);
+	if (type != NULL) {
+		t->req.type = (ch_str) { type->via.str.ptr, type->via.str.size };
 	}
+	t->req.data = ch_mp_get(&t->up.data, "data", MSGPACK_OBJECT_MAP);
 	return (t->req.type.n > 0);
 }
 
@@ -866,26 +847,13 @@ reply_message(const ch_job *j, char *out, size_t cap)
 	msgpack_unpacked_init(&up);
 	snprintf(out, cap, "%s", ch_err_code(j->err));
 	if (msgpack_unpack_next(&up, j->reply.data, j->reply.size, NULL) ==
-	        MSGPACK_UNPACK_SUCCESS && up.data.type == MSGPACK_OBJECT_MAP) {
-		const msgpack_object_map *m = &up.data.via.map;
-		for (uint32_t i = 0; i < m->size; i++) {
-			const msgpack_object *v = &m->ptr[i].val;
-			if (v->type != MSGPACK_OBJECT_MAP) {
-				continue;
-			}
-			for (uint32_t k = 0; k < v->via.map.size; k++) {
-				const msgpack_object *kk = &v->via.map.ptr[k].key;
-				const msgpack_object *vv = &v->via.map.ptr[k].val;
-				if (kk->type == MSGPACK_OBJECT_STR &&
-				    kk->via.str.size == 7 &&
-				    memcmp(kk->via.str.ptr, "message", 7) == 0 &&
-				    vv->type == MSGPACK_OBJECT_STR) {
-					snprintf(out, cap, "%s: %.*s",
-					    ch_err_code(j->err),
-					    (int) vv->via.str.size,
-					    vv->via.str.ptr);
-				}
-			}
+	    MSGPACK_UNPACK_SUCCESS) {
+		const msgpack_object *m = ch_mp_get(ch_mp_get(&up.data, "error",
+		                                        MSGPACK_OBJECT_MAP),
+		    "message", MSGPACK_OBJECT_STR);
+		if (m != NULL) {
+			snprintf(out, cap, "%s: %.*s", ch_err_code(j->err),
+			    (int) m->via.str.size, m->via.str.ptr);
 		}
 	}
 	msgpack_unpacked_destroy(&up);
