@@ -1334,7 +1334,18 @@ function API.event(st, req, now, version)
   for i = 1, #list do
     list[i](c, ev)
   end
-  if not req.timer then touch_journeys(c) end
+  if not req.timer then
+    touch_journeys(c)
+    -- a timer whose handler failed is gone from the store, but the
+    -- rollback kept it listed here: forget it once it is well past due
+    local tm = st.timers
+    if tm then
+      for name, due in pairs(tm) do
+        if due < now - 60000 then tm[name] = nil end
+      end
+      if next(tm) == nil then st.timers = nil end
+    end
+  end
   st.updated_at = now
   local reply = { ok = true, rules = version }
   if req.decide ~= false then
