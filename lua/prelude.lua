@@ -742,6 +742,14 @@ function C:stage(jname)
   return js and js.stage
 end
 
+-- the counters split by the circumstance of the event
+local function stat_by(c, pre, what)
+  for _, k in ipairs { "region", "channel", "product" } do
+    local v = c.context[k]
+    if v then stat(pre .. "by\0" .. k .. "\0" .. v .. "\0" .. what) end
+  end
+end
+
 function C:advance(jname, stage)
   local j = journey_of(self, jname)
   if not j.stage_set[stage] then
@@ -753,10 +761,7 @@ function C:advance(jname, stage)
     js = { history = arr() }
     self._s.journeys[jname] = js
     stat(pre .. "customers")
-    for _, k in ipairs { "region", "channel", "product" } do
-      local v = self.context[k]
-      if v then stat(pre .. "by\0" .. k .. "\0" .. v .. "\0customers") end
-    end
+    stat_by(self, pre, "customers")
   end
   if js.stage ~= stage then
     if js.stage then stat(pre .. "current\0" .. js.stage, -1) end
@@ -770,10 +775,7 @@ function C:advance(jname, stage)
       local ms = self.now - js.history[1].at
       local b = ms >= 1 and mfloor(math.log(ms, 2) * ELAPSED_STEPS) or 0
       stat(pre .. "elapsed\0" .. b)
-      for _, k in ipairs { "region", "channel", "product" } do
-        local v = self.context[k]
-        if v then stat(pre .. "by\0" .. k .. "\0" .. v .. "\0converted") end
-      end
+      stat_by(self, pre, "converted")
     end
   end
   return stage
