@@ -145,15 +145,18 @@ call(lua_State *L, const char *op)
 	}
 	lua_pop(L, 1);
 	msgpack_sbuffer req;
-	msgpack_packer  pk;
 	msgpack_sbuffer_init(&req);
-	msgpack_packer_init(&pk, &req, sbuf_write);
-	ch_conv_pack(L, 2, &pk, "request");
+	// packed first into the state's scratch: a bad value raises here
+	// before anything of ours needs freeing
+	msgpack_sbuffer *scratch = ch_conv_scratch(L);
+	ch_conv_pack(L, 2, scratch, "request");
+	msgpack_sbuffer_write(&req, scratch->data, scratch->size);
 	ch_doc doc;
 	ch_job j;
 	ch_job_init(&j);
 	int rc = ch_doc_decode(&doc, req.data, req.size);
 	if (rc != CH_OK) {
+		msgpack_packer pk;
 		msgpack_packer_init(&pk, &j.reply, sbuf_write);
 		ch_pack_error(&pk, rc, doc.errmsg);
 	} else {

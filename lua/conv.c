@@ -6,6 +6,19 @@
 
 static const char ARRAY_MT_KEY = 'a'; // its address keys the registry
 
+// The scratch buffer: one per state, freed with it, for packing that may
+// raise (a value that cannot be stored) without leaking a buffer of the
+// caller's.
+static const char SCRATCH_KEY = 's';
+
+static int
+scratch_gc(lua_State *L)
+{
+	msgpack_sbuffer *sb = lua_touserdata(L, 1);
+	msgpack_sbuffer_destroy(sb);
+	return (0);
+}
+
 void
 ch_conv_init(lua_State *L)
 {
@@ -13,30 +26,37 @@ ch_conv_init(lua_State *L)
 	lua_pushliteral(L, "array");
 	lua_setfield(L, -2, "__name");           /* mt.__name = "array" */
 	lua_rawsetp(L, LUA_REGISTRYINDEX, &ARRAY_MT_KEY);
+	msgpack_sbuffer *sb = lua_newuserdatauv(L, sizeof(*sb), 0);
+	msgpack_sbuffer_init(sb);
+	lua_newtable(L);
+	lua_pushcfunction(L, scratch_gc);
+	lua_setfield(L, -2, "__gc");
+	lua_setmetatable(L, -2);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
 	luaL_newmetatable(L, CH_PACKED);         /* pre-packed msgpack */
 	lua_pushboolean(L, 0);
 	lua_setfield(L, -2, "__metatable");
 	lua_pop(L, 1);
 }
 
-static int
-sbuf_write_(void *data, const char *buf, size_t len)
+msgpack_sbuffer *
+ch_conv_scratch(lua_State *L)
 {
-	return (msgpack_sbuffer_write(data, buf, len));
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+	msgpack_sbuffer *sb = lua_touserdata(L, -1);
+	lua_pop(L, 1);
+	sb->size = 0;
+	return (sb);
 }
 
 int
 ch_conv_prepack(lua_State *L, int idx)
 {
 	idx = lua_absindex(L, idx);
-	msgpack_sbuffer b;
-	msgpack_packer  pk;
-	msgpack_sbuffer_init(&b);
-	msgpack_packer_init(&pk, &b, sbuf_write_);
-	ch_conv_pack(L, idx, &pk, "payload");
-	void *p = lua_newuserdatauv(L, b.size, 0);
-	memcpy(p, b.data, b.size);
-	msgpack_sbuffer_destroy(&b);
+	msgpack_sbuffer *b = ch_conv_scratch(L);
+	ch_conv_pack(L, idx, b, "payload");
+	void *p = lua_newuserdatauv(L, b->size, 0);
+	memcpy(p, b->data, b->size);
 	luaL_setmetatable(L, CH_PACKED);
 	return (1);
 }
@@ -391,134 +411,10 @@ is_array(lua_State *L, int idx, lua_Integer *n)
 	return (count == *n);
 }
 
-static void pack_value(lua_State *L, int idx, msgpack_packer *pk, packctx *pc,
-    int depth);
-
-static void
-pack_table(lua_State *L, int idx, msgpack_packer *pk, packctx *pc, int depth)
-{
-	lua_Integer n;
-	if (depth >= CH_CONV_MAX_DEPTH) {
-		pack_fail(L, pc, depth, "tables nested too deeply (or a cycle)");
-	}
-	luaL_checkstack(L, 6, "tables nested too deeply");
-	if (is_array(L, idx, &n)) {
-		msgpack_pack_array(pk, (size_t) n);
-		for (lua_Integer i = 1; i <= n; i++) {
-			lua_rawgeti(L, idx, i);
-			pc->path[depth + 1] = NULL;
-			pc->num[depth + 1]  = (lua_Number) i;
-			pack_value(L, lua_gettop(L), pk, pc, depth + 1);
-			lua_pop(L, 1);
-		}
-		return;
-	}
-	size_t count = 0;
-	lua_pushnil(L);
-	while (lua_next(L, idx) != 0) {
-		int t = lua_type(L, -1);
-		if (t != LUA_TFUNCTION) {
-			count++;
-		}
-		lua_pop(L, 1);
-	}
-	msgpack_pack_map(pk, count);
-	lua_pushnil(L);
-	while (lua_next(L, idx) != 0) {             /* key, value */
-		int kt = lua_type(L, -2);
-		if (lua_type(L, -1) == LUA_TFUNCTION) {
-			lua_pop(L, 1); /* functions are behaviour, not data */
-			continue;
-		}
-		if (kt == LUA_TSTRING) {
-			size_t      kl;
-			const char *k = lua_tolstring(L, -2, &kl);
-			msgpack_pack_str(pk, kl);
-			msgpack_pack_str_body(pk, k, kl);
-			pc->path[depth + 1] = k;
-		} else if (kt == LUA_TNUMBER && lua_isinteger(L, -2)) {
-			msgpack_pack_int64(pk, lua_tointeger(L, -2));
-			pc->path[depth + 1] = NULL;
-			pc->num[depth + 1]  = (lua_Number) lua_tointeger(L, -2);
-		} else if (kt == LUA_TNUMBER) {
-			msgpack_pack_double(pk, lua_tonumber(L, -2));
-			pc->path[depth + 1] = NULL;
-			pc->num[depth + 1]  = lua_tonumber(L, -2);
-		} else if (kt == LUA_TBOOLEAN) {
-			if (lua_toboolean(L, -2)) {
-				msgpack_pack_true(pk);
-			} else {
-				msgpack_pack_false(pk);
-			}
-			pc->path[depth + 1] = lua_toboolean(L, -2) ? "[true]"
-			                                           : "[false]";
-		} else {
-			pack_fail(L, pc, depth,
-			    "a table key must be a string, number or boolean");
-		}
-		pack_value(L, lua_gettop(L), pk, pc, depth + 1);
-		lua_pop(L, 1);                          /* key */
-	}
-}
-
-static void
-pack_value(lua_State *L, int idx, msgpack_packer *pk, packctx *pc, int depth)
-{
-	switch (lua_type(L, idx)) {
-	case LUA_TNIL:
-		msgpack_pack_nil(pk);
-		break;
-	case LUA_TBOOLEAN:
-		if (lua_toboolean(L, idx)) {
-			msgpack_pack_true(pk);
-		} else {
-			msgpack_pack_false(pk);
-		}
-		break;
-	case LUA_TNUMBER:
-		if (lua_isinteger(L, idx)) {
-			msgpack_pack_int64(pk, lua_tointeger(L, idx));
-		} else {
-			msgpack_pack_double(pk, lua_tonumber(L, idx));
-		}
-		break;
-	case LUA_TSTRING: {
-		size_t      n;
-		const char *s = lua_tolstring(L, idx, &n);
-		msgpack_pack_str(pk, n);
-		msgpack_pack_str_body(pk, s, n);
-		break;
-	}
-	case LUA_TTABLE:
-		pack_table(L, idx, pk, pc, depth);
-		break;
-	case LUA_TUSERDATA:
-		if (luaL_testudata(L, idx, CH_PACKED) != NULL) {
-			// bytes packed once (a payload of a cached view)
-			pk->callback(pk->data, lua_touserdata(L, idx),
-			    lua_rawlen(L, idx));
-			break;
-		}
-		/* FALLTHROUGH */
-	default:
-		pack_fail(L, pc, depth,
-		    lua_pushfstring(L, "cannot store a value of type %s",
-		        luaL_typename(L, idx)));
-	}
-}
-
-void
-ch_conv_pack(lua_State *L, int idx, msgpack_packer *pk, const char *what)
-{
-	packctx pc;
-	pc.what    = what;
-	pc.path[0] = NULL;
-	pack_value(L, lua_absindex(L, idx), pk, &pc, 0);
-}
-
 /*
-** The same, straight into a buffer: no callback per piece, and a map's
-** header is written after its entries (one pass over the table, not two).
+** Straight into a buffer: no callback per piece, and a map's header is
+** written after its entries (one pass over the table, not two). The bytes
+** are the ones msgpack-c's packer writes (tests/unit/test_conv.c).
 */
 
 static void
@@ -755,7 +651,7 @@ sb_value(lua_State *L, int idx, msgpack_sbuffer *sb, packctx *pc, int depth)
 }
 
 void
-ch_conv_pack_sbuf(lua_State *L, int idx, msgpack_sbuffer *sb, const char *what)
+ch_conv_pack(lua_State *L, int idx, msgpack_sbuffer *sb, const char *what)
 {
 	packctx pc;
 	pc.what    = what;

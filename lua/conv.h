@@ -36,10 +36,11 @@ int ch_conv_push_bytes(lua_State *L, const void *buf, size_t len);
 // ch_conv_pack packs the value at idx. Raises a Lua error naming the path
 // ("c.attrs.x: cannot store a function") on a value msgpack cannot hold.
 // what names the root in messages ("payload", "state").
-void ch_conv_pack(lua_State *L, int idx, msgpack_packer *pk, const char *what);
-// ch_conv_pack_sbuf: the same, appended to sb directly (faster: no callback
-// per piece, one pass per table). Same errors.
-void ch_conv_pack_sbuf(lua_State *L, int idx, msgpack_sbuffer *sb,
+void ch_conv_pack(lua_State *L, int idx, msgpack_sbuffer *sb,
     const char *what);
+
+// ch_conv_scratch: the state's own buffer, emptied, for packing that may
+// raise an error without leaking a buffer (valid until the next call).
+msgpack_sbuffer *ch_conv_scratch(lua_State *L);
 
 #endif

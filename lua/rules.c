@@ -402,21 +402,21 @@ l_timer_put(lua_State *L)
 	if (klen == 0) {
 		return (luaL_error(L, "a timer name is too long"));
 	}
-	msgpack_sbuffer v;
-	msgpack_packer  pk;
-	msgpack_sbuffer_init(&v);
-	msgpack_packer_init(&pk, &v, sbuf_write);
+	// {type, data} in the state's scratch (data that cannot be stored
+	// raises before anything needs freeing)
+	msgpack_sbuffer *v = ch_conv_scratch(L);
+	msgpack_packer   pk;
+	msgpack_packer_init(&pk, v, sbuf_write);
 	bool data = lua_istable(L, 5);
 	msgpack_pack_map(&pk, data ? 2 : 1);
 	ch_pack_str(&pk, "type");
 	msgpack_pack_str_with_body(&pk, t, tn);
 	if (data) {
 		ch_pack_str(&pk, "data");
-		ch_conv_pack(L, 5, &pk, "timer data");
+		ch_conv_pack(L, 5, v, "timer data");
 	}
 	int rc = ch_store_put(b->cur->store, b->cur->txn, CH_DB_TIMERS, key,
-	    klen, v.data, v.size);
-	msgpack_sbuffer_destroy(&v);
+	    klen, v->data, v->size);
 	if (rc != CH_OK) {
 		b->cur->store_err = rc;
 		return (luaL_error(L, "the store failed"));
@@ -1707,10 +1707,11 @@ pack_emits(lua_State *L, int reply, call_args *a)
 	}
 	int             list = lua_gettop(L);
 	lua_Integer     n    = (lua_Integer) lua_rawlen(L, list);
-	msgpack_sbuffer one;
+	// each message in the state's scratch: emit data that cannot be
+	// stored raises before anything needs freeing
+	msgpack_sbuffer *one = ch_conv_scratch(L);
 	msgpack_packer  pk;
-	msgpack_sbuffer_init(&one);
-	msgpack_packer_init(&pk, &one, sbuf_write);
+	msgpack_packer_init(&pk, one, sbuf_write);
 	for (lua_Integer i = 1; i <= n; i++) {
 		lua_rawgeti(L, list, i);                 /* {name=, data=} */
 		lua_getfield(L, -1, "name");
@@ -1719,8 +1720,8 @@ pack_emits(lua_State *L, int reply, call_args *a)
 		char        topic[256];
 		int tl = snprintf(topic, sizeof(topic), "choreo/%s/emit/%.*s",
 		    a->b->name, (int) (nl > 128 ? 128 : nl), name);
-		one.size = 0;
-		msgpack_sbuffer_write(&one, topic, (size_t) tl + 1);
+		one->size = 0;
+		msgpack_sbuffer_write(one, topic, (size_t) tl + 1);
 		msgpack_pack_map(&pk, 5);
 		ch_pack_kv_str(&pk, "business", a->b->name);
 		ch_pack_str(&pk, "customer");
@@ -1731,13 +1732,12 @@ pack_emits(lua_State *L, int reply, call_args *a)
 		msgpack_pack_int64(&pk, a->now);
 		ch_pack_str(&pk, "data");
 		lua_getfield(L, -2, "data");
-		ch_conv_pack(L, -1, &pk, "emit data");
+		ch_conv_pack(L, -1, one, "emit data");
 		lua_pop(L, 3);
-		uint32_t len = (uint32_t) one.size;
+		uint32_t len = (uint32_t) one->size;
 		msgpack_sbuffer_write(a->out->emits, (const char *) &len, 4);
-		msgpack_sbuffer_write(a->out->emits, one.data, one.size);
+		msgpack_sbuffer_write(a->out->emits, one->data, one->size);
 	}
-	msgpack_sbuffer_destroy(&one);
 	lua_pop(L, 1);
 }
 
@@ -1784,9 +1784,9 @@ do_call(lua_State *L)
 	}
 	lua_pop(L, 1);                                 /* state, reply */
 	if (!lua_isnil(L, -2)) {
-		ch_conv_pack_sbuf(L, -2, a->out->state, "customer state");
+		ch_conv_pack(L, -2, a->out->state, "customer state");
 	}
-	ch_conv_pack_sbuf(L, -1, a->out->reply, "reply");
+	ch_conv_pack(L, -1, a->out->reply, "reply");
 	lua_getfield(L, -1, "actions");
 	a->out->nactions = lua_istable(L, -1) ? (int) lua_rawlen(L, -1) : 0;
 	lua_pop(L, 1);
@@ -1874,9 +1874,7 @@ ch_biz_stats(ch_biz *b, const void *counters, size_t len, ch_str journey,
 		lua_settop(L, 0);
 		return (rc);
 	}
-	msgpack_packer pk;
-	msgpack_packer_init(&pk, reply, sbuf_write);
-	ch_conv_pack(L, -1, &pk, "stats");
+	ch_conv_pack(L, -1, reply, "stats");
 	lua_settop(L, 0);
 	return (CH_OK);
 }

@@ -13,9 +13,7 @@ static int
 pack(lua_State *L)
 {
 	msgpack_sbuffer *b = lua_touserdata(L, 2);
-	msgpack_packer   pk;
-	msgpack_packer_init(&pk, b, msgpack_sbuffer_write);
-	ch_conv_pack(L, 1, &pk, "state");
+	ch_conv_pack(L, 1, b, "state");
 	return (0);
 }
 
