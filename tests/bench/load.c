@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -297,6 +298,45 @@ ld_wait(bool (*done)(void *), void *arg)
 	if (tty && prev > 0) {
 		fputs("\r                                              \r", stderr);
 	}
+}
+
+static _Atomic int running;
+
+void
+ld_thread_done(void)
+{
+	atomic_fetch_sub(&running, 1);
+}
+
+static bool
+none_running(void *arg)
+{
+	(void) arg;
+	return (atomic_load(&running) == 0);
+}
+
+void
+ld_run_threads(int n, void *(*fn)(void *), void *items, size_t size)
+{
+	pthread_t *th = calloc((size_t) n, sizeof(*th));
+	if (th == NULL) {
+		fprintf(stderr, "bench_load: out of memory\n");
+		exit(2);
+	}
+	atomic_store(&running, n);
+	ld_r.t_first = ld_now_ns();
+	for (int i = 0; i < n; i++) {
+		void *arg = (char *) items + (size_t) i * size;
+		if (pthread_create(&th[i], NULL, fn, arg) != 0) {
+			fprintf(stderr, "bench_load: cannot start a thread\n");
+			exit(2);
+		}
+	}
+	ld_wait(none_running, NULL);
+	for (int i = 0; i < n; i++) {
+		pthread_join(th[i], NULL);
+	}
+	free(th);
 }
 
 /*

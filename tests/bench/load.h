@@ -209,6 +209,10 @@ int  ld_run_sp_req(ld_result *res);
 
 // Waits for the workers (done() true), printing progress unless quiet.
 void ld_wait(bool (*done)(void *), void *arg);
+// ld_run_threads starts fn on each of n items (item i at items + i * size),
+// shows progress until every one has called ld_thread_done, and joins them.
+void ld_run_threads(int n, void *(*fn)(void *), void *items, size_t size);
+void ld_thread_done(void);
 void ld_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /*

@@ -493,7 +493,6 @@ typedef struct {
 	msgpack_sbuffer sb;
 	msgpack_packer  pk;
 	ld_stats       *st;
-	pthread_t       th;
 } pclient;
 
 static _Atomic bool     sub_stop;
@@ -563,7 +562,7 @@ p_thread(void *arg)
 		p_flush(p);
 		p->st->t_last = ld_now_ns(); // the last bytes are out
 	}
-	atomic_fetch_sub(&active, 1);
+	ld_thread_done();
 	return (NULL);
 }
 
@@ -646,15 +645,7 @@ run_push(ld_result *res)
 	if (rc == 0) {
 		ld_info("bench_load: %d push client(s) connected to %s, %s", ld.clients,
 		    ld.addr, ld.rate > 0 ? "paced" : "unpaced");
-		atomic_store(&active, ld.clients);
-		ld_r.t_first = ld_now_ns();
-		for (int i = 0; i < ld.clients; i++) {
-			pthread_create(&pc[i].th, NULL, p_thread, &pc[i]);
-		}
-		ld_wait(none_active, NULL);
-		for (int i = 0; i < ld.clients; i++) {
-			pthread_join(pc[i].th, NULL);
-		}
+		ld_run_threads(ld.clients, p_thread, pc, sizeof(pc[0]));
 	}
 	if (subbed) {
 		// the decisions still on their way: wait until every event is

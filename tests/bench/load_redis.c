@@ -199,7 +199,6 @@ typedef struct {
 	int       fd;
 	ld_buf    w, r;
 	ld_stats *st;
-	pthread_t th;
 	uint64_t *rk; // the ring of commands in flight: index ...
 	int64_t  *rt; // ... and when it was sent
 } rconn;
@@ -261,14 +260,6 @@ flush(rconn *c)
 	return (true);
 }
 
-static _Atomic int active;
-
-static bool
-none_active(void *arg)
-{
-	(void) arg;
-	return (atomic_load(&active) == 0);
-}
 
 static void
 run_events(rconn *c)
@@ -349,7 +340,7 @@ r_thread(void *arg)
 	} else {
 		run_events(c);
 	}
-	atomic_fetch_sub(&active, 1);
+	ld_thread_done();
 	return (NULL);
 }
 
@@ -436,18 +427,7 @@ ld_run_redis(ld_result *res)
 	if (rc == 0) {
 		ld_info("bench_load: %d connection(s) to redis %s, script %s", n,
 		    ld.addr, ld.populate ? sha_populate : sha_event);
-		atomic_store(&active, n);
-		ld_r.t_first = ld_now_ns();
-		for (int i = 0; i < n; i++) {
-			if (pthread_create(&cs[i].th, NULL, r_thread, &cs[i]) != 0) {
-				fprintf(stderr, "bench_load: cannot start a thread\n");
-				exit(2);
-			}
-		}
-		ld_wait(none_active, NULL);
-		for (int i = 0; i < n; i++) {
-			pthread_join(cs[i].th, NULL);
-		}
+		ld_run_threads(n, r_thread, cs, sizeof(cs[0]));
 	}
 	for (int i = 0; i < n; i++) {
 		close(cs[i].fd);

@@ -9,14 +9,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static _Atomic int active;
-
-static bool
-none_active(void *arg)
-{
-	(void) arg;
-	return (atomic_load(&active) == 0);
-}
 
 /*
 ** {======================================================
@@ -38,7 +30,6 @@ typedef struct {
 	ld_buf         w, r;
 	msgpack_packer pk; // into w
 	ld_stats      *st;
-	pthread_t      th;
 	uint32_t       seq;
 	uint32_t      *id; // slot i: id (seq & 0x7fff) << 16 | i | 1 << 31
 	uint64_t      *k;
@@ -173,7 +164,7 @@ raw_thread(void *arg)
 			}
 		}
 	}
-	atomic_fetch_sub(&active, 1);
+	ld_thread_done();
 	return (NULL);
 }
 
@@ -244,18 +235,7 @@ ld_run_sp_req(ld_result *res)
 	}
 	if (rc == 0) {
 		ld_info("bench_load: %d connection(s) to %s (raw SP)", n, ld.addr);
-		atomic_store(&active, n);
-		ld_r.t_first = ld_now_ns();
-		for (int i = 0; i < n; i++) {
-			if (pthread_create(&cs[i].th, NULL, raw_thread, &cs[i]) != 0) {
-				fprintf(stderr, "bench_load: cannot start a thread\n");
-				exit(2);
-			}
-		}
-		ld_wait(none_active, NULL);
-		for (int i = 0; i < n; i++) {
-			pthread_join(cs[i].th, NULL);
-		}
+		ld_run_threads(n, raw_thread, cs, sizeof(cs[0]));
 	}
 	for (int i = 0; i < n; i++) {
 		close(cs[i].fd);

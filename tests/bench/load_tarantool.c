@@ -27,7 +27,6 @@ typedef struct {
 	ld_buf          w, r;
 	msgpack_packer  pk; // into w
 	ld_stats       *st;
-	pthread_t       th;
 	uint64_t        seq;
 	// the calls in flight: slot i has sync (seq << 16 | i)
 	uint64_t       *sync, *k;
@@ -251,14 +250,6 @@ flush(tconn *c)
 	return (true);
 }
 
-static _Atomic int active;
-
-static bool
-none_active(void *arg)
-{
-	(void) arg;
-	return (atomic_load(&active) == 0);
-}
 
 static void
 issue(tconn *c, int slot, uint64_t k)
@@ -344,7 +335,7 @@ t_thread(void *arg)
 	} else {
 		run_events(c);
 	}
-	atomic_fetch_sub(&active, 1);
+	ld_thread_done();
 	return (NULL);
 }
 
@@ -410,18 +401,7 @@ ld_run_tarantool(ld_result *res)
 	}
 	if (rc == 0) {
 		ld_info("bench_load: %d connection(s) to tarantool %s", n, ld.addr);
-		atomic_store(&active, n);
-		ld_r.t_first = ld_now_ns();
-		for (int i = 0; i < n; i++) {
-			if (pthread_create(&cs[i].th, NULL, t_thread, &cs[i]) != 0) {
-				fprintf(stderr, "bench_load: cannot start a thread\n");
-				exit(2);
-			}
-		}
-		ld_wait(none_active, NULL);
-		for (int i = 0; i < n; i++) {
-			pthread_join(cs[i].th, NULL);
-		}
+		ld_run_threads(n, t_thread, cs, sizeof(cs[0]));
 	}
 	for (int i = 0; i < n; i++) {
 		close(cs[i].fd);
