@@ -704,6 +704,8 @@ local STATS = {}
 local function stat(key, n)
   STATS[key] = (STATS[key] or 0) + (n or 1)
 end
+-- The host empties STATS once it has the counters; an event that failed
+-- may have left some behind.
 local function reset_stats()
   if next(STATS) ~= nil then STATS = {} end
 end

@@ -1782,6 +1782,17 @@ do_call(lua_State *L)
 			}
 		}
 	}
+	if (lua_istable(L, -1)) {
+		// handed over: emptied in place, so that the next event's
+		// counters find the table already grown
+		lua_pushnil(L);
+		while (lua_next(L, -2) != 0) {
+			lua_pop(L, 1);
+			lua_pushvalue(L, -1);
+			lua_pushnil(L);
+			lua_rawset(L, -4);
+		}
+	}
 	lua_pop(L, 1);                                 /* state, reply */
 	if (!lua_isnil(L, -2)) {
 		ch_conv_pack(L, -2, a->out->state, "customer state");
