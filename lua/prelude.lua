@@ -977,13 +977,15 @@ local function new_customer(st, ctx, view, now)
   }, C)
 end
 
-local function context_of(req, st)
+-- The circumstance comes from the request, else from the customer's attrs.
+local function circumstance(req, st)
   local a = st.attrs
-  return {
-    region = req.region or a.region,
-    channel = req.channel or a.channel,
-    product = req.product or a.product,
-  }
+  return req.region or a.region, req.channel or a.channel, req.product or a.product
+end
+
+local function context_of(req, st)
+  local region, channel, product = circumstance(req, st)
+  return { region = region, channel = channel, product = product }
 end
 
 ------------------------------------------------------------------------
@@ -1354,8 +1356,9 @@ function API.event(st, req, now, version)
   local reply = { ok = true, rules = version }
   if req.decide ~= false then
     -- the handlers may have changed what the circumstance is
-    local ctx2 = context_of(req, st)
-    if ctx2.region ~= ctx.region or ctx2.channel ~= ctx.channel or ctx2.product ~= ctx.product then
+    local region, channel, product = circumstance(req, st)
+    if region ~= ctx.region or channel ~= ctx.channel or product ~= ctx.product then
+      local ctx2 = { region = region, channel = channel, product = product }
       c.context, c._view = ctx2, resolve(ctx2)
       c.params = c._view.params
       current_params = c.params
