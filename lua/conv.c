@@ -61,6 +61,27 @@ ch_conv_prepack(lua_State *L, int idx)
 	return (1);
 }
 
+size_t
+ch_conv_count(lua_State *L, int idx)
+{
+	if (lua_istable(L, idx)) {
+		return (lua_rawlen(L, idx));
+	}
+	const unsigned char *p = luaL_testudata(L, idx, CH_PACKED);
+	size_t               n = p != NULL ? lua_rawlen(L, idx) : 0;
+	if (n >= 1 && (p[0] & 0xf0) == 0x90) {
+		return (p[0] & 0x0f);
+	}
+	if (n >= 3 && p[0] == 0xdc) {
+		return ((size_t) p[1] << 8 | p[2]);
+	}
+	if (n >= 5 && p[0] == 0xdd) {
+		return ((size_t) p[1] << 24 | (size_t) p[2] << 16 |
+		    (size_t) p[3] << 8 | p[4]);
+	}
+	return (0);
+}
+
 void
 ch_conv_push_array_mt(lua_State *L)
 {

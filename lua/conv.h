@@ -22,6 +22,10 @@ void ch_conv_init(lua_State *L);
 #define CH_PACKED "choreo.packed"
 int ch_conv_prepack(lua_State *L, int idx);
 
+// ch_conv_count: how many entries the list at idx has, a table or a packed
+// array; 0 for anything else.
+size_t ch_conv_count(lua_State *L, int idx);
+
 // ch_conv_push_array_mt pushes the array metatable.
 void ch_conv_push_array_mt(lua_State *L);
 

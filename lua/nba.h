@@ -1,4 +1,4 @@
-// choreo — the next best action's inner loop in C (see nba.c).
+// choreo — the next best action, in C (see nba.c).
 #ifndef LUA_NBA_H
 #define LUA_NBA_H
 
@@ -8,7 +8,7 @@
 
 // ch_nba_open registers the compiled view's metatable in L.
 void ch_nba_open(lua_State *L);
-// ch_nba_register sets nba_compile and nba_score in the table at index h.
+// ch_nba_register sets nba_compile and nba_decide in the table at index h.
 void ch_nba_register(lua_State *L, int h);
 
 #endif

@@ -618,7 +618,7 @@ local function build_view(ctx)
   end
   return {
     params = params, actions = actions, aorder = aorder, list = alist, levers = levers,
-    cnba = H.nba_compile(alist), explores = explores,
+    cnba = H.nba_compile(alist, ctx.channel, policy, max_per_group), explores = explores,
     policy = policy, max_per_group = max_per_group, arbitrate = arbitrate,
     cases = cases, journeys = journeys, applied = applied,
   }
@@ -710,25 +710,6 @@ local function reset_stats()
   if next(STATS) ~= nil then STATS = {} end
 end
 local ELAPSED_STEPS = 4 -- histogram buckets per doubling of the time to goal
-
--- The impression counters' names, made once per action and channel rather
--- than concatenated on every event (most events show actions).
-local IMP = {}
-local function impressions_key(action, channel)
-  local t = IMP[action]
-  if not t then
-    t = { total = "a\0" .. action .. "\0impressions", ch = {}, n = 0 }
-    IMP[action] = t
-  end
-  if not channel then return t.total end
-  local k = t.ch[channel]
-  if not k then
-    k = "a\0" .. action .. "\0ch\0" .. channel .. "\0impressions"
-    -- channels come from requests: keep a few dozen, not any number
-    if t.n < 32 then t.ch[channel] = k; t.n = t.n + 1 end
-  end
-  return k
-end
 
 local function journey_of(c, name)
   local j = c._view.journeys[name]
@@ -1038,15 +1019,6 @@ local function sample(alpha, beta, name, seed)
   return beta_sample(alpha, beta, rng(H.hash64(seed .. "\0" .. name)))
 end
 
-local function prune(list, since)
-  local out, j = arr(), 0
-  for i = 1, #list do
-    local t = list[i]
-    if (type(t) == "table" and t.at or t) >= since then j = j + 1; out[j] = t end
-  end
-  return out
-end
-
 local function shown_today(h, now)
   local n = 0
   local recent = h.recent
@@ -1080,176 +1052,71 @@ local function why(reason, a, h, now, x, view, channel, limit)
   end
 end
 
--- Scratch arrays reused by every decision of this state: the ranked
--- candidates' actions, scores, propensities and where each propensity came
--- from (filled by nba_score).
-local CA, CS, CP, CSRC = {}, {}, {}, {}
-
--- arbitrated: arbitrate sees the ranked {name, score, value, propensity,
--- group, channel, payload} tables and returns the list to choose from; the
--- scratch arrays are rewritten in its order.
-local function arbitrated(c, view, n, channel, trace)
-  local list = {}
-  for i = 1, n do
-    local a = CA[i]
-    list[i] = { name = a.name, score = CS[i], value = a.value, propensity = CP[i],
-                group = a.group, channel = channel or a.first_channel,
-                payload = a.payload, _i = i }
+-- arbitrated: the analyst's arbitrate sees the ranked candidates, each
+-- {name, score, value, propensity, group, channel, payload}, and returns the
+-- list to choose from; nba_decide gets back their ranks, in that order.
+local function arbitrated(c, view, channel, trace, ranked, scores, props)
+  local list, rank_of = {}, {}
+  for i = 1, #ranked do
+    local a = ranked[i]
+    local x = { name = a.name, score = scores[i], value = a.value, propensity = props[i],
+                group = a.group, channel = channel or a.first_channel, payload = a.payload }
+    list[i], rank_of[x] = x, i
   end
-  do
-    local out = view.arbitrate(c, list)
-    if type(out) ~= "table" then
-      fail(sfmt("arbitrate: must return the list of candidates, got %s", tname(out)))
+  local out = view.arbitrate(c, list)
+  if type(out) ~= "table" then
+    fail(sfmt("arbitrate: must return the list of candidates, got %s", tname(out)))
+  end
+  local kept, ranks = {}, {}
+  for i, x in ipairs(out) do
+    if not rank_of[x] then
+      fail(sfmt("arbitrate: entry %d is not one of the candidates it was given", i))
     end
-    local known, kept = {}, {}
-    for _, x in ipairs(list) do known[x] = true end
-    for i, x in ipairs(out) do
-      if not known[x] then
-        fail(sfmt("arbitrate: entry %d is not one of the candidates it was given", i))
-      end
-      kept[x] = true
+    if kept[x] then
+      fail(sfmt("arbitrate: entry %d ('%s') is listed twice", i, x.name))
     end
-    if trace then
-      for _, x in ipairs(list) do
-        if not kept[x] then
-          trace[#trace + 1] = { step = "action", action = x.name, kept = false,
-                                reason = "arbitrate", why = why("arbitrate") }
-        end
+    kept[x], ranks[i] = true, rank_of[x]
+  end
+  if trace then
+    for _, x in ipairs(list) do
+      if not kept[x] then
+        trace[#trace + 1] = { step = "action", action = x.name, kept = false,
+                              reason = "arbitrate", why = why("arbitrate") }
       end
     end
-    list = out
   end
-  local a2, s2, p2, src2 = {}, {}, {}, {}
-  for k, x in ipairs(list) do
-    local i = x._i
-    a2[k], s2[k], p2[k], src2[k] = CA[i], CS[i], CP[i], CSRC[i]
-  end
-  for k = 1, #list do
-    CA[k], CS[k], CP[k], CSRC[k] = a2[k], s2[k], p2[k], src2[k]
-  end
-  return #list
+  return ranks
 end
 
--- a view's action payload is the same for every request: packed once
-local function prepack(a)
-  a.packed = H.prepack(a.payload)
-  return a.packed
-end
-
+-- nba: the next best actions for c, in C (lua/nba.c) but for the analyst's
+-- functions and explain's sentences. Returns the actions (packed for the
+-- reply), the trace when asked and whether the history changed.
 local function nba(c, view, req)
   local st, now = c._s, c.now
   local channel = c.context.channel
   local limit = req.limit or 3
-  local record = req.record ~= false
   local trace = req.explain and arr() or nil
   -- the seed of exploration, built only when some action explores
   local seed = view.explores and (c.id .. "\0" .. (req.id or tostring(now))) or ""
   if trace then
-    trace[#trace + 1] = { step = "variations", applied = view.applied }
+    trace[1] = { step = "variations", applied = view.applied }
   end
-  local hist = st.actions
-  local list = view.list
-  -- filter and score, in C: channel, eligible(c), limits, propensity
-  local reasons = trace and {} or nil
-  -- the ranked candidates the choice below may look at: the top `limit`,
-  -- unless a rule, a budget or explain may skip some or want them all
-  local want = (trace or view.arbitrate or view.max_per_group or view.policy) and 0 or limit
-  local n = H.nba_score(view.cnba, c, hist, channel, now, seed, sample,
-                        CA, CS, CP, CSRC, reasons, want)
+  local arb = view.arbitrate and function(ranked, scores, props)
+    return arbitrated(c, view, channel, trace, ranked, scores, props)
+  end
+  local out, changed = H.nba_decide(view.cnba, c, st, now, seed, sample, limit,
+                                    req.record ~= false, STATS, trace, arb)
   if trace then
-    for i = 1, #list do
-      local r = reasons[i]
-      if r then
-        local a = list[i]
-        trace[#trace + 1] = { step = "action", action = a.name, kept = false, reason = r,
-                              why = why(r, a, hist[a.name], now, nil, view, channel) }
+    local hist = st.actions
+    for _, r in ipairs(trace) do
+      if r.reason and not r.why then
+        r.why = why(r.reason, view.actions[r.action], hist[r.action], now, r._x, view,
+                    channel, limit)
+        r._x = nil
       end
     end
   end
-  if view.arbitrate then n = arbitrated(c, view, n, channel, trace) end
-  -- choose, in rank order, under max_per_group, the contact budget and limit
-  local policy = view.policy
-  local day_total, by_channel = 0, nil
-  if policy then
-    by_channel = {}
-    local contacts = st.contacts
-    if contacts then
-      for _, t in ipairs(contacts) do
-        if t.at > now - DAY then
-          day_total = day_total + 1
-          if t.channel then by_channel[t.channel] = (by_channel[t.channel] or 0) + 1 end
-        end
-      end
-    end
-  end
-  local mpg = view.max_per_group
-  local per_group = mpg and {} or nil
-  local out, nout = arr(), 0
-  local rank = 0
-  for k = 1, n do
-    if nout >= limit and not trace then break end -- nobody asked why the rest lost
-    rank = k
-    local a = CA[k]
-    local g = a.group
-    local ch = channel or a.first_channel
-    local reason, x
-    if mpg and g and (per_group[g] or 0) >= mpg then
-      reason, x = "max_per_group", g
-    elseif policy and policy.max_per_day and day_total >= policy.max_per_day then
-      reason = "max_per_day"
-    elseif policy and policy.per_channel and ch and policy.per_channel[ch]
-           and (by_channel[ch] or 0) >= policy.per_channel[ch] then
-      reason, x = "per_channel", ch
-    elseif nout >= limit then
-      reason = "limit"
-    end
-    if trace then
-      trace[#trace + 1] = {
-        step = "action", action = a.name, kept = reason == nil, reason = reason,
-        why = reason and why(reason, a, nil, now, x, view, channel, limit),
-        rank = rank, score = CS[k],
-        factors = { propensity = CP[k], value = a.value, weight = a.weight,
-                    lever = a.lever, source = CSRC[k] },
-      }
-    end
-    if not reason then
-      nout = nout + 1
-      out[nout] = {
-        name = a.name, score = CS[k], value = a.value, propensity = CP[k],
-        group = g, channel = ch, payload = a.payload and (a.packed or prepack(a)),
-      }
-      if g and per_group then per_group[g] = (per_group[g] or 0) + 1 end
-      if policy then
-        day_total = day_total + 1
-        if ch then by_channel[ch] = (by_channel[ch] or 0) + 1 end
-      end
-    end
-  end
-  if record and nout > 0 then
-    for _, x in ipairs(out) do
-      local h = hist[x.name]
-      if not h then
-        h = { impressions = 0, accepted = 0, rejected = 0, ignored = 0 }
-        hist[x.name] = h
-      end
-      h.impressions = h.impressions + 1
-      h.last_shown = now
-      stat(impressions_key(x.name))
-      if x.channel then stat(impressions_key(x.name, x.channel)) end
-      local a = view.actions[x.name]
-      if a.limits and a.limits.per_day then
-        local r = prune(h.recent or {}, now - DAY)
-        r[#r + 1] = now
-        h.recent = r
-      end
-    end
-    if policy then
-      local cl = prune(st.contacts or {}, now - DAY)
-      for _, x in ipairs(out) do cl[#cl + 1] = { at = now, channel = x.channel } end
-      st.contacts = cl
-    end
-  end
-  return out, trace, record and nout > 0
+  return out, trace, changed
 end
 
 ------------------------------------------------------------------------

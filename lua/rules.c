@@ -1799,7 +1799,7 @@ do_call(lua_State *L)
 	}
 	ch_conv_pack(L, -1, a->out->reply, "reply");
 	lua_getfield(L, -1, "actions");
-	a->out->nactions = lua_istable(L, -1) ? (int) lua_rawlen(L, -1) : 0;
+	a->out->nactions = (int) ch_conv_count(L, -1);
 	lua_pop(L, 1);
 	pack_emits(L, lua_gettop(L), a);
 	return (0);

@@ -620,6 +620,83 @@ Test(rules, levers_max_per_group_and_arbitrate)
 	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "b");
 }
 
+Test(rules, arbitrate_may_not_list_a_candidate_twice)
+{
+	write_file("shop", "10.lua",
+	    "action 'a' { value = 10 }\n"
+	    "action 'b' { value = 9 }\n"
+	    "arbitrate(function(c, cands) return { cands[1], cands[1] } end)\n");
+	load();
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .norecord = true }, err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "arbitrate: entry 2 ('a') is listed twice"),
+	    "%s", err);
+}
+
+// The decision asks an action eligible(c), its limits and its propensity
+// only when it could still be chosen; explain asks every action. Both
+// must choose the same actions, whatever the history, limits and budgets.
+static const char MIXED[] =
+    "on('set', function(c, e) for k, v in pairs(e.data) do c.attrs[k] = v end end)\n"
+    "contact_policy { max_per_day = 4, per_channel = { sms = 2 } }\n"
+    "max_per_group(2)\n"
+    "action 'a1' { group = 'g1', value = 50, channels = { 'web', 'app' },\n"
+    "  eligible = function(c) return c.attrs.age >= 18 end }\n"
+    "action 'a2' { group = 'g1', value = 50, prior = 0.5,\n"
+    "  limits = { max_impressions = 2 } }\n"
+    "action 'a3' { group = 'g1', value = 80, propensity = function(c) return c.attrs.p end }\n"
+    "action 'a4' { group = 'g2', value = 30, channels = { 'sms' },\n"
+    "  limits = { cooldown = '1h' } }\n"
+    "action 'a5' { group = 'g2', value = 30, prior = 0.2, explore = true,\n"
+    "  eligible = function(c) return c.attrs.seg ~= 'x' end }\n"
+    "action 'a6' { value = 12, limits = { per_day = 1 } }\n"
+    "action 'a7' { value = -5 }\n"
+    "action 'a8' { group = 'g3', value = 20, channels = { 'sms', 'web' },\n"
+    "  propensity = function(c) return 1 - c.attrs.p end,\n"
+    "  limits = { stop_after_rejects = 1 } }\n"
+    "action 'a9' { group = 'g3', value = 25, prior = 0.9,\n"
+    "  eligible = function(c) return c.attrs.age % 3 ~= 0 end }\n";
+
+Test(rules, a_lazy_decision_chooses_what_explain_does)
+{
+	write_file("shop", "10.lua", MIXED);
+	load();
+	const char *channels[] = { NULL, "web", "app", "sms" };
+	const char *segs[]     = { "x", "y" };
+	for (int k = 0; k < 300; k++) {
+		char data[128], id[16];
+		snprintf(data, sizeof(data), "{\"age\": %d, \"seg\": \"%s\", "
+		    "\"p\": %.2f}", 10 + k % 23, segs[k % 2], (k % 11) / 10.0);
+		snprintf(id, sizeof(id), "e%d", k);
+		ok("shop", (ev) { .type = "set", .nodecide = true,
+		                  .data_json = data });
+		ev d = { .channel = channels[k % 4], .limit = 1 + k % 5,
+			.id = id, .norecord = true };
+		ok("shop", d);
+		json_t *lazy = json_incref(at(last_reply, "actions"));
+		d.explain = true;
+		ok("shop", d);
+		cr_assert(json_equal(lazy, at(last_reply, "actions")),
+		    "decision %d: %s vs %s", k, json_dumps(lazy, 0),
+		    json_dumps(at(last_reply, "actions"), 0));
+		json_decref(lazy);
+		if (k % 3 == 0) {
+			d.explain  = false;
+			d.norecord = false;
+			ok("shop", d); // a history, for the limits and budgets
+		}
+		if (k % 7 == 0) {
+			char resp[96];
+			snprintf(resp, sizeof(resp), "{\"action\": \"a%d\", "
+			    "\"outcome\": \"rejected\"}", 1 + k % 9);
+			ok("shop", (ev) { .type = "response", .nodecide = true,
+			                  .data_json = resp });
+		}
+		now += 600000; // ten minutes
+	}
+}
+
 Test(rules, cohorts_are_stable_and_split)
 {
 	write_file("shop", "10.lua",
