@@ -530,10 +530,15 @@ ask(decision *d, cand *x)
 		lua_pushvalue(L, A_C);
 		lua_call(L, 1, 1);
 		if (lua_type(L, -1) != LUA_TNUMBER) {
+			// named where the analyst wrote the function
+			lua_Debug ar;
+			lua_rawgeti(L, d->kp, a->propensity_ref);
+			lua_getinfo(L, ">S", &ar);
 			return (luaL_error(L,
-			    "action '%s': propensity(c) must return a number, "
-			    "got %s",
-			    a->name, luaL_typename(L, -1)));
+			    "%s:%d: action '%s': propensity(c) must return a "
+			    "number, got %s",
+			    ar.short_src, ar.linedefined, a->name,
+			    luaL_typename(L, -1)));
 		}
 		x->src = K_RULE;
 	} else {

@@ -1052,6 +1052,12 @@ local function why(reason, a, h, now, x, view, channel, limit)
   end
 end
 
+-- A wrong answer from arbitrate is reported where the analyst wrote it.
+local function arbitrate_wrong(fn, msg)
+  local info = getinfo(fn, "S")
+  error(sfmt("%s:%d: arbitrate: %s", ssub(info.source, 2), info.linedefined, msg), 0)
+end
+
 -- arbitrated: the analyst's arbitrate sees the ranked candidates, each
 -- {name, score, value, propensity, group, channel, payload}, and returns the
 -- list to choose from; nba_decide gets back their ranks, in that order.
@@ -1065,15 +1071,15 @@ local function arbitrated(c, view, channel, trace, ranked, scores, props)
   end
   local out = view.arbitrate(c, list)
   if type(out) ~= "table" then
-    fail(sfmt("arbitrate: must return the list of candidates, got %s", tname(out)))
+    arbitrate_wrong(view.arbitrate, sfmt("must return the list of candidates, got %s", tname(out)))
   end
   local kept, ranks = {}, {}
   for i, x in ipairs(out) do
     if not rank_of[x] then
-      fail(sfmt("arbitrate: entry %d is not one of the candidates it was given", i))
+      arbitrate_wrong(view.arbitrate, sfmt("entry %d is not one of the candidates it was given", i))
     end
     if kept[x] then
-      fail(sfmt("arbitrate: entry %d ('%s') is listed twice", i, x.name))
+      arbitrate_wrong(view.arbitrate, sfmt("entry %d ('%s') is listed twice", i, x.name))
     end
     kept[x], ranks[i] = true, rank_of[x]
   end

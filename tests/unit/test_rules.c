@@ -620,6 +620,21 @@ Test(rules, levers_max_per_group_and_arbitrate)
 	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "b");
 }
 
+Test(rules, a_propensity_that_is_not_a_number_names_its_line)
+{
+	write_file("shop", "10.lua",
+	    "action 'a' { value = 10,\n"
+	    "  propensity = function(c) return 'high' end }\n");
+	load();
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .norecord = true }, err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:2:"), "%s", err);
+	cr_assert_not_null(strstr(err, "action 'a': propensity(c) must return "
+	                                "a number, got string"),
+	    "%s", err);
+}
+
 Test(rules, arbitrate_may_not_list_a_candidate_twice)
 {
 	write_file("shop", "10.lua",
@@ -630,7 +645,7 @@ Test(rules, arbitrate_may_not_list_a_candidate_twice)
 	char err[600];
 	cr_assert_eq(run("shop", (ev) { .norecord = true }, err, sizeof(err)),
 	    CH_ERULE);
-	cr_assert_not_null(strstr(err, "arbitrate: entry 2 ('a') is listed twice"),
+	cr_assert_not_null(strstr(err, "10.lua:3: arbitrate: entry 2 ('a') is listed twice"),
 	    "%s", err);
 }
 
