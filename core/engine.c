@@ -92,12 +92,6 @@ ch_job_fini(ch_job *j)
 	msgpack_sbuffer_destroy(&j->emits);
 }
 
-static int
-sbuf_write(void *data, const char *buf, size_t len)
-{
-	return (msgpack_sbuffer_write(data, buf, len));
-}
-
 int
 ch_mp_map_reheader(msgpack_sbuffer *out, const void *src, size_t len,
     uint32_t extra)
@@ -117,7 +111,7 @@ ch_mp_map_reheader(msgpack_sbuffer *out, const void *src, size_t len,
 		return (CH_EINTERNAL);
 	}
 	msgpack_packer pk;
-	msgpack_packer_init(&pk, out, sbuf_write);
+	msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, n + extra);
 	msgpack_sbuffer_write(out, (const char *) p + h, len - h);
 	return (CH_OK);
@@ -145,7 +139,7 @@ reply_err(ch_job *j, int err, const char *fmt, ...)
 	j->emits.size = 0;
 	j->err        = err;
 	msgpack_packer pk;
-	msgpack_packer_init(&pk, &j->reply, sbuf_write);
+	msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
 	ch_pack_error(&pk, err, msg);
 }
 
@@ -155,7 +149,7 @@ reply_ok(ch_job *j)
 	j->reply.size = 0;
 	j->err        = CH_OK;
 	msgpack_packer pk;
-	msgpack_packer_init(&pk, &j->reply, sbuf_write);
+	msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, 1);
 	ch_pack_str(&pk, "ok");
 	msgpack_pack_true(&pk);
@@ -253,7 +247,7 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 					return (CH_OK);
 				}
 				msgpack_packer pk;
-				msgpack_packer_init(&pk, &j->reply, sbuf_write);
+				msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
 				ch_pack_str(&pk, "duplicate");
 				msgpack_pack_true(&pk);
 				ch_store_abort(txn);
@@ -354,7 +348,7 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 	j->reply.size = 0;
 	j->err        = CH_OK;
 	msgpack_packer pk;
-	msgpack_packer_init(&pk, &j->reply, sbuf_write);
+	msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, 2);
 	ch_pack_str(&pk, "ok");
 	msgpack_pack_true(&pk);
@@ -473,7 +467,7 @@ run_rules_info(ch_engine *e, ch_job *j)
 	j->reply.size = 0;
 	j->err        = CH_OK;
 	msgpack_packer pk;
-	msgpack_packer_init(&pk, &j->reply, sbuf_write);
+	msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
 	if (j->req->history) {
 		if (j->req->business.n == 0) {
 			reply_err(j, CH_EBADREQ,
@@ -744,7 +738,7 @@ run_stats(ch_engine *e, ch_job *j)
 	uint32_t         n = 0;
 	msgpack_sbuffer_init(&flat);
 	msgpack_sbuffer_init(&items);
-	msgpack_packer_init(&pk, &items, sbuf_write);
+	msgpack_packer_init(&pk, &items, msgpack_sbuffer_write);
 	char   prefix[70];
 	size_t plen = (size_t) r->business.n + 1;
 	memcpy(prefix, r->business.p, r->business.n);
@@ -780,7 +774,7 @@ run_stats(ch_engine *e, ch_job *j)
 		}
 		mdb_txn_abort(txn);
 	}
-	msgpack_packer_init(&pk, &flat, sbuf_write);
+	msgpack_packer_init(&pk, &flat, msgpack_sbuffer_write);
 	msgpack_pack_array(&pk, (size_t) n * 2);
 	msgpack_sbuffer_write(&flat, items.data, items.size);
 	char err[512] = "";

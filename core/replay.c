@@ -79,12 +79,6 @@ job_done(ch_job *j)
 	(void) j;
 }
 
-static int
-sbuf_write(void *data, const char *buf, size_t len)
-{
-	return (msgpack_sbuffer_write(data, buf, len));
-}
-
 static void
 usage(FILE *f)
 {
@@ -214,7 +208,7 @@ ch_replay_main(int argc, char **argv)
 		msgpack_sbuffer buf;
 		msgpack_packer  pk;
 		msgpack_sbuffer_init(&buf);
-		msgpack_packer_init(&pk, &buf, sbuf_write);
+		msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
 		ch_json_to_msgpack(j, &pk);
 		json_decref(j);
 		ch_doc doc;
@@ -222,14 +216,14 @@ ch_replay_main(int argc, char **argv)
 		if (rc != CH_OK) {
 			msgpack_sbuffer err;
 			msgpack_sbuffer_init(&err);
-			msgpack_packer_init(&pk, &err, sbuf_write);
+			msgpack_packer_init(&pk, &err, msgpack_sbuffer_write);
 			ch_pack_error(&pk, rc, doc.errmsg);
 			print_reply(err.data, err.size);
 			msgpack_sbuffer_destroy(&err);
 		} else if (doc.req.op == CH_OP_BATCH) {
 			msgpack_sbuffer out;
 			msgpack_sbuffer_init(&out);
-			msgpack_packer_init(&pk, &out, sbuf_write);
+			msgpack_packer_init(&pk, &out, msgpack_sbuffer_write);
 			msgpack_pack_map(&pk, 2);
 			ch_pack_str(&pk, "ok");
 			msgpack_pack_true(&pk);

@@ -70,18 +70,12 @@ ch_shard_of(ch_str business, ch_str customer, int shards)
 	return ((int) (h % (uint64_t) shards));
 }
 
-static int
-sbuf_write(void *data, const char *buf, size_t len)
-{
-	return (msgpack_sbuffer_write(data, buf, len));
-}
-
 static void
 pack_error_buf(msgpack_sbuffer *b, int err, const char *msg)
 {
 	msgpack_packer pk;
 	b->size = 0;
-	msgpack_packer_init(&pk, b, sbuf_write);
+	msgpack_packer_init(&pk, b, msgpack_sbuffer_write);
 	ch_pack_error(&pk, err, msg);
 }
 
@@ -209,7 +203,7 @@ fan_complete(rep_work *w)
 {
 	msgpack_packer pk;
 	w->out.size = 0;
-	msgpack_packer_init(&pk, &w->out, sbuf_write);
+	msgpack_packer_init(&pk, &w->out, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, 2);
 	ch_pack_str(&pk, "ok");
 	msgpack_pack_true(&pk);
@@ -241,7 +235,7 @@ fan_out(rep_work *w)
 	if (n == 0) { // an empty batch
 		msgpack_packer pk;
 		w->out.size = 0;
-		msgpack_packer_init(&pk, &w->out, sbuf_write);
+		msgpack_packer_init(&pk, &w->out, msgpack_sbuffer_write);
 		msgpack_pack_map(&pk, 2);
 		ch_pack_str(&pk, "ok");
 		msgpack_pack_true(&pk);
@@ -361,7 +355,7 @@ rep_handle(rep_work *w)
 	case CH_OP_PING: {
 		msgpack_packer pk;
 		w->out.size = 0;
-		msgpack_packer_init(&pk, &w->out, sbuf_write);
+		msgpack_packer_init(&pk, &w->out, msgpack_sbuffer_write);
 		msgpack_pack_map(&pk, 2);
 		ch_pack_str(&pk, "ok");
 		msgpack_pack_true(&pk);
@@ -508,7 +502,7 @@ pull_done(ch_job *j)
 		uint32_t extra = 3 + (r->id.n > 0);
 		if (ch_mp_map_reheader(&b, j->reply.data, j->reply.size,
 		        extra) == CH_OK) {
-			msgpack_packer_init(&pk, &b, sbuf_write);
+			msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
 			ch_pack_str(&pk, "business");
 			ch_pack_strn(&pk, r->business.p, r->business.n);
 			ch_pack_str(&pk, "customer");

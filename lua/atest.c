@@ -69,12 +69,6 @@ rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 	return (remove(path));
 }
 
-static int
-sbuf_write(void *data, const char *buf, size_t len)
-{
-	return (msgpack_sbuffer_write(data, buf, len));
-}
-
 static void
 job_done(ch_job *j)
 {
@@ -157,7 +151,7 @@ call(lua_State *L, const char *op)
 	int rc = ch_doc_decode(&doc, req.data, req.size);
 	if (rc != CH_OK) {
 		msgpack_packer pk;
-		msgpack_packer_init(&pk, &j.reply, sbuf_write);
+		msgpack_packer_init(&pk, &j.reply, msgpack_sbuffer_write);
 		ch_pack_error(&pk, rc, doc.errmsg);
 	} else {
 		j.req  = &doc.req;

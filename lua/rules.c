@@ -29,7 +29,6 @@ struct ch_rules {
 	ch_rules_opts  opts;
 };
 
-static int  sbuf_write(void *data, const char *buf, size_t len);
 static void pack_biz(const ch_biz *b, msgpack_packer *pk);
 
 static int64_t
@@ -406,7 +405,7 @@ l_timer_put(lua_State *L)
 	// raises before anything needs freeing)
 	msgpack_sbuffer *v = ch_conv_scratch(L);
 	msgpack_packer   pk;
-	msgpack_packer_init(&pk, v, sbuf_write);
+	msgpack_packer_init(&pk, v, msgpack_sbuffer_write);
 	bool data = lua_istable(L, 5);
 	msgpack_pack_map(&pk, data ? 2 : 1);
 	ch_pack_str(&pk, "type");
@@ -1097,7 +1096,7 @@ ch_rules_publish_changes(ch_rules *fresh, ch_rules *old,
 		int  tl = snprintf(topic, sizeof(topic), "choreo/%s/rules",
 		     fb->name);
 		msgpack_sbuffer_write(&b, topic, (size_t) tl + 1);
-		msgpack_packer_init(&pk, &b, sbuf_write);
+		msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
 		msgpack_pack_map(&pk, 3);
 		ch_pack_str(&pk, "ok");
 		if (fb->err.message == NULL) {
@@ -1123,7 +1122,7 @@ ch_rules_publish_changes(ch_rules *fresh, ch_rules *old,
 		int  tl = snprintf(topic, sizeof(topic), "choreo/%s/rules",
 		     ob->name);
 		msgpack_sbuffer_write(&b, topic, (size_t) tl + 1);
-		msgpack_packer_init(&pk, &b, sbuf_write);
+		msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
 		msgpack_pack_map(&pk, 3);
 		ch_pack_str(&pk, "ok");
 		msgpack_pack_true(&pk);
@@ -1247,7 +1246,7 @@ ch_rules_record_versions(ch_rules *r, ch_store *s)
 		// u64 load time ‖ msgpack [[path, source]...]
 		b.size = 0;
 		msgpack_sbuffer_write(&b, (const char *) &z->loaded_at, 8);
-		msgpack_packer_init(&pk, &b, sbuf_write);
+		msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
 		msgpack_pack_array(&pk, (size_t) z->nfiles);
 		for (int f = 0; f < z->nfiles; f++) {
 			msgpack_pack_array(&pk, 2);
@@ -1415,7 +1414,7 @@ ch_rules_quarantine(ch_store *s, const char *business, const char *version,
 	msgpack_sbuffer b;
 	msgpack_packer  pk;
 	msgpack_sbuffer_init(&b);
-	msgpack_packer_init(&pk, &b, sbuf_write);
+	msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, 2);
 	ch_pack_kv_str(&pk, "event_type", event_type);
 	ch_pack_str(&pk, "at");
@@ -1690,12 +1689,6 @@ typedef struct {
 	ch_rule_out    *out;
 } call_args;
 
-static int
-sbuf_write(void *data, const char *buf, size_t len)
-{
-	return (msgpack_sbuffer_write(data, buf, len));
-}
-
 // pack_emits turns the reply's emitted list into pub messages.
 static void
 pack_emits(lua_State *L, int reply, call_args *a)
@@ -1711,7 +1704,7 @@ pack_emits(lua_State *L, int reply, call_args *a)
 	// stored raises before anything needs freeing
 	msgpack_sbuffer *one = ch_conv_scratch(L);
 	msgpack_packer  pk;
-	msgpack_packer_init(&pk, one, sbuf_write);
+	msgpack_packer_init(&pk, one, msgpack_sbuffer_write);
 	for (lua_Integer i = 1; i <= n; i++) {
 		lua_rawgeti(L, list, i);                 /* {name=, data=} */
 		lua_getfield(L, -1, "name");
@@ -1770,7 +1763,7 @@ do_call(lua_State *L)
 			lua_pop(L, 1);
 		}
 		if (n > 0) {
-			msgpack_packer_init(&pk, a->out->stats, sbuf_write);
+			msgpack_packer_init(&pk, a->out->stats, msgpack_sbuffer_write);
 			msgpack_pack_array(&pk, (size_t) n * 2);
 			lua_pushnil(L);
 			while (lua_next(L, -2) != 0) {
