@@ -1,14 +1,14 @@
 // choreo — the next best action, in C.
 //
 // The prelude compiles each resolved view once (nba_compile): every
-// action's channels, limits, group, the channel its reply names, its
-// stats counters' keys and its contact budget. nba_decide then makes the
-// whole decision:
+// action's channel membership, limits, group, the channel its reply names,
+// its predicates, its stats counters' keys and its contact budget.
+// nba_decide then makes the whole decision:
 //
-//   for each action of the view: channel, eligible(c), limits against the
-//   customer's history, propensity (its own function, or the adaptive
-//   model's counts, cached per view), score
-//   -> rank (score descending, ties by name)
+//   rank the actions offered on the channel, score descending, ties by
+//   name; an action at the top is asked eligible(c), its limits against
+//   the customer's history and its propensity (its own function, else the
+//   adaptive model's counts, cached per view) before it is ranked
 //   -> arbitrate(c, candidates), when declared (through the prelude)
 //   -> choose in rank order under max_per_group, the contact budget and
 //      the limit
@@ -16,8 +16,10 @@
 //   -> when recording: impressions, last_shown and recent in the history,
 //      the contacts list, the impression counters
 //
-// Only the analyst's functions run in Lua. With explain, the decision
-// leaves one trace row per action; the prelude adds the sentences.
+// The ranking is lazy: only what could still be chosen is asked (see
+// start and next). Only the analyst's functions run in Lua. With explain,
+// every action is asked and leaves a trace row; the prelude adds the
+// sentences.
 #include "nba.h"
 
 #include <lauxlib.h>
@@ -101,12 +103,25 @@ num_field(lua_State *L, int t, const char *k, double dflt)
 	return (v);
 }
 
+// to_int64: a count or a duration from a declaration, in range.
+static int64_t
+to_int64(double d)
+{
+	if (d != d) {
+		return (-1);
+	}
+	if (d >= 9.2e18 || d <= -9.2e18) {
+		return (d > 0 ? INT64_MAX : INT64_MIN);
+	}
+	return ((int64_t) d);
+}
+
 static int64_t
 int_field(lua_State *L, int t, const char *k)
 {
 	int64_t v = -1;
 	if (lua_getfield(L, t, k) == LUA_TNUMBER) {
-		v = (int64_t) lua_tonumber(L, -1);
+		v = to_int64(lua_tonumber(L, -1));
 	}
 	lua_pop(L, 1);
 	return (v);
@@ -213,7 +228,7 @@ compile_action(lua_State *L, cview *cv, int i, int t, int policy, int kp)
 		if (lua_getfield(L, policy, "per_channel") == LUA_TTABLE) {
 			lua_pushlstring(L, a->rch, a->rchlen);
 			if (lua_rawget(L, -2) == LUA_TNUMBER) {
-				a->rch_cap = (int64_t) lua_tonumber(L, -1);
+				a->rch_cap = to_int64(lua_tonumber(L, -1));
 			}
 			lua_pop(L, 1);
 		}
@@ -265,7 +280,7 @@ l_compile(lua_State *L)
 	cv->cands      = (cand *) (void *) ((char *) cv + size);
 	cv->pool       = cv->cands + n;
 	cv->counts     = (int64_t *) (void *) (cv->pool + n);
-	cv->max_per_group = lua_isnumber(L, 4) ? (int64_t) lua_tonumber(L, 4)
+	cv->max_per_group = lua_isnumber(L, 4) ? to_int64(lua_tonumber(L, 4))
 	                                       : -1;
 	cv->policy      = policy != 0;
 	cv->max_per_day = policy != 0 ? int_field(L, policy, "max_per_day") : -1;
