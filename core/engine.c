@@ -480,7 +480,7 @@ run_rules_info(ch_engine *e, ch_job *j)
 		ch_pack_str(&pk, "business");
 		ch_pack_strn(&pk, j->req->business.p, j->req->business.n);
 		ch_pack_str(&pk, "history");
-		ch_rules_pack_history(e->o.store, j->req->business, &pk);
+		ch_rules_pack_history(e->o.store, e->rules, j->req->business, &pk);
 		return;
 	}
 	if (ch_rules_pack_info(e->rules, j->req->business, &pk) != CH_OK) {

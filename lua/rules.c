@@ -1085,6 +1085,8 @@ ch_rules_publish_changes(ch_rules *fresh, ch_rules *old,
 		bool cleared = ob != NULL && ob->err.message != NULL &&
 		    fb->err.message == NULL;
 		if (!changed && !cleared && fb->err.message == NULL) {
+			ch_log_info("rules[%s]: version %s unchanged, still live",
+			    fb->name, fb->version);
 			continue; // the same files as before
 		}
 		if (changed && fb->err.message == NULL && fb->L != NULL) {
@@ -1272,8 +1274,10 @@ ch_rules_record_versions(ch_rules *r, ch_store *s)
 }
 
 int
-ch_rules_pack_history(ch_store *s, ch_str business, msgpack_packer *pk)
+ch_rules_pack_history(ch_store *s, ch_rules *r, ch_str business,
+    msgpack_packer *pk)
 {
+	const ch_biz *serving = lookup(r, business);
 	MDB_txn   *txn;
 	hist_entry h[64];
 	char       biz[65];
@@ -1290,10 +1294,16 @@ ch_rules_pack_history(ch_store *s, ch_str business, msgpack_packer *pk)
 		     h[i].version);
 		bool    q = ch_store_get(s, txn, CH_DB_META, key, klen, &v) ==
 		    CH_OK;
-		msgpack_pack_map(pk, q ? 3 : 2);
+		bool live = serving != NULL && serving->L != NULL &&
+		    strcmp(serving->version, h[i].version) == 0;
+		msgpack_pack_map(pk, 2 + q + live);
 		ch_pack_kv_str(pk, "version", h[i].version);
 		ch_pack_str(pk, "loaded_at");
 		msgpack_pack_int64(pk, h[i].at);
+		if (live) {
+			ch_pack_str(pk, "live");
+			msgpack_pack_true(pk);
+		}
 		if (q) {
 			ch_pack_str(pk, "quarantined");
 			msgpack_pack_true(pk);

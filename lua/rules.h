@@ -68,9 +68,10 @@ bool        ch_rules_serving(const ch_rules *r, int i);
 // ch_rules_record_versions stores every serving business's version not yet
 // stored (in its own write transaction: only between batches).
 int ch_rules_record_versions(ch_rules *r, ch_store *s);
-// ch_rules_pack_history packs [{version, loaded_at, quarantined}...],
-// newest first.
-int ch_rules_pack_history(ch_store *s, ch_str business, msgpack_packer *pk);
+// ch_rules_pack_history packs [{version, loaded_at, quarantined, live}...],
+// newest first by first load; live marks the version r serves.
+int ch_rules_pack_history(ch_store *s, ch_rules *r, ch_str business,
+    msgpack_packer *pk);
 // ch_rules_use_version compiles a stored version of business and puts it
 // in r in place of the loaded one. CH_OK, CH_ENOTFOUND, CH_ERULE (it does
 // not load), with why filled.

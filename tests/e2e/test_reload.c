@@ -261,6 +261,17 @@ Test(reload, twenty_reloads_under_load_fail_no_request)
 	}
 }
 
+// is_live: whether the i-th version of a history reply is marked live.
+static bool
+is_live(reply_t *r, int i)
+{
+	char path[32];
+	snprintf(path, sizeof(path), "history.%d.live", i);
+	const msgpack_object *o = at(&r->up.data, path);
+	return (o != NULL && o->type == MSGPACK_OBJECT_BOOLEAN &&
+	    o->via.boolean);
+}
+
 Test(reload, the_reload_op_and_rollback)
 {
 	rules_write(rules, "shop", "10.lua", "action 'a' { value = 1 }\n");
@@ -279,7 +290,9 @@ Test(reload, the_reload_op_and_rollback)
 	cr_assert_str_neq(version_of("shop"), v1);
 	call_json(&d, "{\"op\":\"rules\",\"business\":\"shop\",\"history\":true}", &r);
 	cr_assert(ok(&r));
-	cr_assert_not_null(at(&r.up.data, "history.1.version"));
+	cr_assert_str_eq(str_at(&r, "history.1.version"), v1);
+	cr_assert(is_live(&r, 0), "the newest version serves");
+	cr_assert(!is_live(&r, 1));
 	reply_free(&r);
 	char q[256];
 	snprintf(q, sizeof(q),
@@ -289,6 +302,10 @@ Test(reload, the_reload_op_and_rollback)
 	cr_assert(ok(&r), "%s %s", code(&r), str_at(&r, "error.message"));
 	reply_free(&r);
 	cr_assert_str_eq(version_of("shop"), v1);
+	call_json(&d, "{\"op\":\"rules\",\"business\":\"shop\",\"history\":true}", &r);
+	cr_assert(!is_live(&r, 0));
+	cr_assert(is_live(&r, 1), "the version rolled back to serves");
+	reply_free(&r);
 	call_json(&d, "{\"op\":\"decide\",\"business\":\"shop\",\"customer\":\"c\"}", &r);
 	cr_assert_eq(num_at(&r, "actions.0.value"), 1);
 	reply_free(&r);
