@@ -1113,7 +1113,7 @@ local function nba(c, view, req)
   local out, changed = H.nba_decide(view.cnba, c, st, now, seed, sample, limit,
                                     req.record ~= false, STATS, trace, arb)
   if trace then
-    local hist = st.actions
+    local hist = st.actions or {}
     for _, r in ipairs(trace) do
       if r.reason and not r.why then
         r.why = why(r.reason, view.actions[r.action], hist[r.action], now, r._x, view,
