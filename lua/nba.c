@@ -157,11 +157,11 @@ compile_action(lua_State *L, cview *cv, int i, int t, int policy, int kp)
 	lua_getfield(L, t, "name");
 	a->name = lua_tolstring(L, -1, &a->namelen);
 	lua_pop(L, 1);
-	a->value_int = lua_getfield(L, t, "value") == LUA_TNUMBER &&
-	    lua_isinteger(L, -1);
-	a->ivalue = lua_tointeger(L, -1);
+	lua_getfield(L, t, "value"); // packed as declared: integer or float
+	a->value_int = lua_isinteger(L, -1);
+	a->ivalue    = lua_tointeger(L, -1);
+	a->value     = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
 	lua_pop(L, 1);
-	a->value      = num_field(L, t, "value", 0);
 	a->weight     = num_field(L, t, "weight", 1);
 	a->lever      = num_field(L, t, "lever", 1);
 	a->alpha0     = num_field(L, t, "alpha0", 1);

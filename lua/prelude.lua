@@ -617,7 +617,7 @@ local function build_view(ctx)
     explores = explores or (a.explore == true)
   end
   return {
-    params = params, actions = actions, aorder = aorder, list = alist, levers = levers,
+    params = params, actions = actions, aorder = aorder, levers = levers,
     cnba = H.nba_compile(alist, ctx.channel, policy, max_per_group), explores = explores,
     policy = policy, max_per_group = max_per_group, arbitrate = arbitrate,
     cases = cases, journeys = journeys, applied = applied,

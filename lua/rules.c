@@ -262,14 +262,6 @@ l_hash64(lua_State *L)
 	return (1);
 }
 
-// H.prepack(value) -> the value packed once, written as is in replies
-static int
-l_prepack(lua_State *L)
-{
-	luaL_checkany(L, 1);
-	return (ch_conv_prepack(L, 1));
-}
-
 static int
 l_hash01(lua_State *L)
 {
@@ -673,8 +665,6 @@ open_state(ch_biz *b)
 	lua_setfield(L, -2, "hash64");
 	lua_pushcfunction(L, l_hash01);
 	lua_setfield(L, -2, "hash01");
-	lua_pushcfunction(L, l_prepack);
-	lua_setfield(L, -2, "prepack");
 	lua_pushcfunction(L, l_model_get);
 	lua_setfield(L, -2, "model_get");
 	lua_pushcfunction(L, l_model_add);
