@@ -325,8 +325,6 @@ enum {
 	K_CHANNEL,
 	K_ACTIONS,
 	K_CONTACTS,
-	K_ELIGIBLE,
-	K_PROPENSITY,
 	K_RULE,
 	K_MODEL,
 	K_EXPLORE,
@@ -334,21 +332,7 @@ enum {
 };
 static const char *const keys[K_COUNT] = { NULL, "impressions", "accepted",
 	"rejected", "ignored", "last_shown", "recent", "at", "channel",
-	"actions", "contacts", "eligible", "propensity", "rule", "model",
-	"explore" };
-
-// key_num: t[upvalue k] as a number, or dflt.
-static double
-key_num(lua_State *L, int t, int k, double dflt)
-{
-	double v = dflt;
-	lua_pushvalue(L, lua_upvalueindex(k));
-	if (lua_rawget(L, t) == LUA_TNUMBER) {
-		v = lua_tonumber(L, -1);
-	}
-	lua_pop(L, 1);
-	return (v);
-}
+	"actions", "contacts", "rule", "model", "explore" };
 
 // key_peek: t[upvalue k] as a number, or dflt, left on the stack (the
 // caller drops them all at once).
@@ -357,6 +341,15 @@ key_peek(lua_State *L, int t, int k, double dflt)
 {
 	lua_pushvalue(L, lua_upvalueindex(k));
 	return (lua_rawget(L, t) == LUA_TNUMBER ? lua_tonumber(L, -1) : dflt);
+}
+
+// key_num: t[upvalue k] as a number, or dflt.
+static double
+key_num(lua_State *L, int t, int k, double dflt)
+{
+	double v = key_peek(L, t, k, dflt);
+	lua_pop(L, 1);
+	return (v);
 }
 
 // key_get pushes t[upvalue k] and returns its type.
@@ -465,7 +458,8 @@ enum {
 };
 
 // trace_row pushes a new trace row for action i of the view and leaves it
-// on the stack: { step = "action", action = name, kept = false, reason }.
+// on the stack: { step = "action", action = name, kept, reason }, kept when
+// there is no reason.
 static void
 trace_row(lua_State *L, int names, int i, const char *reason)
 {
