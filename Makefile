@@ -1,14 +1,16 @@
 # choreo — the two commands of the README, and a few helpers.
 #   make run    install what is missing, build, serve the bundled rules
 #   make test   install, build, run every test; then again under ASan+UBSan
+#   make fuzz   run every libFuzzer target FUZZ_SECONDS CPU seconds (clang)
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 SERVE_FLAGS ?=
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test test-plain test-asan clean
+.PHONY: all deps build run test test-plain test-asan fuzz clean
 
 all: build
 
@@ -34,5 +36,11 @@ test-asan: deps
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		ctest --output-on-failure -j $(JOBS) --timeout 600
 
+# the libFuzzer targets, each run on its corpus (tests/fuzz/README.md);
+# FUZZ_TARGETS="fuzz_rules ..." picks some
+fuzz:
+	@./scripts/install-deps fuzz
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) ./scripts/fuzz $(FUZZ_TARGETS)
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
