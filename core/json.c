@@ -67,6 +67,14 @@ ch_json_to_msgpack(json_t *j, msgpack_packer *pk)
 	return (to_mp(j, pk, 0));
 }
 
+// msgpack-c unpacks an empty str, bin or ext with a NULL pointer, which
+// jansson takes for a failure (and strndup may not be given)
+static const char *
+bytes(const char *p)
+{
+	return (p != NULL ? p : "");
+}
+
 static json_t *
 to_json(const msgpack_object *o, int depth)
 {
@@ -92,11 +100,14 @@ to_json(const msgpack_object *o, int depth)
 		}
 		return (json_real(o->via.f64));
 	case MSGPACK_OBJECT_STR:
-		return (json_stringn_nocheck(o->via.str.ptr, o->via.str.size));
+		return (json_stringn_nocheck(bytes(o->via.str.ptr),
+		    o->via.str.size));
 	case MSGPACK_OBJECT_BIN:
-		return (json_stringn_nocheck(o->via.bin.ptr, o->via.bin.size));
+		return (json_stringn_nocheck(bytes(o->via.bin.ptr),
+		    o->via.bin.size));
 	case MSGPACK_OBJECT_EXT:
-		return (json_stringn_nocheck(o->via.ext.ptr, o->via.ext.size));
+		return (json_stringn_nocheck(bytes(o->via.ext.ptr),
+		    o->via.ext.size));
 	case MSGPACK_OBJECT_ARRAY: {
 		json_t *a = json_array();
 		for (uint32_t i = 0; i < o->via.array.size; i++) {
@@ -116,7 +127,8 @@ to_json(const msgpack_object *o, int depth)
 			char                  kbuf[64];
 			char                 *key = kbuf;
 			if (k->type == MSGPACK_OBJECT_STR) {
-				key = strndup(k->via.str.ptr, k->via.str.size);
+				key = strndup(bytes(k->via.str.ptr),
+				    k->via.str.size);
 			} else if (k->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
 				snprintf(kbuf, sizeof(kbuf), "%llu",
 				    (unsigned long long) k->via.u64);
@@ -138,9 +150,15 @@ to_json(const msgpack_object *o, int depth)
 				}
 				return (NULL);
 			}
-			json_object_set_new_nocheck(m, key, v);
+			// checked: jansson dumps a key that is not UTF-8 as a
+			// broken string (it checks only values when dumping)
+			int rc = json_object_set_new(m, key, v);
 			if (key != kbuf) {
 				free(key);
+			}
+			if (rc != 0) {
+				json_decref(m);
+				return (NULL);
 			}
 		}
 		return (m);

@@ -16,7 +16,7 @@ int ch_json_to_msgpack(json_t *j, msgpack_packer *pk);
 // ch_msgpack_to_json builds a new JSON value (the caller decrefs): map keys
 // that are not strings are written as text, bin and ext as strings, an
 // integer above INT64_MAX as a real, NaN and infinities as null. Returns
-// NULL when o nests too deeply.
+// NULL when o nests too deeply or has a map key that is not UTF-8.
 json_t *ch_msgpack_to_json(const msgpack_object *o);
 
 #endif
