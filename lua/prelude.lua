@@ -53,11 +53,15 @@ local MAX_VIEWS = 4096
 -- fail raises msg at the analyst's line that made the declaration: the
 -- innermost frame whose source is not this prelude.
 local prelude_src
+-- decl_at: "file:line" of the declaration being finished with a
+-- circumstance's params (build_view), where no rule file is on the stack
+local decl_at
+
 local function fail(msg)
   local level = 2
   while true do
     local info = getinfo(level, "S")
-    if not info then error(msg, 0) end
+    if not info then error(decl_at and decl_at .. ": " .. msg or msg, 0) end
     if info.source ~= prelude_src and info.what ~= "C" then
       error(msg, level)
     end
@@ -294,7 +298,8 @@ local function finish_journey(name, spec)
   end
   return {
     name = name, stages = spec.stages, stage_set = set, goal = spec.goal,
-    inactive_after = spec.inactive_after and duration(spec.inactive_after),
+    inactive_after = spec.inactive_after
+      and duration(spec.inactive_after, sfmt("journey '%s': inactive_after", name)),
     description = spec.description, spec = spec,
   }
 end
@@ -304,6 +309,7 @@ function D.journey(name)
   local into = target()
   return function(spec)
     check("journey", name, spec, JOURNEY)
+    B.where["journey:" .. name] = B.where["journey:" .. name] or here()
     if into == B then
       if B.journeys[name] == nil then B.jorder[#B.jorder + 1] = name end
       B.journeys[name] = finish_journey(name, subst(spec, B.params))
@@ -374,9 +380,11 @@ function D.case(name)
   local into = target()
   return function(spec)
     check("case", name, spec, CASE)
+    B.where["case:" .. name] = B.where["case:" .. name] or here()
     if into == B then
       local v = subst(spec, B.params)
-      B.cases[name] = { name = name, sla = v.sla and duration(v.sla), spec = spec }
+      B.cases[name] = { name = name, sla = v.sla and duration(v.sla, sfmt("case '%s': sla", name)),
+                        spec = spec }
     else
       if B.cases[name] == nil then
         fail(sfmt("variation: case '%s' is not declared outside the variation", name))
@@ -570,6 +578,7 @@ end
 -- build_view merges every matching variation into the base, least specific
 -- first, later declarations winning ties.
 local function build_view(ctx)
+  decl_at = nil
   local list = {}
   for _, v in ipairs(B.variations) do
     if matches(v, ctx) then list[#list + 1] = v end
@@ -603,19 +612,24 @@ local function build_view(ctx)
   -- every declaration finished with this circumstance's params
   local cases, journeys = {}, {}
   for name, spec in pairs(case_specs) do
+    decl_at = B.where["case:" .. name]
     local k = subst(spec, params)
-    cases[name] = { name = name, sla = k.sla and duration(k.sla), spec = spec }
+    cases[name] = { name = name, sla = k.sla and duration(k.sla, sfmt("case '%s': sla", name)),
+                    spec = spec }
   end
   for name, spec in pairs(journey_specs) do
+    decl_at = B.where["journey:" .. name]
     journeys[name] = finish_journey(name, subst(spec, params))
   end
   local actions, alist, explores = {}, {}, false
   for i, name in ipairs(aorder) do
+    decl_at = B.where["action:" .. name]
     local a = finish_action(name, subst(specs[name], params))
     a.lever = (levers[name] or 1) * (a.group and levers[a.group] or 1)
     actions[name], alist[i] = a, a
     explores = explores or (a.explore == true)
   end
+  decl_at = nil
   return {
     params = params, actions = actions, aorder = aorder, levers = levers,
     cnba = H.nba_compile(alist, ctx.channel, policy, max_per_group), explores = explores,
@@ -683,6 +697,9 @@ local function check_all()
                    B.where["action:" .. name] or "?", where, name), 0)
       end
     end
+  end
+  -- only once every variation is checked: a view merges several of them
+  for _, v in ipairs(B.variations) do
     build_view(v.circ)
   end
   build_view({})
