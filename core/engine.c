@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../lua/conv.h"
 #include "../lua/rules.h"
 #include "../lua/running.h"
 #include "err.h"
@@ -324,6 +325,29 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	return (CH_OK);
 }
 
+// unpack_stored unpacks a value the store holds — which a damaged disk or
+// an old bug may have left in any shape — only once the pre-scan has found
+// it whole and sane (msgpack-c allocates whatever a header claims).
+static bool
+unpack_stored(msgpack_unpacked *up, const void *p, size_t len)
+{
+	const char *why;
+	return (ch_mp_prescan(p, len, CH_CONV_MAX_DEPTH, &why, NULL) == CH_OK &&
+	    msgpack_unpack_next(up, p, len, NULL) == MSGPACK_UNPACK_SUCCESS);
+}
+
+// state_ok: the stored state is one map, as the rules write it.
+static bool
+state_ok(const MDB_val *v)
+{
+	const char          *why;
+	const unsigned char *p = v->mv_data;
+	return (v->mv_size > 0 &&
+	    ((p[0] & 0xf0) == 0x80 || p[0] == 0xde || p[0] == 0xdf) &&
+	    ch_mp_prescan(v->mv_data, v->mv_size, CH_CONV_MAX_DEPTH, &why,
+	        NULL) == CH_OK);
+}
+
 static int
 run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 {
@@ -344,6 +368,16 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 	}
 	if (rc != CH_OK) {
 		return (store_failed(j, NULL, rc));
+	}
+	if (!state_ok(&v)) {
+		// copied into the reply as it is, it would make a malformed one
+		ch_log_error("get: the stored state of " BIZ_FMT "/" BIZ_FMT
+		             " is damaged (%zu bytes)",
+		    BIZ_ARG(r->business), BIZ_ARG(r->customer), v.mv_size);
+		reply_err(j, CH_EINTERNAL,
+		    "the stored state of customer '" BIZ_FMT "' is damaged",
+		    BIZ_ARG(r->customer));
+		return (CH_OK);
 	}
 	j->reply.size = 0;
 	j->err        = CH_OK;
@@ -392,8 +426,7 @@ forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 	msgpack_unpacked up;
 	msgpack_unpacked_init(&up);
 	int rc = CH_OK;
-	if (msgpack_unpack_next(&up, st->mv_data, st->mv_size, NULL) !=
-	        MSGPACK_UNPACK_SUCCESS ||
+	if (!unpack_stored(&up, st->mv_data, st->mv_size) ||
 	    up.data.type != MSGPACK_OBJECT_MAP) {
 		msgpack_unpacked_destroy(&up);
 		return (CH_OK); // a damaged state has no timers we can find
@@ -412,6 +445,11 @@ forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 			if (name->type != MSGPACK_OBJECT_STR ||
 			    (due->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
 			        due->type != MSGPACK_OBJECT_FLOAT64)) {
+				continue;
+			}
+			// a due no timer key can have (NaN, out of range)
+			if (due->type == MSGPACK_OBJECT_FLOAT64 &&
+			    !(due->via.f64 >= 0 && due->via.f64 < 0x1p63)) {
 				continue;
 			}
 			int64_t d = due->type == MSGPACK_OBJECT_FLOAT64
@@ -819,8 +857,7 @@ timer_parse(timer_slot *t)
 	t->req.limit    = 3;
 	msgpack_unpacked_destroy(&t->up);
 	msgpack_unpacked_init(&t->up);
-	if (msgpack_unpack_next(&t->up, t->val.data, t->val.size, NULL) !=
-	        MSGPACK_UNPACK_SUCCESS ||
+	if (!unpack_stored(&t->up, t->val.data, t->val.size) ||
 	    t->up.data.type != MSGPACK_OBJECT_MAP) {
 		return (false);
 	}
