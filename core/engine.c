@@ -1166,9 +1166,7 @@ engine_main(void *arg)
 	char       name[16];
 	snprintf(name, sizeof(name), "choreo:eng%d", e->o.shard);
 	pthread_setname_np(pthread_self(), name); // for top -H, perf, gdb
-	if (ch_running_slots != NULL) {
-		ch_running_mine = &ch_running_slots[e->o.shard];
-	}
+	ch_running_enter(e->o.shard);
 	ch_job   **jobs = calloc((size_t) cap, sizeof(ch_job *));
 	if (jobs == NULL) {
 		ch_log_error("engine: out of memory");
@@ -1232,6 +1230,7 @@ engine_main(void *arg)
 		run_batch(e, jobs, n);
 	}
 	free(jobs);
+	ch_running_leave();
 	return (NULL);
 }
 

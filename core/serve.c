@@ -328,6 +328,7 @@ watchdog_main(void *arg)
 				    ch_running_slots[i].version,
 				    ch_running_slots[i].type,
 				    (long long) (now - since));
+				ch_running_convict(i, CH_CAUGHT_WATCHDOG, SIGABRT);
 				abort();
 			}
 		}
@@ -336,8 +337,47 @@ watchdog_main(void *arg)
 	return (NULL);
 }
 
+// convicted reads the verdict the dead engine left (running.h) and sets
+// aside the rule version it names: a line in data/quarantine.log, which the
+// next engine moves into its store. Without a verdict — kill -9 from an
+// operator, the OOM killer, a fault outside any rule — nothing is
+// quarantined: the same versions serve again.
+static void
+convicted(const char *data, int sig)
+{
+	int slot = atomic_load(&ch_running_verdict->slot);
+	if (slot < 0 || slot >= CH_RUNNING_SLOTS) {
+		ch_log_error("serve: the engine died (signal %d, %s) outside any "
+		             "rule: nothing is quarantined; restarting",
+		    sig, strsignal(sig));
+		return;
+	}
+	ch_running *r = &ch_running_slots[slot];
+	char        path[4200];
+	snprintf(path, sizeof(path), "%s/quarantine.log", data);
+	FILE *f = fopen(path, "a");
+	if (f != NULL) {
+		fprintf(f, "%s\t%s\t%s\t%lld\n", r->business, r->version,
+		    r->type, (long long) wall_ms());
+		fclose(f);
+	}
+	if (atomic_load(&ch_running_verdict->caught) == CH_CAUGHT_WATCHDOG) {
+		ch_log_error("serve: the watchdog stopped a rule of '%s' (version "
+		             "%s, event '%s') that overran --rule-timeout: that "
+		             "version is quarantined; restarting",
+		    r->business, r->version, r->type);
+	} else {
+		int fsig = atomic_load(&ch_running_verdict->signo);
+		ch_log_error("serve: the engine crashed (signal %d, %s) inside a "
+		             "rule of '%s' (version %s, event '%s'): that version "
+		             "is quarantined; restarting",
+		    fsig, strsignal(fsig), r->business, r->version, r->type);
+	}
+}
+
 // supervise runs the engine in a child process and restarts it whenever it
-// dies of a signal, quarantining the rule version that was running. To an
+// dies of a signal, quarantining the rule version the evidence convicts
+// (convicted, above). To an
 // operator the pair is one process: signals are passed on, the child dies
 // with the parent (PR_SET_PDEATHSIG), and the parent exits with the
 // child's status once a stop was asked for.
@@ -346,9 +386,9 @@ static int serve(serve_opts *op, const char *version);
 static int
 supervise(serve_opts *o, const char *version)
 {
-	ch_running *slots = mmap(NULL, sizeof(ch_running) * CH_RUNNING_SLOTS,
-	    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (slots == MAP_FAILED) {
+	void *map = mmap(NULL, CH_RUNNING_MAP_SIZE, PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (map == MAP_FAILED) {
 		ch_log_error("serve: cannot map the watchdog's memory: %s",
 		    strerror(errno));
 		return (1);
@@ -363,7 +403,7 @@ supervise(serve_opts *o, const char *version)
 	pid_t   parent   = getpid();
 	int64_t crash_at[3] = { 0, 0, 0 };
 	for (int round = 0;; round++) {
-		memset(slots, 0, sizeof(ch_running) * CH_RUNNING_SLOTS);
+		ch_running_share(map);
 		pid_t pid = fork();
 		if (pid < 0) {
 			ch_log_error("serve: fork: %s", strerror(errno));
@@ -378,8 +418,7 @@ supervise(serve_opts *o, const char *version)
 			sigemptyset(&chld);
 			sigaddset(&chld, SIGCHLD);
 			sigprocmask(SIG_UNBLOCK, &chld, NULL);
-			ch_running_slots = slots;
-			o->supervise     = false;
+			o->supervise = false;
 			_exit(serve(o, version));
 		}
 		bool stopping = false;
@@ -405,33 +444,8 @@ supervise(serve_opts *o, const char *version)
 			// error says why in the log): not a crash
 			return (WIFEXITED(st) ? WEXITSTATUS(st) : 1);
 		}
-		// a crash: set aside what was running, restart at once
-		char path[4200];
-		snprintf(path, sizeof(path), "%s/quarantine.log", o->data);
-		bool any = false;
-		for (int i = 0; i < CH_RUNNING_SLOTS; i++) {
-			if (atomic_load(&slots[i].since) == 0) {
-				continue;
-			}
-			FILE *f = fopen(path, "a");
-			if (f != NULL) {
-				fprintf(f, "%s\t%s\t%s\t%lld\n", slots[i].business,
-				    slots[i].version, slots[i].type,
-				    (long long) wall_ms());
-				fclose(f);
-			}
-			ch_log_error("serve: the engine died (signal %d) in a rule "
-			             "of '%s' (version %s, event '%s'): that "
-			             "version is quarantined; restarting",
-			    WTERMSIG(st), slots[i].business, slots[i].version,
-			    slots[i].type);
-			any = true;
-		}
-		if (!any) {
-			ch_log_error("serve: the engine died (signal %d); "
-			             "restarting",
-			    WTERMSIG(st));
-		}
+		// a crash: quarantine what the evidence convicts, restart
+		convicted(o->data, WTERMSIG(st));
 		// three crashes within ten seconds: slow down a little
 		crash_at[round % 3] = mono_ms();
 		if (round >= 2 && crash_at[round % 3] - crash_at[(round + 1) % 3] <
@@ -499,8 +513,9 @@ serve(serve_opts *op, const char *version)
 		pthread_mutex_init(&wd.mu, NULL);
 		pthread_cond_init(&wd.cv, NULL);
 		wd_on = pthread_create(&wd_thread, NULL, watchdog_main, &wd) == 0;
+		ch_running_guard();
 		// start-up loads run on this thread
-		ch_running_mine = &ch_running_slots[CH_RUNNING_SLOTS - 2];
+		ch_running_enter(CH_RUNNING_SLOTS - 2);
 	}
 	for (int i = 0; i < o.shards; i++) {
 		char dir[4096];
@@ -549,6 +564,7 @@ serve(serve_opts *op, const char *version)
 			goto out;
 		}
 	}
+	ch_running_leave(); // the start-up loads are done
 	ch_server_opts sopts = {
 		.rep_url     = o.rep,
 		.pull_url    = o.pull,

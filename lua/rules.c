@@ -165,9 +165,6 @@ msgh(lua_State *L)
 	return (1);
 }
 
-ch_running             *ch_running_slots;
-_Thread_local ch_running *ch_running_mine;
-
 static int64_t
 mono_ms(void)
 {
@@ -1430,6 +1427,53 @@ ch_rules_quarantine(ch_store *s, const char *business, const char *version,
 	return (ch_store_commit(s, txn));
 }
 
+// last_resort: z's version is quarantined and no earlier good version is
+// kept. A quarantine must never leave a business with nothing to serve, so
+// z serves anyway — compiled again if its load was refused — except for
+// requests of the event type it stopped the engine on, and the rules op,
+// the log and the rules topic say so.
+static void
+last_resort(ch_biz *z, const char *rules_dir, const char *qtype)
+{
+	// (one that stopped the engine while loading would stop it again)
+	if (z->L == NULL && z->quarantined[0] != '\0' && z->nfiles > 0 &&
+	    strcmp(qtype, "load") != 0) {
+		char dir[4200];
+		snprintf(dir, sizeof(dir), "%s/%s", rules_dir, z->name);
+		free(z->err.message);
+		free(z->err.file);
+		memset(&z->err, 0, sizeof(z->err));
+		bool (*q)(void *, const char *, const char *) = z->opts.quarantined;
+		z->opts.quarantined = NULL;
+		biz_compile(z, dir);
+		z->opts.quarantined = q;
+		if (z->err.message != NULL && z->L != NULL) {
+			lua_close(z->L);
+			z->L = NULL;
+		}
+	}
+	char msg[400];
+	if (z->L == NULL) {
+		snprintf(msg, sizeof(msg),
+		    "version %s is quarantined: it stopped the engine on a '%s' "
+		    "event, no earlier good version is kept, and it does not "
+		    "load again%s%s",
+		    z->version, qtype, z->err.message ? ": " : "",
+		    z->err.message ? z->err.message : "");
+		set_error(z, msg, NULL);
+		ch_log_error("rules[%s]: %s", z->name, msg);
+		return;
+	}
+	snprintf(z->refused_type, sizeof(z->refused_type), "%s", qtype);
+	snprintf(msg, sizeof(msg),
+	    "version %s is quarantined: it stopped the engine on a '%s' event. "
+	    "No earlier good version is kept, so it still serves, refusing "
+	    "'%s' events; fix the rules",
+	    z->version, qtype, qtype);
+	set_error(z, msg, NULL);
+	ch_log_error("rules[%s]: %s", z->name, msg);
+}
+
 void
 ch_rules_apply_quarantine(ch_rules *r, ch_store *s, const char *rules_dir)
 {
@@ -1495,17 +1539,8 @@ ch_rules_apply_quarantine(ch_rules *r, ch_store *s, const char *rules_dir)
 				good = NULL;
 			}
 		}
-		char msg[300];
 		if (good == NULL) {
-			snprintf(msg, sizeof(msg),
-			    "version %s is quarantined: it stopped the engine on "
-			    "a '%s' event, and no earlier good version is kept",
-			    qver, qtype);
-			set_error(z, msg, NULL);
-			if (z->L != NULL) {
-				lua_close(z->L);
-				z->L = NULL;
-			}
+			last_resort(z, rules_dir, qtype);
 			good = z;
 		} else {
 			ch_log_warn("rules[%s]: version %s is quarantined; "
@@ -1573,12 +1608,17 @@ pack_biz(const ch_biz *b, msgpack_packer *pk)
 	ch_pack_str(pk, b->name);
 	msgpack_pack_map(pk, (b->err.message ? 4 : 3) + (b->quarantined[0] != 0));
 	if (b->quarantined[0] != 0) {
+		bool refusing = b->refused_type[0] != '\0';
 		ch_pack_str(pk, "quarantine");
-		msgpack_pack_map(pk, 3);
+		msgpack_pack_map(pk, 3 + refusing);
 		ch_pack_kv_str(pk, "version", b->quarantined);
 		ch_pack_kv_str(pk, "event_type", b->quarantine_type);
 		ch_pack_str(pk, "at");
 		msgpack_pack_int64(pk, b->quarantine_at);
+		if (refusing) {
+			// the quarantined version itself still serves
+			ch_pack_kv_str(pk, "refused", b->refused_type);
+		}
 	}
 	ch_pack_str(pk, "version");
 	if (b->L == NULL) {
@@ -1804,6 +1844,19 @@ run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
 {
 	call_args  a = { b, entry, req, state, slen, now, out };
 	lua_State *L = b->L;
+	if (b->refused_type[0] != '\0') {
+		const char *t  = req->type.n > 0 ? req->type.p : entry;
+		size_t      tn = req->type.n > 0 ? req->type.n : strlen(entry);
+		if (tn == strlen(b->refused_type) &&
+		    memcmp(t, b->refused_type, tn) == 0) {
+			snprintf(out->errmsg, sizeof(out->errmsg),
+			    "version %s of '%s' is quarantined: it stopped the "
+			    "engine on a '%s' event, so these are refused until "
+			    "the rules change",
+			    b->version, b->name, b->refused_type);
+			return (CH_ERULE);
+		}
+	}
 	lua_settop(L, 0);
 	if (req->type.n > 0) {
 		mark(b, req->type.p, req->type.n);

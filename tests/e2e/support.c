@@ -410,6 +410,48 @@ d_start(daemon_t *d, const char *rules, bool keep_data)
 }
 
 void
+d_kill_engine(daemon_t *d, int sig)
+{
+	pid_t old = d->engine;
+	cr_assert_gt(old, 0, "the daemon has no engine child to kill");
+	cr_assert_eq(kill(old, sig), 0, "cannot signal the engine (pid %d)",
+	    (int) old);
+	int64_t end = now_ms() + 10000;
+	pid_t   now = 0;
+	while (now_ms() < end) {
+		now = engine_of(d->pid);
+		if (now > 0 && now != old) {
+			break;
+		}
+		sleep_ms(10);
+	}
+	cr_assert(now > 0 && now != old,
+	    "no new engine within 10 s of signal %d to the old one; log: %s",
+	    sig, d_log_tail(d));
+	d->engine = now;
+	// it serves once it answers
+	nng_socket s;
+	cr_assert_eq(nng_req0_open(&s), 0);
+	nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 500);
+	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 500);
+	nng_dial(s, d->rep, NULL, NNG_FLAG_NONBLOCK);
+	static const char ping[] = "\x81\xa2op\xa4ping"; // {op: "ping"}
+	bool served = false;
+	while (!served && now_ms() < end) {
+		nng_msg *m;
+		if (nng_send(s, (void *) ping, sizeof(ping) - 1, 0) == 0 &&
+		    nng_recvmsg(s, &m, 0) == 0) {
+			served = true;
+			nng_msg_free(m);
+		}
+	}
+	nng_close(s);
+	cr_assert(served, "the new engine did not answer ping within 10 s; "
+	                  "log: %s",
+	    d_log_tail(d));
+}
+
+void
 d_restart(daemon_t *d)
 {
 	d_start(d, d->rules, true);

@@ -46,6 +46,11 @@ void d_stop(daemon_t *d);
 // d_kill9 kills the daemon with SIGKILL and asserts that its engine child
 // dies with it (so nothing keeps the store or the ports).
 void d_kill9(daemon_t *d);
+// d_kill_engine sends sig to the engine child alone (as an operator's kill
+// or the OOM killer would), waits for the supervisor to start a new one and
+// for it to answer ping, and sets d->engine to it. Asserts it did, within
+// 10 s.
+void d_kill_engine(daemon_t *d, int sig);
 // d_cleanup kills whatever still runs and removes the data dir and log: for
 // a suite's .fini, so that a failed test leaves nothing behind.
 void d_cleanup(daemon_t *d);
