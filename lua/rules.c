@@ -1,6 +1,7 @@
 // choreo — business rule sets. See rules.h.
 #include "rules.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <stdatomic.h>
 #include <errno.h>
@@ -798,6 +799,77 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 	return (b);
 }
 
+// read_token_file reads rules/<b>/token: *tok is the token, or NULL when
+// there is no such file. A file that is there but unreadable, empty, only
+// whitespace, shorter than a declared token may be (8), or more than one
+// line would switch authentication off or weaken it without a word: it
+// refuses the version instead (-1, the error set with file:line).
+static int
+read_token_file(ch_biz *b, const char *path, char **tok)
+{
+	size_t len;
+	char  *t = ch_rules_read_file(path, &len);
+	char   msg[4400];
+	size_t line = 1;
+	*tok        = NULL;
+	if (t == NULL) {
+		if (errno == ENOENT) {
+			return (0);
+		}
+		snprintf(msg, sizeof(msg), "%s:1: the token file cannot be read: "
+		                           "%s",
+		    path, strerror(errno));
+		goto refuse;
+	}
+	size_t lo = 0, hi = len;
+	while (lo < hi && isspace((unsigned char) t[lo])) {
+		lo++;
+	}
+	while (hi > lo && isspace((unsigned char) t[hi - 1])) {
+		hi--;
+	}
+	for (size_t i = 0; i < lo; i++) {
+		line += t[i] == '\n';
+	}
+	if (hi == lo) {
+		snprintf(msg, sizeof(msg),
+		    "%s:1: the token file is empty: write the business's token "
+		    "in it (at least 8 characters), or remove the file",
+		    path);
+		goto refuse;
+	}
+	for (size_t i = lo; i < hi; i++) {
+		unsigned char c = (unsigned char) t[i];
+		if (c < 0x21 || c == 0x7f) {
+			snprintf(msg, sizeof(msg),
+			    "%s:%zu: the token file must hold one token: no "
+			    "spaces, line breaks or control characters inside it",
+			    path, line);
+			goto refuse;
+		}
+	}
+	if (hi - lo < 8) {
+		snprintf(msg, sizeof(msg),
+		    "%s:%zu: the token is %zu characters long: it needs at "
+		    "least 8",
+		    path, line, hi - lo);
+		goto refuse;
+	}
+	memmove(t, t + lo, hi - lo);
+	t[hi - lo] = '\0';
+	*tok       = t;
+	return (0);
+refuse:
+	free(t);
+	set_error(b, msg, path);
+	b->err.line = (int) line;
+	if (b->L != NULL) {
+		lua_close(b->L);
+		b->L = NULL;
+	}
+	return (-1);
+}
+
 // biz_compile runs the files already read into a fresh sandboxed state.
 static void
 biz_compile(ch_biz *b, const char *dir)
@@ -872,22 +944,13 @@ biz_compile(ch_biz *b, const char *dir)
 	}
 	lua_settop(b->L, 0);
 	// the token: a file next to the rules wins over a declaration
-	char   tpath[4200];
-	size_t tlen;
+	char tpath[4200];
 	snprintf(tpath, sizeof(tpath), "%s/token", dir);
-	char *tok = ch_rules_read_file(tpath, &tlen);
-	if (tok != NULL) {
-		while (tlen > 0 && (tok[tlen - 1] == '\n' ||
-		                       tok[tlen - 1] == '\r' ||
-		                       tok[tlen - 1] == ' ')) {
-			tlen--;
-		}
-		tok[tlen] = '\0';
-		if (tlen == 0) {
-			free(tok);
-			tok = NULL;
-		}
-	} else {
+	char *tok = NULL;
+	if (read_token_file(b, tpath, &tok) != 0) {
+		return; // refused: the version does not load
+	}
+	if (tok == NULL) {
 		lua_rawgeti(b->L, LUA_REGISTRYINDEX, b->api);
 		lua_getfield(b->L, -1, "token");
 		lua_remove(b->L, -2);

@@ -329,6 +329,72 @@ Test(reload, tokens)
 	reply_free(&r);
 }
 
+// wait_for_error waits (up to 5 s) for business's load error to mention
+// what, and returns it.
+static const char *
+wait_for_error(const char *business, const char *what)
+{
+	for (int i = 0; i < 100 && strstr(error_of(business), what) == NULL;
+	     i++) {
+		usleep(50 * 1000);
+	}
+	return (error_of(business));
+}
+
+Test(reload, a_bad_token_file_refuses_the_version)
+{
+	// the file wins over the declaration
+	rules_write(rules, "shop", "10.lua", "token 'declared-token-1'\non('x', function(c) end)\n");
+	rules_write(rules, "shop", "token", "file-token-456\n");
+	d_start(&d, rules, false);
+	reply_t r;
+	call_json(&d, "{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\"}", &r);
+	cr_assert_str_eq(code(&r), "unauthorized");
+	reply_free(&r);
+	send_ok("{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\",\"token\":\"file-token-456\"}");
+	// an empty, a blank, a short and a two-line file: each refuses the
+	// version with file:line, and the version serving keeps its token
+	static const char *const bad[][2] = {
+		{ "", "token:1: the token file is empty" },
+		{ "  \n\t\n", "token:1: the token file is empty" },
+		{ "short\n", "token:1: the token is 5 characters long: it needs at least 8" },
+		{ "\nfile-token-456\nsecond-line\n", "token:2: the token file must hold one token" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		rules_write(rules, "shop", "token", bad[i][0]);
+		cr_assert_not_null(strstr(wait_for_error("shop", bad[i][1]), bad[i][1]),
+		    "case %zu: %s", i, error_of("shop"));
+		call_json(&d, "{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\"}", &r);
+		cr_assert_str_eq(code(&r), "unauthorized", "case %zu: authentication is off", i);
+		reply_free(&r);
+		call_json(&d, "{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\",\"token\":\"declared-token-1\"}", &r);
+		cr_assert_str_eq(code(&r), "unauthorized", "case %zu", i);
+		reply_free(&r);
+		// a line number in the rules op too
+		char want[512];
+		snprintf(want, sizeof(want), "%s/shop/token", rules);
+		call_json(&d, "{\"op\":\"rules\",\"business\":\"shop\"}", &r);
+		cr_assert_str_eq(str_at(&r, "businesses.shop.error.file"), want);
+		cr_assert_gt(int_at(&r, "businesses.shop.error.line"), 0);
+		reply_free(&r);
+		// back to a good file between cases
+		rules_write(rules, "shop", "token", "file-token-456\n");
+		for (int k = 0; k < 100 && error_of("shop")[0] != '\0'; k++) {
+			usleep(50 * 1000);
+		}
+		cr_assert_str_eq(error_of("shop"), "");
+	}
+	// at start-up, with nothing older to serve: the business serves
+	// nothing rather than serving without its token
+	d_stop(&d);
+	rules_write(rules, "shop", "token", "\n");
+	d_restart(&d);
+	call_json(&d, "{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\"}", &r);
+	cr_assert(!ok(&r), "authentication is off with an empty token file");
+	reply_free(&r);
+	cr_assert_not_null(strstr(error_of("shop"), "the token file is empty"));
+}
+
 static const char SANDBOX[] =
     "on('io', function(c) return io.open('/etc/passwd') end)\n"
     "on('exec', function(c) return os.execute('touch /tmp/choreo-pwned') end)\n"
