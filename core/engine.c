@@ -155,6 +155,67 @@ reply_ok(ch_job *j)
 	msgpack_pack_true(&pk);
 }
 
+bool
+ch_job_reply_fits(ch_job *j)
+{
+	size_t n = j->reply.size;
+	if (j->reply_budget == NULL) {
+		return (j->reply_limit == 0 || n <= j->reply_limit);
+	}
+	if (n <= CH_REPLY_RESERVE) {
+		return (true);
+	}
+	size_t need = n - CH_REPLY_RESERVE;
+	size_t have = atomic_load(j->reply_budget);
+	while (have >= need) {
+		if (atomic_compare_exchange_weak(j->reply_budget, &have,
+		        have - need)) {
+			j->reply_taken += need;
+			return (true);
+		}
+	}
+	return (false);
+}
+
+// reply_give_back returns what a job took from its batch's budget, before
+// it runs again (a batch replayed after the map grew takes afresh).
+static void
+reply_give_back(ch_job *j)
+{
+	if (j->reply_budget != NULL && j->reply_taken > 0) {
+		atomic_fetch_add(j->reply_budget, j->reply_taken);
+		j->reply_taken = 0;
+	}
+}
+
+void
+ch_job_reply_too_large(ch_job *j, const char *what, size_t size)
+{
+	reply_err(j, CH_EREPLYTOOLARGE,
+	    "%s would be %zu bytes, more than %s may hold (--max-message): "
+	    "nothing was applied",
+	    what, size,
+	    j->reply_budget != NULL ? "the batch's reply" : "a message");
+}
+
+// emits_fit: whether every message the event emits fits --max-message; if
+// not, *big is the size of the first that does not.
+static bool
+emits_fit(const ch_engine *e, const ch_job *j, size_t *big)
+{
+	size_t off = 0;
+	while (e->o.max_message > 0 && off + 4 <= j->emits.size) {
+		uint32_t len;
+		memcpy(&len, j->emits.data + off, 4);
+		if (len > e->o.max_message) {
+			*big = len;
+			return (false);
+		}
+		off += 4 + len;
+	}
+	return (true);
+}
+
 #define BIZ_FMT "%.*s"
 #define BIZ_ARG(s) (int) (s).n, (s).p
 
@@ -295,6 +356,18 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	}
 	j->err      = CH_OK;
 	j->nactions = out.nactions;
+	// a reply the client cannot receive would be resent on every
+	// reconnect, and applied each time: it is refused, nothing applied
+	size_t big = 0;
+	if (!emits_fit(e, j, &big) || !ch_job_reply_fits(j)) {
+		const char *what = big > 0 ? "a message the rules emitted"
+		                           : "the reply";
+		size_t      size = big > 0 ? big : j->reply.size;
+		ch_rules_model_rollback();
+		ch_store_abort(txn);
+		ch_job_reply_too_large(j, what, size);
+		return (CH_OK);
+	}
 	if (e->state.size > 0 &&
 	    (rc = ch_store_put(s, txn, CH_DB_CUSTOMERS, ckey, cklen,
 	         e->state.data, e->state.size)) != CH_OK) {
@@ -493,30 +566,43 @@ run_rules_info(ch_engine *e, ch_job *j)
 static int
 run_job(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 {
+	int  rc    = CH_OK;
+	bool rules = false; // run_rules checks its own reply's size
 	j->nactions  = 0;
 	j->duplicate = false;
+	reply_give_back(j);
 	switch (j->req->op) {
 	case CH_OP_EVENT:
 	case CH_OP_DECIDE:
-		return (run_rules(e, j, parent, now));
+		rc    = run_rules(e, j, parent, now);
+		rules = true;
+		break;
 	case CH_OP_GET:
-		return (run_get(e, j, parent));
+		rc = run_get(e, j, parent);
+		break;
 	case CH_OP_FORGET:
-		return (run_forget(e, j, parent));
+		rc = run_forget(e, j, parent);
+		break;
 	case CH_OP_RULES:
 		run_rules_info(e, j);
-		return (CH_OK);
+		break;
 	case CH_OP_PING:
 		reply_ok(j);
-		return (CH_OK);
+		break;
 	case CH_OP_STATS:
 		run_stats(e, j);
-		return (CH_OK);
+		break;
 	default:
 		reply_err(j, CH_EBADREQ, "op '%s' is not served by an engine",
 		    ch_op_name(j->req->op));
-		return (CH_OK);
+		break;
 	}
+	// replies that changed nothing: read-only ops, errors, duplicates
+	if (rc == CH_OK && (!rules || j->err != CH_OK || j->duplicate) &&
+	    !ch_job_reply_fits(j)) {
+		ch_job_reply_too_large(j, "the reply", j->reply.size);
+	}
+	return (rc);
 }
 
 /* }====================================================== */

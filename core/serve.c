@@ -60,7 +60,8 @@ usage(FILE *f)
 	    "                      os: committed, not fsynced (full)\n"
 	    "  --shards N          engine threads, each with its own store (1)\n"
 	    "  --max-size BYTES    the store never grows past this (64G)\n"
-	    "  --max-message BYTES larger messages are refused by nng (1M)\n"
+	    "  --max-message BYTES larger requests are refused by nng, larger\n"
+	    "                      replies by reply_too_large (1M)\n"
 	    "  --batch N           most events per group commit (64)\n"
 	    "  --queue N           queued requests per shard before\n"
 	    "                      'overloaded' (4096)\n"
@@ -558,6 +559,7 @@ serve(serve_opts *op, const char *version)
 			.admin_token     = o.admin_token,
 			.all_stores      = stores, // filled by the time stats run
 			.nstores         = o.shards,
+			.max_message     = o.max_message,
 		};
 		if (ch_engine_new(&engines[i], &eo) != CH_OK) {
 			ch_rules_free(rules);

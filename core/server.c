@@ -101,6 +101,7 @@ struct rep_work {
 	ch_job     *subs;  // a fanned-out request (batch, reload)
 	uint32_t    nsubs;
 	atomic_uint pending;
+	_Atomic size_t budget; // a batch's reply: bytes its members may share
 	msgpack_sbuffer out;
 	ch_req      rules_req; // a reload answers with the rules it loaded
 	rep_work   *snext;     // the sender's queue
@@ -244,6 +245,22 @@ fan_out(rep_work *w)
 		rep_send(w, w->out.data, w->out.size);
 		return;
 	}
+	// the batch's reply is one message: it must fit --max-message with
+	// room set aside for every member's own error
+	size_t floor = CH_BATCH_REPLY_HEAD + (size_t) n * CH_REPLY_RESERVE;
+	if (s->o.max_message > 0 && s->o.max_message < floor) {
+		char m[200];
+		snprintf(m, sizeof(m),
+		    "a batch of %u events may need a reply of %zu bytes, more "
+		    "than a message may hold (--max-message): send fewer events "
+		    "per batch (nothing applied)",
+		    n, floor);
+		rep_send_error(w, CH_EREPLYTOOLARGE, m);
+		return;
+	}
+	atomic_store(&w->budget, s->o.max_message > 0
+	        ? s->o.max_message - floor
+	        : SIZE_MAX);
 	w->subs = calloc(n, sizeof(ch_job));
 	if (w->subs == NULL) {
 		rep_send_error(w, CH_EINTERNAL, "out of memory");
@@ -258,10 +275,15 @@ fan_out(rep_work *w)
 		j->index = i;
 		j->done  = fan_done;
 		j->req   = &r->events[i];
+		j->reply_budget = &w->budget;
 		if (r->events[i].err != CH_OK) {
 			const char *m = r->events[i].errmsg;
 			pack_error_buf(&j->reply, r->events[i].err,
 			    m ? m : "bad request");
+			if (!ch_job_reply_fits(j)) {
+				ch_job_reply_too_large(j, "this member's error",
+				    j->reply.size);
+			}
 			CH_COUNT(errors[ch_err_index(r->events[i].err)], 1);
 			fan_done(j);
 			continue;
@@ -298,6 +320,7 @@ reload_done(void *arg, int rc, const char *why)
 	w->job.req            = &w->rules_req;
 	w->job.owner          = w;
 	w->job.done           = rep_single_done;
+	w->job.reply_limit    = s->o.max_message;
 	if (ch_engine_submit(s->o.engines[0], &w->job, true) != CH_OK) {
 		rep_send_error(w, CH_EOVERLOADED,
 		    "the server is stopping; the reload may not have happened");
@@ -397,9 +420,10 @@ rep_handle(rep_work *w)
 	if (r->customer.n > 0) {
 		shard = ch_shard_of(r->business, r->customer, s->o.shards);
 	}
-	w->job.req   = r;
-	w->job.owner = w;
-	w->job.done  = rep_single_done;
+	w->job.req         = r;
+	w->job.owner       = w;
+	w->job.done        = rep_single_done;
+	w->job.reply_limit = s->o.max_message;
 	if (ch_engine_submit(s->o.engines[shard], &w->job, false) != CH_OK) {
 		rep_send_error(w, CH_EOVERLOADED,
 		    "the queue is full; retry later (nothing applied)");
@@ -560,6 +584,11 @@ pull_cb(void *arg)
 	p->job.owner = p;
 	p->job.done  = pull_done;
 	p->job.err   = CH_OK;
+	// the decision goes out on pub with the topic and the event's
+	// identity added (at most 1 KiB): it too must fit --max-message
+	p->job.reply_limit = s->o.max_message > 2048
+	    ? s->o.max_message - 1024
+	    : s->o.max_message / 2;
 	if (ch_engine_submit(s->o.engines[shard], &p->job, true) != CH_OK) {
 		CH_COUNT(pull_failed, 1);
 		pull_release(s, p);

@@ -1,0 +1,210 @@
+// What the daemon sends back is bounded like what it takes in: no reply,
+// batch reply or emitted message is larger than --max-message (a client
+// whose receive limit is the same would drop the connection, and nng's REQ
+// would resend the request on every reconnect — applying it each time), and
+// the memory it keeps does not grow with the largest reply it ever sent.
+#include <criterion/criterion.h>
+#include <nng/nng.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "support.h"
+
+#define LIMIT 65536
+
+static daemon_t d;
+static char     rules[128];
+
+// Three actions of ~30 KB each: a decision of all three is ~90 KB, of two
+// ~60 KB. An emit of 70 KB. A customer that grows by what events bring.
+static const char RULES[] =
+    "action 'big1' { value = 3, payload = { blob = ('x'):rep(30000) } }\n"
+    "action 'big2' { value = 2, payload = { blob = ('y'):rep(30000) } }\n"
+    "action 'big3' { value = 1, payload = { blob = ('z'):rep(30000) } }\n"
+    "on('view', function(c) c:count('views') end)\n"
+    "on('shout', function(c) c:count('shouts')\n"
+    "  c:emit('loud', { blob = ('e'):rep(70000) }) end)\n"
+    "on('grow', function(c, e) local n = c:count('grows')\n"
+    "  c.attrs['k' .. n] = e.data.blob end)\n";
+
+static void
+setup(void)
+{
+	memset(&d, 0, sizeof(d));
+	rules_dir(rules, sizeof(rules));
+	rules_write(rules, "big", "10.lua", RULES);
+	snprintf(d.extra, sizeof(d.extra), "--max-message %d", LIMIT);
+	d_start(&d, rules, false);
+}
+
+static void
+teardown(void)
+{
+	d_stop(&d);
+	d_cleanup(&d);
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", rules);
+	cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(limits, .init = setup, .fini = teardown);
+
+// A client whose receive limit is the daemon's.
+static void
+limited_client(client_t *c)
+{
+	client_open(&d, c);
+	cr_assert_eq(nng_socket_set_size(c->s, NNG_OPT_RECVMAXSZ, LIMIT), 0);
+}
+
+static void
+call_limited(const char *json, reply_t *r)
+{
+	client_t c;
+	req_t    q;
+	limited_client(&c);
+	req_json(&q, json);
+	int rv = client_try(&c, q.buf.data, q.buf.size, r);
+	cr_assert_eq(rv, 0, "%s: no reply a client limited to %d bytes can "
+	                    "receive (%s)",
+	    json, LIMIT, nng_strerror(rv));
+	cr_assert_leq(r->len, LIMIT);
+	req_free(&q);
+	client_close(&c);
+}
+
+static int64_t
+counter(const char *customer, const char *name)
+{
+	char    q[256], path[64];
+	reply_t r;
+	snprintf(q, sizeof(q), "{\"op\":\"get\",\"business\":\"big\","
+	                       "\"customer\":\"%s\"}", customer);
+	call_json(&d, q, &r);
+	if (!ok(&r)) {
+		assert_code(&r, "not_found");
+		reply_free(&r);
+		return (0);
+	}
+	snprintf(path, sizeof(path), "customer.counters.%s", name);
+	int64_t n = has(&r, path) ? int_at(&r, path) : 0;
+	reply_free(&r);
+	return (n);
+}
+
+Test(limits, a_reply_over_max_message_is_refused_and_nothing_applied)
+{
+	reply_t r;
+	// three 30 KB actions: ~90 KB, over the limit
+	call_limited("{\"business\":\"big\",\"customer\":\"c1\",\"type\":\"view\"}", &r);
+	assert_code(&r, "reply_too_large");
+	cr_assert_not_null(strstr(str_at(&r, "error.message"), "nothing was applied"));
+	reply_free(&r);
+	// no resend applied it behind the client's back either
+	usleep(300 * 1000);
+	cr_assert_eq(counter("c1", "views"), 0);
+	// two fit
+	call_limited("{\"business\":\"big\",\"customer\":\"c1\",\"type\":\"view\",\"limit\":2}", &r);
+	assert_ok(&r);
+	reply_free(&r);
+	cr_assert_eq(counter("c1", "views"), 1);
+	// a decision, read-only or recorded, is held to the same limit
+	call_limited("{\"op\":\"decide\",\"business\":\"big\",\"customer\":\"c1\"}", &r);
+	assert_code(&r, "reply_too_large");
+	reply_free(&r);
+}
+
+Test(limits, an_emit_over_max_message_is_refused_and_nothing_applied)
+{
+	sub_t s;
+	sub_open(&d, &s, "choreo/big/emit/");
+	reply_t r;
+	call_limited("{\"business\":\"big\",\"customer\":\"c2\",\"type\":\"shout\",\"decide\":false}", &r);
+	assert_code(&r, "reply_too_large");
+	cr_assert_not_null(strstr(str_at(&r, "error.message"), "emitted"));
+	reply_free(&r);
+	char    topic[128];
+	reply_t m;
+	cr_assert(!sub_recv(&s, 300, topic, sizeof(topic), &m),
+	    "a refused event's emit was published");
+	sub_close(&s);
+	cr_assert_eq(counter("c2", "shouts"), 0);
+}
+
+Test(limits, a_get_over_max_message_is_refused)
+{
+	char blob[20001];
+	memset(blob, 'g', sizeof(blob) - 1);
+	blob[sizeof(blob) - 1] = '\0';
+	char *q = malloc(sizeof(blob) + 256);
+	snprintf(q, sizeof(blob) + 256,
+	    "{\"business\":\"big\",\"customer\":\"c3\",\"type\":\"grow\","
+	    "\"decide\":false,\"data\":{\"blob\":\"%s\"}}",
+	    blob);
+	for (int i = 0; i < 4; i++) { // ~80 KB of state
+		reply_t r;
+		call_limited(q, &r);
+		assert_ok(&r);
+		reply_free(&r);
+	}
+	free(q);
+	reply_t r;
+	call_limited("{\"op\":\"get\",\"business\":\"big\",\"customer\":\"c3\"}", &r);
+	assert_code(&r, "reply_too_large");
+	reply_free(&r);
+}
+
+Test(limits, a_batch_reply_fits_as_a_whole)
+{
+	// each member's reply is ~30 KB: two fit in 64 KiB, the third does
+	// not, and only the third is refused and rolled back
+	reply_t r;
+	call_limited("{\"op\":\"batch\",\"events\":["
+	             "{\"business\":\"big\",\"customer\":\"b1\",\"type\":\"view\",\"limit\":1},"
+	             "{\"business\":\"big\",\"customer\":\"b2\",\"type\":\"view\",\"limit\":1},"
+	             "{\"business\":\"big\",\"customer\":\"b3\",\"type\":\"view\",\"limit\":1}]}",
+	    &r);
+	assert_ok(&r);
+	int refused = 0;
+	for (int i = 0; i < 3; i++) {
+		char path[32], cust[8];
+		snprintf(path, sizeof(path), "results.%d.ok", i);
+		snprintf(cust, sizeof(cust), "b%d", i + 1);
+		const msgpack_object *o = rat(&r, path);
+		cr_assert_not_null(o);
+		if (o->via.boolean) {
+			cr_assert_eq(counter(cust, "views"), 1, "%s", cust);
+		} else {
+			snprintf(path, sizeof(path), "results.%d.error.code", i);
+			cr_assert_str_eq(str_at(&r, path), "reply_too_large");
+			cr_assert_eq(counter(cust, "views"), 0, "%s", cust);
+			refused++;
+		}
+	}
+	cr_assert_eq(refused, 1);
+	reply_free(&r);
+}
+
+Test(limits, a_batch_too_large_to_answer_is_refused_whole)
+{
+	// 300 members need 300 × 256 bytes set aside for their errors alone
+	size_t cap = 300 * 96 + 64;
+	char  *q   = malloc(cap);
+	size_t n   = (size_t) snprintf(q, cap, "{\"op\":\"batch\",\"events\":[");
+	for (int i = 0; i < 300; i++) {
+		n += (size_t) snprintf(q + n, cap - n,
+		    "%s{\"business\":\"big\",\"customer\":\"m%d\",\"type\":\"view\",\"limit\":1}",
+		    i ? "," : "", i);
+	}
+	snprintf(q + n, cap - n, "]}");
+	reply_t r;
+	call_limited(q, &r);
+	free(q);
+	assert_code(&r, "reply_too_large");
+	cr_assert_not_null(strstr(str_at(&r, "error.message"), "fewer events"));
+	reply_free(&r);
+	cr_assert_eq(counter("m0", "views"), 0);
+}
