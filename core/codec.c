@@ -591,6 +591,15 @@ ch_doc_fini(ch_doc *doc)
 */
 
 void
+ch_sbuffer_trim(msgpack_sbuffer *b, size_t keep)
+{
+	if (b->alloc > keep) {
+		msgpack_sbuffer_destroy(b);
+		msgpack_sbuffer_init(b);
+	}
+}
+
+void
 ch_pack_strn(msgpack_packer *pk, const char *s, size_t n)
 {
 	msgpack_pack_str(pk, n);

@@ -91,6 +91,12 @@ void ch_pack_kv_str(msgpack_packer *pk, const char *k, const char *v);
 // ch_pack_error writes {ok=false, error={code, message}}.
 void ch_pack_error(msgpack_packer *pk, int err, const char *msg);
 
+// ch_sbuffer_trim frees b's memory when more than keep bytes are allocated
+// (b is left empty): buffers reused for every request keep what the common
+// case needs, not the largest message ever seen.
+#define CH_SBUFFER_KEEP (64 * 1024)
+void ch_sbuffer_trim(msgpack_sbuffer *b, size_t keep);
+
 // ch_mp_depth returns how deeply o nests (a scalar is 0, {} is 1).
 // ch_mp_get: the value of key in a msgpack map when it has that type, or
 // NULL (absent, another type, or not a map).

@@ -1188,6 +1188,9 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 	CH_COUNT(batches, 1);
 	CH_COUNT(batch_jobs, (uint64_t) n);
 	finish(e, jobs, n);
+	// the scratch keeps what a usual customer needs, not the largest one
+	ch_sbuffer_trim(&e->state, 16 * CH_SBUFFER_KEEP);
+	ch_sbuffer_trim(&e->tmp, 16 * CH_SBUFFER_KEEP);
 }
 
 // swap puts a freshly loaded rule set in service, between two batches: a

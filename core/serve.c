@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -34,7 +35,7 @@ typedef struct {
 	const char *rules, *data, *rep, *pull, *pub, *http;
 	bool        sync_full;
 	int         shards;
-	size_t      max_size, max_message;
+	size_t      max_size, max_message, pub_queue;
 	int         batch_max, queue_cap;
 	const char *admin_token;
 	bool        supervise;       // fork a supervised engine process
@@ -62,6 +63,8 @@ usage(FILE *f)
 	    "  --max-size BYTES    the store never grows past this (64G)\n"
 	    "  --max-message BYTES larger requests are refused by nng, larger\n"
 	    "                      replies by reply_too_large (1M)\n"
+	    "  --pub-queue BYTES   how far a subscriber may fall behind before\n"
+	    "                      pub drops its oldest messages (32M)\n"
 	    "  --batch N           most events per group commit (64)\n"
 	    "  --queue N           queued requests per shard before\n"
 	    "                      'overloaded' (4096)\n"
@@ -88,6 +91,7 @@ parse(int argc, char **argv, serve_opts *o)
 		{ "shards", required_argument, NULL, 'n' },
 		{ "max-size", required_argument, NULL, 'm' },
 		{ "max-message", required_argument, NULL, 'M' },
+		{ "pub-queue", required_argument, NULL, 'Q' },
 		{ "batch", required_argument, NULL, 'b' },
 		{ "queue", required_argument, NULL, 'q' },
 		{ "admin-token", required_argument, NULL, 'A' },
@@ -126,7 +130,8 @@ parse(int argc, char **argv, serve_opts *o)
 			}
 			break;
 		case 'm':
-		case 'M': {
+		case 'M':
+		case 'Q': {
 			size_t v = ch_parse_size(optarg);
 			if (v == 0) {
 				fprintf(stderr, "choreo serve: '%s' is not a "
@@ -136,8 +141,10 @@ parse(int argc, char **argv, serve_opts *o)
 			}
 			if (c == 'm') {
 				o->max_size = v;
-			} else {
+			} else if (c == 'M') {
 				o->max_message = v;
+			} else {
+				o->pub_queue = v;
 			}
 			break;
 		}
@@ -473,6 +480,7 @@ ch_serve_main(int argc, char **argv, const char *version)
 		.shards      = 1,
 		.max_size    = (size_t) 64 << 30,
 		.max_message = 1 << 20,
+		.pub_queue   = (size_t) 32 << 20,
 		.batch_max   = 64, // small enough that nng keeps the next batch coming meanwhile
 		.queue_cap   = 4096,
 		.supervise   = true,
@@ -499,6 +507,11 @@ serve(serve_opts *op, const char *version)
 	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	// Large buffers (a big customer's reply, its state) get their own
+	// mappings, returned to the system when freed. A fixed threshold also
+	// stops glibc from raising it after such a free, which would keep the
+	// next ones in the heap for good.
+	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
 	ch_store  *stores[64]  = { 0 };
 	ch_engine *engines[64] = { 0 };
@@ -573,6 +586,7 @@ serve(serve_opts *op, const char *version)
 		.pub_url     = o.pub,
 		.http_url    = o.http,
 		.max_message = o.max_message,
+		.pub_queue   = o.pub_queue,
 		.engines     = engines,
 		.stores      = stores,
 		.shards      = o.shards,
@@ -613,8 +627,12 @@ serve(serve_opts *op, const char *version)
 	fflush(stdout);
 
 	for (;;) {
-		int sig;
-		if (sigwait(&sigs, &sig) != 0) {
+		// every few seconds, hand the memory freed meanwhile back to
+		// the system (a burst of large replies, subscribers gone)
+		struct timespec tick = { 5, 0 };
+		int             sig  = sigtimedwait(&sigs, NULL, &tick);
+		if (sig < 0) {
+			malloc_trim(0);
 			continue;
 		}
 		if (sig == SIGHUP) {

@@ -46,7 +46,15 @@ struct ch_server {
 	pthread_mutex_t  smu;
 	pthread_cond_t   scv;
 	rep_work        *shead, *stail;
+	// pub: the sizes of the last PUB_RING messages, and how many of the
+	// newest ones a subscriber's queue may hold (pub_fit)
+	pthread_mutex_t  pubmu;
+	uint32_t        *pub_sizes;
+	uint64_t         pub_count;
+	size_t           pub_win, pub_sum;
 };
+
+#define PUB_RING 8192 // nng's most per subscriber
 
 static ch_server *the_server; // for the HTTP handlers, which get no argument
 
@@ -352,6 +360,11 @@ rep_cleanup(rep_work *w)
 	}
 	w->job.reply.size = 0;
 	w->job.emits.size = 0;
+	// 256 contexts each keeping its largest reply held a gigabyte after
+	// a few hundred gets of a 4 MiB customer
+	ch_sbuffer_trim(&w->job.reply, CH_SBUFFER_KEEP);
+	ch_sbuffer_trim(&w->job.emits, CH_SBUFFER_KEEP);
+	ch_sbuffer_trim(&w->out, CH_SBUFFER_KEEP);
 }
 
 static void
@@ -492,6 +505,8 @@ pull_release(ch_server *s, pull_slot *p)
 	ch_doc_fini(&p->doc);
 	nng_msg_free(p->msg);
 	p->msg = NULL;
+	ch_sbuffer_trim(&p->job.reply, CH_SBUFFER_KEEP);
+	ch_sbuffer_trim(&p->job.emits, CH_SBUFFER_KEEP);
 	pthread_mutex_lock(&s->pull_mu);
 	p->next_free  = s->free_slots;
 	s->free_slots = p;
@@ -620,6 +635,49 @@ pull_arm(ch_server *s)
 ** =======================================================
 */
 
+// pub_fit keeps what a slow subscriber can hold within --pub-queue bytes.
+// nng's pub queues messages per subscriber by count (NNG_OPT_SENDBUF, at
+// most 8192) and shares each message between the queues, so a queue that
+// falls behind holds about the newest SENDBUF messages published: the
+// count is set so that the newest SENDBUF messages add up to the budget.
+// It shrinks as soon as they would not fit (to 3/4 of the budget, so that
+// the next large message does not resize the queues again), and grows
+// back, doubling, once twice as many would take half the budget. Called
+// with pubmu held, after len was published.
+static void
+pub_fit(ch_server *s, size_t len)
+{
+	uint32_t *ring = s->pub_sizes;
+	size_t    want = s->pub_win;
+	ring[s->pub_count % PUB_RING] = (uint32_t) (len > UINT32_MAX ? UINT32_MAX : len);
+	s->pub_count++;
+	s->pub_sum += len;
+	if (s->pub_count > s->pub_win) {
+		s->pub_sum -= ring[(s->pub_count - 1 - s->pub_win) % PUB_RING];
+	}
+	if (s->pub_sum > s->o.pub_queue) {
+		while (want > 1 && s->pub_sum > s->o.pub_queue / 4 * 3) {
+			size_t oldest = (size_t) (s->pub_count - want) % PUB_RING;
+			s->pub_sum -= ring[oldest];
+			want--;
+		}
+	} else if (s->pub_win < PUB_RING && (s->pub_count & 1023) == 0) {
+		size_t w2  = s->pub_win * 2 > PUB_RING ? PUB_RING : s->pub_win * 2;
+		size_t sum = s->pub_sum;
+		for (size_t k = s->pub_win; k < w2 && k < s->pub_count; k++) {
+			sum += ring[(size_t) (s->pub_count - 1 - k) % PUB_RING];
+		}
+		if (sum <= s->o.pub_queue / 2) {
+			want       = w2;
+			s->pub_sum = sum;
+		}
+	}
+	if (want != s->pub_win) {
+		s->pub_win = want;
+		nng_socket_set_int(s->pub, NNG_OPT_SENDBUF, (int) want);
+	}
+}
+
 void
 ch_server_publish(void *srv, const void *msg, size_t len)
 {
@@ -627,9 +685,12 @@ ch_server_publish(void *srv, const void *msg, size_t len)
 	if (s == NULL || !s->pub_open) {
 		return;
 	}
+	pthread_mutex_lock(&s->pubmu);
 	if (nng_send(s->pub, (void *) msg, len, NNG_FLAG_NONBLOCK) == 0) {
 		CH_COUNT(published, 1);
+		pub_fit(s, len);
 	}
+	pthread_mutex_unlock(&s->pubmu);
 }
 
 static void
@@ -733,8 +794,18 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 		s->o.pull_slots = 1024;
 	}
 	pthread_mutex_init(&s->pull_mu, NULL);
+	pthread_mutex_init(&s->pubmu, NULL);
 	pthread_mutex_init(&s->smu, NULL);
 	pthread_cond_init(&s->scv, NULL);
+	if (s->o.pub_queue == 0) {
+		s->o.pub_queue = (size_t) 32 << 20;
+	}
+	s->pub_win   = PUB_RING;
+	s->pub_sizes = calloc(PUB_RING, sizeof(uint32_t));
+	if (s->pub_sizes == NULL) {
+		snprintf(why, whylen, "out of memory");
+		goto fail;
+	}
 	if (pthread_create(&s->sender, NULL, sender_main, s) != 0) {
 		snprintf(why, whylen, "cannot start the reply thread");
 		goto fail;
@@ -749,8 +820,9 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 	}
 	s->pub_open = true;
 	// nng's default queue per subscriber is 16 messages: a subscriber a
-	// moment slow would lose decisions at a few thousand a second
-	nng_socket_set_int(s->pub, NNG_OPT_SENDBUF, 8192);
+	// moment slow would lose decisions at a few thousand a second. The
+	// most nng takes, until pub_fit finds them over --pub-queue bytes.
+	nng_socket_set_int(s->pub, NNG_OPT_SENDBUF, PUB_RING);
 	if (listen_on(s->pub, "pub", o->pub_url, o->max_message, why,
 	        whylen) != CH_OK) {
 		goto fail;
@@ -896,6 +968,8 @@ ch_server_close(ch_server *s)
 	the_server = NULL;
 	free(s->works);
 	free(s->slots);
+	free(s->pub_sizes);
 	pthread_mutex_destroy(&s->pull_mu);
+	pthread_mutex_destroy(&s->pubmu);
 	free(s);
 }

@@ -15,6 +15,7 @@ typedef struct ch_server ch_server;
 typedef struct {
 	const char *rep_url, *pull_url, *pub_url, *http_url;
 	size_t      max_message;  // NNG_OPT_RECVMAXSZ on every listener
+	size_t      pub_queue;    // bytes a subscriber may fall behind by
 	int         rep_contexts; // concurrent REQ requests served
 	int         pull_slots;   // pulled events in flight before pull waits
 	ch_engine **engines;      // one per shard

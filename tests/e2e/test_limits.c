@@ -3,8 +3,11 @@
 // whose receive limit is the same would drop the connection, and nng's REQ
 // would resend the request on every reconnect — applying it each time), and
 // the memory it keeps does not grow with the largest reply it ever sent.
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 #include <nng/nng.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,4 +210,183 @@ Test(limits, a_batch_too_large_to_answer_is_refused_whole)
 	cr_assert_not_null(strstr(str_at(&r, "error.message"), "fewer events"));
 	reply_free(&r);
 	cr_assert_eq(counter("m0", "views"), 0);
+}
+
+/*
+** Memory: what the daemon keeps does not grow with the largest reply
+*/
+
+static daemon_t big;
+static char     big_rules[128];
+
+static void
+big_setup(void)
+{
+	memset(&big, 0, sizeof(big));
+	rules_dir(big_rules, sizeof(big_rules));
+	rules_write(big_rules, "big", "10.lua",
+	    "on('grow', function(c, e) local n = c:count('grows')\n"
+	    "  c.attrs['k' .. n] = e.data.blob end)\n"
+	    "on('shout', function(c) c:emit('loud', { blob = ('e'):rep(30000) }) end)\n");
+	snprintf(big.extra, sizeof(big.extra), "--max-message 8M --pub-queue 8M");
+	d_start(&big, big_rules, false);
+}
+
+static void
+big_teardown(void)
+{
+	d_stop(&big);
+	d_cleanup(&big);
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", big_rules);
+	cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(memory, .init = big_setup, .fini = big_teardown);
+
+// rss_kb: the resident set of a process, in KiB.
+static long
+rss_kb(pid_t pid)
+{
+	char path[64], line[256];
+	long kb = -1;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+	FILE *f = fopen(path, "r");
+	cr_assert_not_null(f);
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1) {
+			break;
+		}
+	}
+	fclose(f);
+	return (kb);
+}
+
+typedef struct {
+	int n, ok;
+} getter_t;
+
+static void *
+getter_main(void *arg)
+{
+	getter_t *g = arg;
+	client_t  c;
+	client_open(&big, &c);
+	req_t q;
+	req_json(&q, "{\"op\":\"get\",\"business\":\"big\",\"customer\":\"fat\"}");
+	for (int i = 0; i < g->n; i++) {
+		reply_t r;
+		if (client_try(&c, q.buf.data, q.buf.size, &r) == 0) {
+			g->ok += ok(&r);
+			reply_free(&r);
+		}
+	}
+	req_free(&q);
+	client_close(&c);
+	return (NULL);
+}
+
+Test(memory, rss_does_not_keep_the_largest_replies)
+{
+	// a customer of ~4 MiB: 64 events bringing 64 KB each
+	static char q[64 * 1024 + 256];
+	int         n = snprintf(q, sizeof(q),
+	            "{\"business\":\"big\",\"customer\":\"fat\",\"type\":\"grow\","
+	            "\"decide\":false,\"data\":{\"blob\":\"");
+	memset(q + n, 'f', 64000);
+	snprintf(q + n + 64000, sizeof(q) - (size_t) n - 64000, "\"}}");
+	for (int i = 0; i < 64; i++) {
+		reply_t r;
+		call_json(&big, q, &r);
+		assert_ok(&r);
+		reply_free(&r);
+	}
+	long before = rss_kb(big.engine);
+	// 300 gets of it from 30 connections at once: each reply is 4 MiB
+	enum { THREADS = 30 };
+	pthread_t th[THREADS];
+	getter_t  g[THREADS];
+	for (int i = 0; i < THREADS; i++) {
+		g[i] = (getter_t) { .n = 10 };
+		pthread_create(&th[i], NULL, getter_main, &g[i]);
+	}
+	int got = 0;
+	for (int i = 0; i < THREADS; i++) {
+		pthread_join(th[i], NULL);
+		got += g[i].ok;
+	}
+	cr_assert_eq(got, 300);
+	usleep(500 * 1000);
+	long after = rss_kb(big.engine);
+	// 30 contexts keeping a 4 MiB reply each would hold 120 MiB or more
+	cr_assert_lt(after - before, 48 * 1024,
+	    "the engine's RSS went from %ld to %ld KiB after 300 gets of a "
+	    "4 MiB customer, and stayed there",
+	    before, after);
+}
+
+// slow_subscriber connects to pub as a SUB peer speaking SP over TCP, then
+// never reads: nng queues for it what it cannot send.
+static int
+slow_subscriber(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert_geq(fd, 0);
+	int small = 4096;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+	struct sockaddr_in a = { .sin_family = AF_INET,
+		.sin_port = htons((uint16_t) big.pub_port) };
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(connect(fd, (struct sockaddr *) &a, sizeof(a)), 0);
+	// SP header: 0, 'S', 'P', version 0, protocol SUB0 (0x21), reserved
+	static const unsigned char hello[8] = { 0, 'S', 'P', 0, 0, 0x21, 0, 0 };
+	cr_assert_eq(write(fd, hello, sizeof(hello)), (ssize_t) sizeof(hello));
+	return (fd);
+}
+
+Test(memory, a_subscriber_that_never_reads_holds_at_most_pub_queue_bytes)
+{
+	int slow[4];
+	for (int i = 0; i < 4; i++) {
+		slow[i] = slow_subscriber();
+	}
+	usleep(200 * 1000); // the pipes are up
+	long before = rss_kb(big.engine);
+	// 2 000 emits of 30 KB: 60 MB published, all queued for the four
+	// subscribers that never read, were it not for --pub-queue 8M
+	enum { PER = 50 };
+	static char q[PER * 128 + 64];
+	for (int b = 0; b < 40; b++) {
+		size_t n = (size_t) snprintf(q, sizeof(q),
+		    "{\"op\":\"batch\",\"events\":[");
+		for (int i = 0; i < PER; i++) {
+			n += (size_t) snprintf(q + n, sizeof(q) - n,
+			    "%s{\"business\":\"big\",\"customer\":\"s%d\","
+			    "\"type\":\"shout\",\"decide\":false}",
+			    i ? "," : "", i);
+		}
+		snprintf(q + n, sizeof(q) - n, "]}");
+		reply_t r;
+		call_json(&big, q, &r);
+		assert_ok(&r);
+		reply_free(&r);
+	}
+	long during = rss_kb(big.engine);
+	cr_assert_lt(during - before, 24 * 1024,
+	    "four subscribers that never read took the engine's RSS from %ld "
+	    "to %ld KiB (--pub-queue 8M)",
+	    before, during);
+	// once they are gone, what they held goes back to the system
+	for (int i = 0; i < 4; i++) {
+		close(slow[i]);
+	}
+	long after = during;
+	for (int i = 0; i < 80 && after - before > 8 * 1024; i++) {
+		usleep(100 * 1000);
+		after = rss_kb(big.engine);
+	}
+	cr_assert_lt(after - before, 8 * 1024,
+	    "the engine's RSS stayed at %ld KiB (from %ld) after the slow "
+	    "subscribers left",
+	    after, before);
 }
