@@ -692,6 +692,24 @@ tls_start(ch_server *s, char *why, size_t whylen)
 	    o->tls.ca != NULL ? "clients must present a certificate signed "
 	                        "by the CA in --tls-ca"
 	                      : "no client certificates asked for");
+	// nanomsg/nng#1518, not fixed in 1.5.2: see docs/security.md
+	const char *names[] = { "rep", "pull", "pub" };
+	const char *urls[]  = { o->rep_url, o->pull_url, o->pub_url };
+	char        list[32] = "";
+	for (int i = 0; i < 3; i++) {
+		if (strncmp(urls[i], "tls+tcp", 7) == 0) {
+			size_t n = strlen(list);
+			snprintf(list + n, sizeof(list) - n, "%s%s", n ? ", " : "",
+			    names[i]);
+		}
+	}
+	if (list[0] != '\0') {
+		ch_log_warn("serve: a client that abandons a TLS handshake can "
+		            "stop nng 1.5.2 from accepting on a tls+tcp:// "
+		            "endpoint (here: %s); wss:// is not affected "
+		            "(docs/security.md)",
+		    list);
+	}
 	return (CH_OK);
 }
 
