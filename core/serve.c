@@ -30,6 +30,7 @@
 #include "reload.h"
 #include "server.h"
 #include "store.h"
+#include "tls.h"
 
 typedef struct {
 	const char *rules, *data, *rep, *pull, *pub, *http;
@@ -40,6 +41,7 @@ typedef struct {
 	const char *admin_token;
 	bool        supervise;       // fork a supervised engine process
 	int         rule_timeout_ms; // the watchdog's hard limit
+	ch_tls_files tls;            // for every tls+tcp://, wss://, https://
 } serve_opts;
 
 static void
@@ -57,6 +59,11 @@ usage(FILE *f)
 	    "  --pull URL          events without replies (tcp://127.0.0.1:7451)\n"
 	    "  --pub URL           decisions and emits (tcp://127.0.0.1:7452)\n"
 	    "  --http URL          /metrics and /healthz (http://127.0.0.1:7453)\n"
+	    "  --tls-cert FILE     PEM certificate of every tls+tcp://, wss://\n"
+	    "                      and https:// endpoint (needs --tls-key)\n"
+	    "  --tls-key FILE      its PEM private key, unencrypted\n"
+	    "  --tls-ca FILE       PEM CA: TLS clients must present a\n"
+	    "                      certificate it signed\n"
 	    "  --sync full|os      full: a reply means the event is on disk;\n"
 	    "                      os: committed, not fsynced (full)\n"
 	    "  --shards N          engine threads, each with its own store (1)\n"
@@ -75,6 +82,48 @@ usage(FILE *f)
 	    "  --no-supervisor     run the engine in this process (no restart)\n"
 	    "\n"
 	    "SIGHUP reloads the rules; SIGINT or SIGTERM stop cleanly.\n");
+}
+
+// check_tls: the TLS flags and the endpoints agree, and the files are
+// good — here, before the supervisor forks, so that a wrong file stops
+// the start with a message naming it. -1 when all is well, else 2.
+static int
+check_tls(const serve_opts *o)
+{
+	const struct {
+		const char *flag, *url;
+	} eps[] = { { "--rep", o->rep }, { "--pull", o->pull },
+		{ "--pub", o->pub }, { "--http", o->http } };
+	const char *tls_flag = NULL, *tls_url = NULL;
+	for (size_t i = 0; i < sizeof(eps) / sizeof(eps[0]); i++) {
+		if (tls_url == NULL && ch_tls_url(eps[i].url)) {
+			tls_flag = eps[i].flag;
+			tls_url  = eps[i].url;
+		}
+	}
+	const ch_tls_files *t = &o->tls;
+	if (tls_url != NULL && (t->cert == NULL || t->key == NULL)) {
+		fprintf(stderr, "choreo serve: %s %s needs --tls-cert FILE and "
+		                "--tls-key FILE\n",
+		    tls_flag, tls_url);
+		return (2);
+	}
+	if (tls_url == NULL &&
+	    (t->cert != NULL || t->key != NULL || t->ca != NULL)) {
+		fprintf(stderr, "choreo serve: %s is given but no endpoint is "
+		                "tls+tcp://, wss:// or https:// (nothing would "
+		                "be encrypted)\n",
+		    t->cert != NULL ? "--tls-cert"
+		    : t->key != NULL ? "--tls-key"
+		                     : "--tls-ca");
+		return (2);
+	}
+	char why[512];
+	if (tls_url != NULL && ch_tls_check(t, why, sizeof(why)) != CH_OK) {
+		fprintf(stderr, "choreo serve: %s\n", why);
+		return (2);
+	}
+	return (-1);
 }
 
 static int
@@ -97,6 +146,9 @@ parse(int argc, char **argv, serve_opts *o)
 		{ "admin-token", required_argument, NULL, 'A' },
 		{ "rule-timeout", required_argument, NULL, 'T' },
 		{ "no-supervisor", no_argument, NULL, 'S' },
+		{ "tls-cert", required_argument, NULL, 'C' },
+		{ "tls-key", required_argument, NULL, 'K' },
+		{ "tls-ca", required_argument, NULL, 'Y' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -168,6 +220,9 @@ parse(int argc, char **argv, serve_opts *o)
 		case 'S':
 			o->supervise = false;
 			break;
+		case 'C': o->tls.cert = optarg; break;
+		case 'K': o->tls.key = optarg; break;
+		case 'Y': o->tls.ca = optarg; break;
 		case 'h':
 			usage(stdout);
 			return (0);
@@ -181,7 +236,7 @@ parse(int argc, char **argv, serve_opts *o)
 		    argv[optind]);
 		return (2);
 	}
-	return (-1);
+	return (check_tls(o));
 }
 
 /*
@@ -592,6 +647,7 @@ serve(serve_opts *op, const char *version)
 		.shards      = o.shards,
 		.version     = version,
 		.admin_token = o.admin_token,
+		.tls         = o.tls,
 	};
 	if (ch_server_start(&srv, &sopts, why, sizeof(why)) != CH_OK) {
 		ch_log_error("serve: cannot listen: %s", why);

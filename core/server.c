@@ -28,6 +28,7 @@ struct ch_server {
 	bool             rep_open, pull_open, pub_open;
 	nng_http_server *http;
 	nng_url         *http_url;
+	nng_tls_config  *tls;     // shared by every TLS listener; NULL: none
 	rep_work        *works;
 	int              nworks;
 	// pull: a fixed pool of slots; when all are busy, receiving pauses
@@ -742,7 +743,9 @@ http_start(ch_server *s, char *why, size_t whylen)
 	int               rv;
 	nng_http_handler *h;
 	if ((rv = nng_url_parse(&s->http_url, s->o.http_url)) != 0 ||
-	    (rv = nng_http_server_hold(&s->http, s->http_url)) != 0) {
+	    (rv = nng_http_server_hold(&s->http, s->http_url)) != 0 ||
+	    (ch_tls_url(s->o.http_url) &&
+	        (rv = nng_http_server_set_tls(s->http, s->tls)) != 0)) {
 		snprintf(why, whylen, "http %s: %s", s->o.http_url,
 		    nng_strerror(rv));
 		return (CH_EINTERNAL);
@@ -761,14 +764,57 @@ http_start(ch_server *s, char *why, size_t whylen)
 
 /* }====================================================== */
 
+// tls_start makes the one TLS configuration of every TLS endpoint.
+static int
+tls_start(ch_server *s, char *why, size_t whylen)
+{
+	const ch_server_opts *o = &s->o;
+	if (!ch_tls_url(o->rep_url) && !ch_tls_url(o->pull_url) &&
+	    !ch_tls_url(o->pub_url) && !ch_tls_url(o->http_url)) {
+		return (CH_OK);
+	}
+	if (ch_tls_config(&s->tls, &o->tls, true, NULL, why, whylen) != CH_OK) {
+		return (CH_EINTERNAL);
+	}
+	char cert[512];
+	ch_tls_describe(o->tls.cert, cert, sizeof(cert));
+	ch_log_info("serve: TLS with %s; %s", cert,
+	    o->tls.ca != NULL ? "clients must present a certificate signed "
+	                        "by the CA in --tls-ca"
+	                      : "no client certificates asked for");
+	// nanomsg/nng#1518, not fixed in 1.5.2: see docs/security.md
+	const char *names[] = { "rep", "pull", "pub" };
+	const char *urls[]  = { o->rep_url, o->pull_url, o->pub_url };
+	char        list[32] = "";
+	for (int i = 0; i < 3; i++) {
+		if (strncmp(urls[i], "tls+tcp", 7) == 0) {
+			size_t n = strlen(list);
+			snprintf(list + n, sizeof(list) - n, "%s%s", n ? ", " : "",
+			    names[i]);
+		}
+	}
+	if (list[0] != '\0') {
+		ch_log_warn("serve: a client that abandons a TLS handshake can "
+		            "stop nng 1.5.2 from accepting on a tls+tcp:// "
+		            "endpoint (here: %s); wss:// is not affected "
+		            "(docs/security.md)",
+		    list);
+	}
+	return (CH_OK);
+}
+
+// listen_on: RECVMAXSZ on every listener, and the TLS configuration on a
+// tls+tcp:// or wss:// one, before it starts.
 static int
 listen_on(nng_socket sock, const char *what, const char *url, size_t maxsz,
-    char *why, size_t whylen)
+    nng_tls_config *tls, char *why, size_t whylen)
 {
 	nng_listener l;
 	int          rv;
 	if ((rv = nng_listener_create(&l, sock, url)) != 0 ||
 	    (rv = nng_listener_set_size(l, NNG_OPT_RECVMAXSZ, maxsz)) != 0 ||
+	    (ch_tls_url(url) &&
+	        (rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, tls)) != 0) ||
 	    (rv = nng_listener_start(l, 0)) != 0) {
 		snprintf(why, whylen, "%s %s: %s", what, url, nng_strerror(rv));
 		return (CH_EINTERNAL);
@@ -812,6 +858,9 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 	}
 	s->sender_on = true;
 	the_server = s;
+	if (tls_start(s, why, whylen) != CH_OK) {
+		goto fail;
+	}
 
 	// pub first: the engines may publish as soon as anything arrives
 	if ((rv = nng_pub0_open(&s->pub)) != 0) {
@@ -823,8 +872,8 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 	// moment slow would lose decisions at a few thousand a second. The
 	// most nng takes, until pub_fit finds them over --pub-queue bytes.
 	nng_socket_set_int(s->pub, NNG_OPT_SENDBUF, PUB_RING);
-	if (listen_on(s->pub, "pub", o->pub_url, o->max_message, why,
-	        whylen) != CH_OK) {
+	if (listen_on(s->pub, "pub", o->pub_url, o->max_message, s->tls,
+	        why, whylen) != CH_OK) {
 		goto fail;
 	}
 
@@ -834,8 +883,8 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 	}
 	s->rep_open = true;
 	nng_socket_set_size(s->rep, NNG_OPT_RECVMAXSZ, o->max_message);
-	if (listen_on(s->rep, "rep", o->rep_url, o->max_message, why,
-	        whylen) != CH_OK) {
+	if (listen_on(s->rep, "rep", o->rep_url, o->max_message, s->tls,
+	        why, whylen) != CH_OK) {
 		goto fail;
 	}
 	if ((rv = nng_pull0_open(&s->pull)) != 0) {
@@ -844,8 +893,8 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 	}
 	s->pull_open = true;
 	nng_socket_set_size(s->pull, NNG_OPT_RECVMAXSZ, o->max_message);
-	if (listen_on(s->pull, "pull", o->pull_url, o->max_message, why,
-	        whylen) != CH_OK) {
+	if (listen_on(s->pull, "pull", o->pull_url, o->max_message, s->tls,
+	        why, whylen) != CH_OK) {
 		goto fail;
 	}
 	if (http_start(s, why, whylen) != CH_OK) {
@@ -966,6 +1015,9 @@ ch_server_close(ch_server *s)
 		nng_close(s->pub);
 	}
 	the_server = NULL;
+	if (s->tls != NULL) {
+		nng_tls_config_free(s->tls);
+	}
 	free(s->works);
 	free(s->slots);
 	free(s->pub_sizes);

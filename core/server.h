@@ -2,13 +2,15 @@
 //
 // Every nng call of the daemon lives here. The aio callbacks only decode a
 // request (codec.h) and submit jobs to the engine of the request's shard;
-// the engine calls back with the reply once it is durable.
+// the engine calls back with the reply once it is durable. The TLS
+// configurations of the endpoints are made in tls.c.
 #ifndef CORE_SERVER_H
 #define CORE_SERVER_H
 
 #include <stddef.h>
 
 #include "engine.h"
+#include "tls.h"
 
 typedef struct ch_server ch_server;
 
@@ -23,6 +25,7 @@ typedef struct {
 	int         shards;
 	const char *version;
 	const char *admin_token;  // reload needs it; NULL: none
+	ch_tls_files tls;         // for every tls+tcp://, wss://, https:// URL
 } ch_server_opts;
 
 // ch_server_start binds every endpoint and starts receiving. Returns CH_OK,
