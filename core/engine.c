@@ -14,6 +14,22 @@
 #include "log.h"
 #include "metrics.h"
 
+// Growing a store's map unmaps its memory and maps it again
+// (mdb_env_set_mapsize), which LMDB allows only while no transaction of the
+// process is open on that store — yet the stats op reads every shard's
+// store from shard 0's thread. A growth takes this lock for writing, those
+// reads take it for reading.
+static pthread_rwlock_t grow_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+static int
+grow(ch_store *s)
+{
+	pthread_rwlock_wrlock(&grow_lock);
+	int rc = ch_store_grow(s);
+	pthread_rwlock_unlock(&grow_lock);
+	return (rc);
+}
+
 struct ch_engine {
 	ch_engine_opts  o;
 	ch_rules       *rules;
@@ -745,6 +761,7 @@ run_stats(ch_engine *e, ch_job *j)
 	prefix[r->business.n] = '\0';
 	ch_store **stores  = e->o.all_stores ? e->o.all_stores : &e->o.store;
 	int        nstores = e->o.all_stores ? e->o.nstores : 1;
+	pthread_rwlock_rdlock(&grow_lock); // no map moves under the reads
 	for (int s = 0; s < nstores; s++) {
 		MDB_txn    *txn;
 		MDB_cursor *cur;
@@ -774,6 +791,7 @@ run_stats(ch_engine *e, ch_job *j)
 		}
 		mdb_txn_abort(txn);
 	}
+	pthread_rwlock_unlock(&grow_lock);
 	msgpack_packer_init(&pk, &flat, msgpack_sbuffer_write);
 	msgpack_pack_array(&pk, (size_t) n * 2);
 	msgpack_sbuffer_write(&flat, items.data, items.size);
@@ -920,7 +938,7 @@ ch_engine_fire_timers(ch_engine *e)
 		ch_store_abort(txn);
 		ch_rules_model_rollback();
 		if (rc == CH_ESTORAGEFULL) {
-			ch_store_grow(s);
+			grow(s);
 		}
 		return (0);
 	}
@@ -1086,7 +1104,7 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 			break;
 		}
 		// Every transaction of this store is closed: grow and replay.
-		if (ch_store_grow(e->o.store) != CH_OK) {
+		if (grow(e->o.store) != CH_OK) {
 			run_alone(e, jobs, n, now);
 			rc = CH_OK;
 			break;
