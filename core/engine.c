@@ -14,6 +14,9 @@
 #include "log.h"
 #include "metrics.h"
 
+// How often the engine thread clears the reader slots of dead processes.
+#define CH_READER_CHECK_MS 1000
+
 // Growing a store's map unmaps its memory and maps it again
 // (mdb_env_set_mapsize), which LMDB allows only while no transaction of the
 // process is open on that store — yet the stats op reads every shard's
@@ -1191,6 +1194,7 @@ engine_main(void *arg)
 		abort();
 	}
 	uint64_t next_timers = 0; // mono µs of the next look at the timers
+	uint64_t next_readers = 0; // and for readers of dead processes
 	for (;;) {
 		if (mono_us() >= next_timers) {
 			// due timers run as events, between batches; a full round
@@ -1199,6 +1203,20 @@ engine_main(void *arg)
 			next_timers = fired == CH_TIMER_BATCH
 			    ? 0
 			    : mono_us() + CH_TIMER_TICK_MS * 1000;
+		}
+		if (mono_us() >= next_readers) {
+			// A process killed inside a read transaction (mdb_dump,
+			// a backup) keeps its reader slot, and LMDB reuses no
+			// page its snapshot can see: the file would grow with
+			// every commit until the next start. Clear such slots as
+			// LMDB asks, periodically.
+			int dead = 0;
+			mdb_reader_check(ch_store_env(e->o.store), &dead);
+			if (dead > 0) {
+				ch_log_warn("store: cleared %d stale reader slot(s)",
+				    dead);
+			}
+			next_readers = mono_us() + CH_READER_CHECK_MS * 1000;
 		}
 		pthread_mutex_lock(&e->mu);
 		while (e->head == NULL && !e->stopping && e->pending == NULL) {
