@@ -14,6 +14,25 @@
 #include "log.h"
 #include "metrics.h"
 
+// How often the engine thread clears the reader slots of dead processes.
+#define CH_READER_CHECK_MS 1000
+
+// Growing a store's map unmaps its memory and maps it again
+// (mdb_env_set_mapsize), which LMDB allows only while no transaction of the
+// process is open on that store — yet the stats op reads every shard's
+// store from shard 0's thread. A growth takes this lock for writing, those
+// reads take it for reading.
+static pthread_rwlock_t grow_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+static int
+grow(ch_store *s)
+{
+	pthread_rwlock_wrlock(&grow_lock);
+	int rc = ch_store_grow(s);
+	pthread_rwlock_unlock(&grow_lock);
+	return (rc);
+}
+
 struct ch_engine {
 	ch_engine_opts  o;
 	ch_rules       *rules;
@@ -831,6 +850,7 @@ run_stats(ch_engine *e, ch_job *j)
 	prefix[r->business.n] = '\0';
 	ch_store **stores  = e->o.all_stores ? e->o.all_stores : &e->o.store;
 	int        nstores = e->o.all_stores ? e->o.nstores : 1;
+	pthread_rwlock_rdlock(&grow_lock); // no map moves under the reads
 	for (int s = 0; s < nstores; s++) {
 		MDB_txn    *txn;
 		MDB_cursor *cur;
@@ -860,6 +880,7 @@ run_stats(ch_engine *e, ch_job *j)
 		}
 		mdb_txn_abort(txn);
 	}
+	pthread_rwlock_unlock(&grow_lock);
 	msgpack_packer_init(&pk, &flat, msgpack_sbuffer_write);
 	msgpack_pack_array(&pk, (size_t) n * 2);
 	msgpack_sbuffer_write(&flat, items.data, items.size);
@@ -1006,7 +1027,7 @@ ch_engine_fire_timers(ch_engine *e)
 		ch_store_abort(txn);
 		ch_rules_model_rollback();
 		if (rc == CH_ESTORAGEFULL) {
-			ch_store_grow(s);
+			grow(s);
 		}
 		return (0);
 	}
@@ -1172,7 +1193,7 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 			break;
 		}
 		// Every transaction of this store is closed: grow and replay.
-		if (ch_store_grow(e->o.store) != CH_OK) {
+		if (grow(e->o.store) != CH_OK) {
 			run_alone(e, jobs, n, now);
 			rc = CH_OK;
 			break;
@@ -1262,6 +1283,7 @@ engine_main(void *arg)
 		abort();
 	}
 	uint64_t next_timers = 0; // mono µs of the next look at the timers
+	uint64_t next_readers = 0; // and for readers of dead processes
 	for (;;) {
 		if (mono_us() >= next_timers) {
 			// due timers run as events, between batches; a full round
@@ -1270,6 +1292,20 @@ engine_main(void *arg)
 			next_timers = fired == CH_TIMER_BATCH
 			    ? 0
 			    : mono_us() + CH_TIMER_TICK_MS * 1000;
+		}
+		if (mono_us() >= next_readers) {
+			// A process killed inside a read transaction (mdb_dump,
+			// a backup) keeps its reader slot, and LMDB reuses no
+			// page its snapshot can see: the file would grow with
+			// every commit until the next start. Clear such slots as
+			// LMDB asks, periodically.
+			int dead = 0;
+			mdb_reader_check(ch_store_env(e->o.store), &dead);
+			if (dead > 0) {
+				ch_log_warn("store: cleared %d stale reader slot(s)",
+				    dead);
+			}
+			next_readers = mono_us() + CH_READER_CHECK_MS * 1000;
 		}
 		pthread_mutex_lock(&e->mu);
 		while (e->head == NULL && !e->stopping && e->pending == NULL) {

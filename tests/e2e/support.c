@@ -624,7 +624,7 @@ closer_main(void *arg)
 	return (NULL);
 }
 
-static void
+void
 close_bounded(nng_socket s)
 {
 	closer_t *c = calloc(1, sizeof(*c)); // leaked if the close hangs

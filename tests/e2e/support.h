@@ -121,6 +121,9 @@ void client_call(client_t *c, const void *buf, size_t len, reply_t *out);
 // asserting (0: a reply, decoded; anything else: no reply).
 int  client_try(client_t *c, const void *buf, size_t len, reply_t *out);
 void client_close(client_t *c);
+// close_bounded closes any nng socket, giving up after 5 s: nng 1.5.2's
+// nng_close can hang when it races a connection going away (nng#1543).
+void close_bounded(nng_socket s);
 
 // One request on a fresh connection.
 void call_raw(daemon_t *d, const void *buf, size_t len, reply_t *out);
