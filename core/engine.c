@@ -580,8 +580,10 @@ run_alone(ch_engine *e, ch_job **jobs, int n, int64_t now)
 		}
 		if (rc == CH_ESTORAGEFULL) {
 			reply_err(jobs[i], CH_ESTORAGEFULL,
-			    "the store is full (--max-size); nothing was "
-			    "applied");
+			    (ch_store_faults(e->o.store) & CH_STORE_DISK_FULL)
+			        ? "the disk is full; nothing was applied"
+			        : "the store is full (--max-size); nothing was "
+			          "applied");
 		} else if (rc != CH_OK) {
 			reply_err(jobs[i], CH_EINTERNAL,
 			    "the store failed; see the server log");
@@ -1057,6 +1059,7 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 	int64_t  now = e->o.clock ? e->o.clock() : real_clock();
 	MDB_txn *txn;
 	int      rc;
+	bool     retried = false;
 	for (;;) {
 		if ((rc = ch_store_begin(e->o.store, NULL, &txn)) != CH_OK) {
 			break;
@@ -1082,6 +1085,17 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 				ch_rules_model_rollback();
 			}
 		}
+		unsigned f = ch_store_faults(e->o.store);
+		if (rc == CH_OK || (f & CH_STORE_DEAD)) {
+			break;
+		}
+		if ((f & CH_STORE_IO_ERROR) && !retried) {
+			// once more: a filesystem that fills up mid-write cuts
+			// the write short, which LMDB reports as EIO; the replay
+			// then meets ENOSPC (or gets through a passing error)
+			retried = true;
+			continue;
+		}
 		if (rc != CH_ESTORAGEFULL) {
 			break;
 		}
@@ -1094,9 +1108,12 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 		CH_COUNT(map_grows, 1);
 	}
 	if (rc != CH_OK) {
+		bool full = ch_store_faults(e->o.store) & CH_STORE_DISK_FULL;
 		for (int i = 0; i < n; i++) {
-			reply_err(jobs[i], CH_EINTERNAL,
-			    "the store failed to commit; nothing was applied");
+			reply_err(jobs[i], full ? CH_ESTORAGEFULL : CH_EINTERNAL,
+			    full ? "the disk is full; nothing was applied"
+			         : "the store failed to commit; nothing was "
+			           "applied");
 		}
 	}
 	CH_COUNT(batches, 1);
