@@ -2,11 +2,13 @@
 #include "engine.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../lua/rules.h"
 #include "../lua/running.h"
@@ -30,6 +32,7 @@ struct ch_engine {
 	msgpack_sbuffer tmp;   // scratch
 	struct timer_slot *timers; // CH_TIMER_BATCH slots for fire_timers
 	msgpack_sbuffer    ev_stats; // the running event's analytics deltas
+	bool               dead;     // its store is dead: restarting
 	struct stat_map {
 		struct stat_ent *t;
 		uint32_t         cap, n;
@@ -1121,6 +1124,23 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 	finish(e, jobs, n);
 }
 
+// check_dead: LMDB refuses every transaction of a store whose meta page
+// failed to write, until the environment is opened again. The engine
+// process stops as on SIGTERM — every queued job answered, every reply
+// sent — and serve then ends it by a signal, so that its supervisor starts
+// a new one (crash-only).
+static void
+check_dead(ch_engine *e)
+{
+	if (!e->dead && (ch_store_faults(e->o.store) & CH_STORE_DEAD)) {
+		e->dead = true;
+		ch_log_error("engine: shard %d's store failed to write its meta "
+		             "page and refuses every transaction: restarting",
+		    e->o.shard);
+		kill(getpid(), SIGTERM);
+	}
+}
+
 // swap puts a freshly loaded rule set in service, between two batches: a
 // rollback's stored version first, then the quarantine, then the old
 // versions of businesses that failed; the versions go to the history.
@@ -1200,6 +1220,7 @@ engine_main(void *arg)
 			next_timers = fired == CH_TIMER_BATCH
 			    ? 0
 			    : mono_us() + CH_TIMER_TICK_MS * 1000;
+			check_dead(e);
 		}
 		pthread_mutex_lock(&e->mu);
 		while (e->head == NULL && !e->stopping && e->pending == NULL) {
@@ -1247,6 +1268,7 @@ engine_main(void *arg)
 		pthread_mutex_unlock(&e->mu);
 		atomic_fetch_sub(&ch_m.queue_depth, n);
 		run_batch(e, jobs, n);
+		check_dead(e);
 	}
 	free(jobs);
 	return (NULL);
