@@ -29,6 +29,8 @@ fd_start(daemon_t *d, faults_ctl **ctl, bool keep, bool journal)
 	cr_assert_not_null(pre, "CHOREO_FAULTS_PRELOAD is not set (run the "
 	                        "fault tests through ctest)");
 	if (!keep || d->data[0] == '\0') {
+		faults_unmap(*ctl); // its file goes with the old data dir
+		*ctl = NULL;
 		d_cleanup(d);
 		snprintf(d->data, sizeof(d->data), "/tmp/choreo-faults-XXXXXX");
 		cr_assert_not_null(mkdtemp(d->data), "mkdtemp: %s",
