@@ -80,12 +80,37 @@ mono_us(void)
 	return ((uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000);
 }
 
+// The reply of a job when even its error cannot be packed for want of
+// memory: {ok = false, error = {code = "internal", message = "out of
+// memory"}}, copied into the room ch_job_init sets aside for it.
+static const char oom_reply[] = "\x82\xa2ok\xc2\xa5" "error\x82\xa4" "code"
+                                "\xa8internal\xa7message\xad" "out of memory";
+#define REPLY_ROOM 64
+
+// sb_room makes room for n more bytes in sb: 0, or -1 out of memory.
+static int
+sb_room(msgpack_sbuffer *sb, size_t n)
+{
+	if (sb->alloc - sb->size >= n) {
+		return (0);
+	}
+	size_t want = sb->size + n;
+	char  *p    = realloc(sb->data, want);
+	if (p == NULL) {
+		return (-1);
+	}
+	sb->data  = p;
+	sb->alloc = want;
+	return (0);
+}
+
 void
 ch_job_init(ch_job *j)
 {
 	memset(j, 0, sizeof(*j));
 	msgpack_sbuffer_init(&j->reply);
 	msgpack_sbuffer_init(&j->emits);
+	sb_room(&j->reply, REPLY_ROOM); // reply_err tries again if need be
 }
 
 void
@@ -141,6 +166,17 @@ reply_err(ch_job *j, int err, const char *fmt, ...)
 	j->reply.size = 0;
 	j->emits.size = 0;
 	j->err        = err;
+	// the map, its keys and the code take less than 64 bytes: with room
+	// for them and the message, packing cannot fail half-way
+	if (sb_room(&j->reply, 64 + strlen(msg)) != 0) {
+		// no memory for it: the fixed reply, in the room set aside
+		if (sb_room(&j->reply, sizeof(oom_reply)) == 0) {
+			memcpy(j->reply.data, oom_reply, sizeof(oom_reply) - 1);
+			j->reply.size = sizeof(oom_reply) - 1;
+		}
+		j->err = CH_EINTERNAL;
+		return;
+	}
 	msgpack_packer pk;
 	msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
 	ch_pack_error(&pk, err, msg);
