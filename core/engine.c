@@ -324,10 +324,11 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	if (rc != CH_OK) {
 		ch_rules_model_rollback();
 	}
-	if (rc == CH_ESTORAGEFULL || rc == CH_EINTERNAL) {
+	if (rc == CH_ESTORAGEFULL ||
+	    (rc == CH_EINTERNAL && out.store_err != CH_OK)) {
 		return (store_failed(j, txn, rc));
 	}
-	if (rc != CH_OK) {
+	if (rc != CH_OK) { // a rule's error, or out of memory
 		ch_store_abort(txn);
 		reply_err(j, rc, "%s", out.errmsg);
 		return (CH_OK);

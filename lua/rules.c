@@ -212,8 +212,15 @@ pcall_rule(ch_biz *b, int nargs, int nres)
 	if (st == LUA_OK) {
 		return (CH_OK);
 	}
+	if (st == LUA_ERRMEM && !b->limit_hit) {
+		// The process, not the rule, is out of memory. Lua's own message
+		// (made when the state was) stays: a string pushed here could
+		// fail too, outside any protected call, and Lua would abort.
+		return (CH_EINTERNAL);
+	}
 	if (st == LUA_ERRMEM) {
 		lua_pop(L, 1);
+
 		lua_pushfstring(L,
 		    "rule ran past its memory limit (%d MiB for the business)",
 		    (int) (b->mem_limit >> 20));
@@ -1821,8 +1828,12 @@ run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
 		rv = out->store_err; // the store, not the rule, failed
 	}
 	if (rv != CH_OK) {
+		const char *m = lua_tostring(L, -1);
+		if (rv == CH_EINTERNAL && out->store_err == CH_OK) {
+			m = "the server ran out of memory; nothing was applied";
+		}
 		snprintf(out->errmsg, sizeof(out->errmsg), "%s",
-		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "rule failed");
+		    m ? m : "rule failed");
 		out->state->size = 0;
 		out->reply->size = 0;
 		out->emits->size = 0;

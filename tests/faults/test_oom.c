@@ -1,0 +1,473 @@
+// K5: memory exhaustion on the event path (SQLite's OOM loop). The engine
+// runs in this process, as in tests/unit/test_engine.c, and this program is
+// linked with --wrap=malloc,calloc,realloc,msgpack_unpack_next: every
+// allocation choreo's own code makes — the engine, the store's glue, the
+// rule runtime, msgpack-c's inline buffers, and Lua's, which goes through
+// the business's allocator (lua/rules.c) — and every unpack in libmsgpackc
+// (which allocates in its zone) comes here first. Armed, the Nth of them
+// fails, once (transient) or from then on (persistent), for N = 1, 2, ...
+// until a request completes without reaching the Nth.
+//
+// After each round, as a client would see it: the reply is a well-formed
+// map; ok=true means the event is stored once, an error that nothing is —
+// the whole store byte for byte as before; the engine then serves the next
+// event of the same customer normally. No crash, and (in the ASan build)
+// no leak.
+//
+// Out of scope: allocations inside LMDB and nng, which this cannot reach
+// (an LMDB failure would come back as ENOMEM, like any of its errors; nng
+// 1.5.2 has known crashes on allocation failure, RELIABILITY.md §2.3), and
+// the server's decoding of the request before it reaches the engine.
+//
+// CHOREO_K5_STRIDE (default 1: every N) thins the loop for a quick look.
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/engine.h"
+#include "core/err.h"
+#include "core/store.h"
+#include "lua/rules.h"
+
+/*
+** {======================================================
+** The failing allocator
+** =======================================================
+*/
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
+msgpack_unpack_return __real_msgpack_unpack_next(msgpack_unpacked *r,
+    const char *data, size_t len, size_t *off);
+
+static struct {
+	bool     armed, persistent;
+	uint64_t n;      // fail the nth allocation after arming
+	uint64_t count;  // allocations since arming
+	uint64_t failed; // failed since arming
+} oom;
+
+static bool
+fail_now(void)
+{
+	if (!oom.armed) {
+		return (false);
+	}
+	oom.count++;
+	if (oom.count == oom.n || (oom.persistent && oom.count > oom.n)) {
+		oom.failed++;
+		return (true);
+	}
+	return (false);
+}
+
+void *
+__wrap_malloc(size_t n)
+{
+	return (fail_now() ? NULL : __real_malloc(n));
+}
+
+void *
+__wrap_calloc(size_t n, size_t m)
+{
+	return (fail_now() ? NULL : __real_calloc(n, m));
+}
+
+void *
+__wrap_realloc(void *p, size_t n)
+{
+	// a realloc to 0 frees: that is not an allocation
+	if (n == 0 || !fail_now()) {
+		return (__real_realloc(p, n));
+	}
+	return (NULL);
+}
+
+msgpack_unpack_return
+__wrap_msgpack_unpack_next(msgpack_unpacked *r, const char *data, size_t len,
+    size_t *off)
+{
+	if (fail_now()) {
+		return (MSGPACK_UNPACK_NOMEM_ERROR);
+	}
+	return (__real_msgpack_unpack_next(r, data, len, off));
+}
+
+static void
+arm(uint64_t n, bool persistent)
+{
+	oom.n          = n;
+	oom.persistent = persistent;
+	oom.count      = 0;
+	oom.failed     = 0;
+	oom.armed      = true;
+}
+
+static void
+disarm(void)
+{
+	oom.armed = false;
+}
+
+/* }====================================================== */
+
+static char       dir[64];
+static ch_store  *st;
+static ch_engine *eng;
+static int64_t    clock_ms = 1767225600000;
+
+static int64_t
+virtual_clock(void)
+{
+	return (clock_ms);
+}
+
+static ch_str
+S(const char *s)
+{
+	return ((ch_str) { s, (uint32_t) strlen(s) });
+}
+
+static void
+setup(void)
+{
+	char why[256], path[160], cmd[400];
+	snprintf(dir, sizeof(dir), "/tmp/choreo-oom-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+	// the e2e shop: state, counters, a journey, actions, emits, timers
+	snprintf(cmd, sizeof(cmd), "mkdir -p %s/data %s/rules && cp -r %s/shop "
+	                           "%s/rules/",
+	    dir, dir, CH_E2E_RULES, dir);
+	cr_assert_eq(system(cmd), 0);
+	snprintf(path, sizeof(path), "%s/data", dir);
+	ch_store_opts so = { false, (size_t) 1 << 30, 0 };
+	cr_assert_eq(ch_store_open(&st, path, &so, why, sizeof(why)), CH_OK,
+	    "%s", why);
+	ch_rules     *rules;
+	ch_rules_opts ro = CH_RULES_OPTS_DEFAULT;
+	snprintf(path, sizeof(path), "%s/rules", dir);
+	cr_assert_eq(ch_rules_load(&rules, path, &ro), CH_OK);
+	ch_engine_opts eo = { .rules_dir = path, .rules = rules, .store = st,
+		.dedup_window_ms = 3600000, .clock = virtual_clock };
+	cr_assert_eq(ch_engine_new(&eng, &eo), CH_OK);
+}
+
+static void
+teardown(void)
+{
+	disarm();
+	ch_engine_free(eng);
+	ch_store_close(st);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(oom, .init = setup, .fini = teardown);
+
+/*
+** {======================================================
+** What the store holds
+** =======================================================
+*/
+
+// snapshot: every record of every database, in order, as one buffer.
+static void
+snapshot(msgpack_sbuffer *out)
+{
+	MDB_txn *txn;
+	out->size = 0;
+	cr_assert_eq(mdb_txn_begin(ch_store_env(st), NULL, MDB_RDONLY, &txn), 0);
+	for (int db = 0; db < CH_DB_COUNT; db++) {
+		MDB_cursor *c;
+		MDB_val     k, v;
+		cr_assert_eq(mdb_cursor_open(txn, ch_store_dbi(st, db), &c), 0);
+		while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+			uint64_t h[3] = { (uint64_t) db, k.mv_size, v.mv_size };
+			msgpack_sbuffer_write(out, (const char *) h, sizeof(h));
+			msgpack_sbuffer_write(out, k.mv_data, k.mv_size);
+			msgpack_sbuffer_write(out, v.mv_data, v.mv_size);
+		}
+		mdb_cursor_close(c);
+	}
+	mdb_txn_abort(txn);
+}
+
+// counter_of: a counter of customer c's stored state (0 when absent).
+static int64_t
+counter_of(const char *c, const char *name)
+{
+	char     key[400];
+	size_t   kl = ch_store_key(key, S("shop"), S(c));
+	MDB_txn *txn;
+	MDB_val  v;
+	int64_t  n = 0;
+	cr_assert_eq(mdb_txn_begin(ch_store_env(st), NULL, MDB_RDONLY, &txn), 0);
+	if (ch_store_get(st, txn, CH_DB_CUSTOMERS, key, kl, &v) == CH_OK) {
+		msgpack_unpacked up;
+		msgpack_unpacked_init(&up);
+		cr_assert_eq(__real_msgpack_unpack_next(&up, v.mv_data, v.mv_size,
+		                 NULL),
+		    MSGPACK_UNPACK_SUCCESS, "%s: a damaged state", c);
+		const msgpack_object *o = ch_mp_get(
+		    ch_mp_get(&up.data, "counters", MSGPACK_OBJECT_MAP), name,
+		    MSGPACK_OBJECT_POSITIVE_INTEGER);
+		n = o != NULL ? (int64_t) o->via.u64 : 0;
+		msgpack_unpacked_destroy(&up);
+	}
+	mdb_txn_abort(txn);
+	return (n);
+}
+
+/* }====================================================== */
+
+typedef struct {
+	bool ok;
+	char code[32];
+	bool emits; // the reply carries pub messages
+} verdict;
+
+static void
+job_done(ch_job *j)
+{
+	(void) j;
+}
+
+// judge: the reply must be one msgpack map with a boolean ok, and an
+// error reply an error code.
+static verdict
+judge(const ch_job *j, const char *what)
+{
+	verdict          v = { 0 };
+	msgpack_unpacked up;
+	size_t           off = 0;
+	msgpack_unpacked_init(&up);
+	cr_assert_eq(__real_msgpack_unpack_next(&up, j->reply.data,
+	                 j->reply.size, &off),
+	    MSGPACK_UNPACK_SUCCESS, "%s: the reply is not msgpack (%zu bytes)",
+	    what, j->reply.size);
+	cr_assert_eq(off, j->reply.size, "%s: bytes after the reply", what);
+	cr_assert_eq(up.data.type, MSGPACK_OBJECT_MAP, "%s: not a map", what);
+	const msgpack_object *o = ch_mp_get(&up.data, "ok",
+	    MSGPACK_OBJECT_BOOLEAN);
+	cr_assert_not_null(o, "%s: a reply without ok", what);
+	v.ok = o->via.boolean;
+	if (!v.ok) {
+		const msgpack_object *c = ch_mp_get(ch_mp_get(&up.data, "error",
+		                                        MSGPACK_OBJECT_MAP),
+		    "code", MSGPACK_OBJECT_STR);
+		cr_assert_not_null(c, "%s: an error without a code", what);
+		snprintf(v.code, sizeof(v.code), "%.*s", (int) c->via.str.size,
+		    c->via.str.ptr);
+		cr_assert_eq(j->err != CH_OK, true);
+	}
+	v.emits = j->emits.size > 0;
+	msgpack_unpacked_destroy(&up);
+	return (v);
+}
+
+// request runs one event (or decide) of the shop for customer c.
+static verdict
+request(enum ch_op op, const char *c, const char *type, const char *id,
+    const char *what)
+{
+	bool was = oom.armed;
+	disarm(); // the request is built without faults
+	ch_req r = { 0 };
+	r.op       = op;
+	r.business = S("shop");
+	r.customer = S(c);
+	r.type     = S(type);
+	r.id       = S(id ? id : "");
+	r.channel  = S("web");
+	r.decide   = true;
+	r.record   = true;
+	r.limit    = 3;
+	// data {amount = 120, after = "1s", note = "n"}: for purchase and
+	// remind_me
+	msgpack_sbuffer db;
+	msgpack_sbuffer_init(&db);
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, &db, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 3);
+	msgpack_pack_str_with_body(&pk, "amount", 6);
+	msgpack_pack_int(&pk, 120);
+	msgpack_pack_str_with_body(&pk, "after", 5);
+	msgpack_pack_str_with_body(&pk, "1s", 2);
+	msgpack_pack_str_with_body(&pk, "note", 4);
+	msgpack_pack_str_with_body(&pk, "n", 1);
+	msgpack_unpacked data;
+	msgpack_unpacked_init(&data);
+	cr_assert_eq(__real_msgpack_unpack_next(&data, db.data, db.size, NULL),
+	    MSGPACK_UNPACK_SUCCESS);
+	r.data = &data.data;
+	ch_job j;
+	ch_job_init(&j);
+	j.req  = &r;
+	j.done    = job_done;
+	oom.armed = was;
+	ch_engine_run_one(eng, &j);
+	disarm(); // and judged without
+	verdict v = judge(&j, what);
+	oom.armed = was;
+	ch_job_fini(&j);
+	msgpack_unpacked_destroy(&data);
+	msgpack_sbuffer_destroy(&db);
+	clock_ms += 1000;
+	return (v);
+}
+
+// The errors an allocation failure may answer with: the engine's own, or a
+// rule stopped by it (Lua raises a memory error).
+static bool
+oom_code(const char *code)
+{
+	return (strcmp(code, "internal") == 0 || strcmp(code, "rule_limit") == 0 ||
+	    strcmp(code, "rule_error") == 0);
+}
+
+typedef struct {
+	uint64_t rounds, faults, acked, refused;
+} tally;
+
+enum scenario { FIRST_EVENT, NEXT_EVENT, DECIDE, TIMER };
+
+static const char *const scenario_names[] = { "a customer's first event",
+	"an event with emits on a stored state", "a decision", "a timer firing" };
+
+static int
+stride(void)
+{
+	const char *s = getenv("CHOREO_K5_STRIDE");
+	return (s != NULL && atoi(s) > 0 ? atoi(s) : 1);
+}
+
+// one_round runs the scenario's request with the Nth allocation failing and
+// checks the outcome; false once it completed without reaching N.
+static bool
+one_round(enum scenario sc, uint64_t n, bool persistent, tally *t)
+{
+	char c[64], id[64], what[160];
+	snprintf(c, sizeof(c), "c-%d-%d-%llu", sc, persistent,
+	    (unsigned long long) n);
+	snprintf(id, sizeof(id), "id-%s", c);
+	snprintf(what, sizeof(what), "%s, allocation %llu failing %s",
+	    scenario_names[sc], (unsigned long long) n,
+	    persistent ? "from then on" : "once");
+	// the customer's history, made without faults
+	if (sc != FIRST_EVENT) {
+		cr_assert(request(CH_OP_EVENT, c, "add_to_cart", NULL, what).ok);
+	}
+	if (sc == TIMER) {
+		cr_assert(request(CH_OP_EVENT, c, "remind_me", NULL, what).ok);
+		clock_ms += 2000; // due
+	}
+	msgpack_sbuffer before, after;
+	msgpack_sbuffer_init(&before);
+	msgpack_sbuffer_init(&after);
+	snapshot(&before);
+	int64_t events = counter_of(c, "events");
+	int64_t reminders = counter_of(c, "reminders");
+	if (getenv("CHOREO_K5_TRACE") != NULL) {
+		fprintf(stderr, "K5 round: %s\n", what);
+	}
+	arm(n, persistent);
+	verdict v = { .ok = true };
+	switch (sc) {
+	case FIRST_EVENT:
+		v = request(CH_OP_EVENT, c, "page_view", id, what);
+		break;
+	case NEXT_EVENT:
+		v = request(CH_OP_EVENT, c, "purchase", id, what);
+		break;
+	case DECIDE:
+		v = request(CH_OP_DECIDE, c, "", NULL, what);
+		break;
+	case TIMER:
+		ch_engine_fire_timers(eng);
+		break;
+	}
+	disarm();
+	bool hit = oom.failed > 0;
+	t->rounds++;
+	t->faults += hit;
+	snapshot(&after);
+	bool same = before.size == after.size &&
+	    memcmp(before.data, after.data, before.size) == 0;
+	if (sc == TIMER) {
+		// a timer has no reply: it fired (and counted) or stays due
+		int64_t r = counter_of(c, "reminders");
+		cr_assert(r == reminders + 1 || (r == reminders && same),
+		    "%s: reminders %lld -> %lld, store %s", what,
+		    (long long) reminders, (long long) r,
+		    same ? "unchanged" : "changed");
+		if (r == reminders) {
+			t->refused++;
+			ch_engine_fire_timers(eng); // it fires now
+			cr_assert_eq(counter_of(c, "reminders"), reminders + 1,
+			    "%s: the timer did not fire after the fault", what);
+		} else {
+			t->acked++;
+		}
+	} else if (v.ok) {
+		t->acked++;
+		if (sc != DECIDE) {
+			cr_assert_eq(counter_of(c, "events"), events + 1,
+			    "%s: acknowledged, not stored", what);
+			cr_assert(request(CH_OP_EVENT, c, "purchase", id, what).ok);
+			cr_assert_eq(counter_of(c, "events"), events + 1,
+			    "%s: the id was not recorded with the event", what);
+		}
+	} else {
+		t->refused++;
+		cr_assert(oom_code(v.code), "%s: answered %s", what, v.code);
+		cr_assert_not(v.emits, "%s: an error reply with emits", what);
+		cr_assert(same, "%s: answered %s, but the store changed", what,
+		    v.code);
+	}
+	// the engine serves the customer's next event normally
+	int64_t now = counter_of(c, "events");
+	cr_assert(request(CH_OP_EVENT, c, "page_view", NULL, what).ok,
+	    "%s: the next event failed", what);
+	cr_assert_eq(counter_of(c, "events"), now + 1);
+	msgpack_sbuffer_destroy(&before);
+	msgpack_sbuffer_destroy(&after);
+	return (hit);
+}
+
+static void
+loop(enum scenario sc)
+{
+	tally t = { 0 };
+	int   s = stride();
+	for (int persistent = 0; persistent < 2; persistent++) {
+		uint64_t n = 1;
+		while (one_round(sc, n, persistent, &t)) {
+			n += (uint64_t) s;
+			cr_assert_lt(n, 1000000, "the loop does not end");
+		}
+	}
+	fprintf(stderr,
+	    "K5 %s: %llu rounds, %llu allocation failures survived: %llu "
+	    "acknowledged and stored, %llu refused with nothing stored\n",
+	    scenario_names[sc], (unsigned long long) t.rounds,
+	    (unsigned long long) t.faults, (unsigned long long) t.acked,
+	    (unsigned long long) t.refused);
+}
+
+Test(oom, a_first_event)
+{
+	loop(FIRST_EVENT);
+}
+
+Test(oom, an_event_with_emits)
+{
+	loop(NEXT_EVENT);
+}
+
+Test(oom, a_decision)
+{
+	loop(DECIDE);
+}
