@@ -841,8 +841,9 @@ timer_done(ch_job *j)
 }
 
 // timer_parse fills t->req from t->key and t->val: business \0 customer \0
-// name, and {type, data}. false when the record is damaged.
-static bool
+// name, and {type, data}. 1, 0 when the record is damaged, -1 when there
+// was no memory to read it.
+static int
 timer_parse(timer_slot *t)
 {
 	const char *p = t->key + 8, *end = t->key + t->klen;
@@ -850,7 +851,7 @@ timer_parse(timer_slot *t)
 	const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t) (end - z1 - 1))
 	                    : NULL;
 	if (z2 == NULL || z1 == p || z2 == z1 + 1 || z2 + 1 == end) {
-		return (false);
+		return (0);
 	}
 	memset(&t->req, 0, sizeof(t->req));
 	t->req.op       = CH_OP_EVENT;
@@ -861,10 +862,13 @@ timer_parse(timer_slot *t)
 	t->req.limit    = 3;
 	msgpack_unpacked_destroy(&t->up);
 	msgpack_unpacked_init(&t->up);
-	if (msgpack_unpack_next(&t->up, t->val.data, t->val.size, NULL) !=
-	        MSGPACK_UNPACK_SUCCESS ||
-	    t->up.data.type != MSGPACK_OBJECT_MAP) {
-		return (false);
+	msgpack_unpack_return u = msgpack_unpack_next(&t->up, t->val.data,
+	    t->val.size, NULL);
+	if (u == MSGPACK_UNPACK_NOMEM_ERROR) {
+		return (-1);
+	}
+	if (u != MSGPACK_UNPACK_SUCCESS || t->up.data.type != MSGPACK_OBJECT_MAP) {
+		return (0);
 	}
 	const msgpack_object *type = ch_mp_get(&t->up.data, "type",
 	    MSGPACK_OBJECT_STR);
@@ -926,9 +930,12 @@ ch_engine_fire_timers(ch_engine *e)
 			mdb_cursor_del(cur, 0); // MDB_NEXT then reads what followed
 			continue;
 		}
+		t->val.size = 0;
+		if (sb_room(&t->val, v.mv_size) != 0) {
+			break; // out of memory: this one and the rest wait
+		}
 		memcpy(t->key, k.mv_data, k.mv_size);
-		t->klen      = k.mv_size;
-		t->val.size  = 0;
+		t->klen = k.mv_size;
 		msgpack_sbuffer_write(&t->val, v.mv_data, v.mv_size);
 		n++;
 	}
@@ -947,7 +954,12 @@ ch_engine_fire_timers(ch_engine *e)
 		if (rc != CH_OK) {
 			break;
 		}
-		if (!timer_parse(t)) {
+		int parsed = timer_parse(t);
+		if (parsed < 0) {
+			rc = CH_EINTERNAL; // out of memory: they stay due
+			break;
+		}
+		if (parsed == 0) {
 			damaged++;
 			continue;
 		}
@@ -955,6 +967,11 @@ ch_engine_fire_timers(ch_engine *e)
 		t->job.done = timer_done;
 		t->job.err  = CH_OK;
 		rc          = run_job(e, &t->job, txn, now);
+		if (rc == CH_OK && t->job.err == CH_EINTERNAL) {
+			// the server failed, not the rule (the store, or out
+			// of memory): the timers stay due, for the next tick
+			rc = CH_EINTERNAL;
+		}
 		jobs[fired++] = &t->job;
 	}
 	if (rc != CH_OK) {

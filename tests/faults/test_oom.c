@@ -471,3 +471,8 @@ Test(oom, a_decision)
 {
 	loop(DECIDE);
 }
+
+Test(oom, a_timer)
+{
+	loop(TIMER);
+}
