@@ -33,6 +33,7 @@ struct ch_engine {
 	struct timer_slot *timers; // CH_TIMER_BATCH slots for fire_timers
 	msgpack_sbuffer    ev_stats; // the running event's analytics deltas
 	bool               dead;     // its store is dead: restarting
+	const char        *batch_why; // why the running batch failed, or NULL
 	struct stat_map {
 		struct stat_ent *t;
 		uint32_t         cap, n;
@@ -57,7 +58,7 @@ typedef struct timer_slot {
 	size_t           klen;
 } timer_slot;
 
-static void stat_merge(ch_engine *e, ch_str biz);
+static bool stat_merge(ch_engine *e, ch_str biz);
 static bool stat_add(struct stat_map *m, ch_str biz, const char *name,
     uint32_t nl, double v);
 static int  stat_flush(ch_engine *e, MDB_txn *txn);
@@ -360,7 +361,12 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
 		return (store_failed(j, NULL, rc));
 	}
-	stat_merge(e, r->business); // only now: the event is in the batch
+	// only now: the event is in the batch. Without its counts the batch
+	// would commit it half: the batch fails whole instead.
+	if (!stat_merge(e, r->business)) {
+		e->batch_why = "the server ran out of memory; nothing was applied";
+		return (CH_EINTERNAL);
+	}
 	return (CH_OK);
 }
 
@@ -713,29 +719,31 @@ stat_clear(struct stat_map *m)
 	m->n = 0;
 }
 
-// stat_merge adds the event's deltas ([name, delta, ...]) to the batch's.
-static void
+// stat_merge adds the event's deltas ([name, delta, ...]) to the batch's:
+// false when there was no memory to (some may be in, some not).
+static bool
 stat_merge(ch_engine *e, ch_str biz)
 {
 	if (e->ev_stats.size == 0) {
-		return;
+		return (true);
 	}
 	msgpack_unpacked up;
 	msgpack_unpacked_init(&up);
-	if (msgpack_unpack_next(&up, e->ev_stats.data, e->ev_stats.size,
-	        NULL) == MSGPACK_UNPACK_SUCCESS &&
-	    up.data.type == MSGPACK_OBJECT_ARRAY) {
+	bool done = msgpack_unpack_next(&up, e->ev_stats.data,
+	                e->ev_stats.size, NULL) == MSGPACK_UNPACK_SUCCESS;
+	if (done && up.data.type == MSGPACK_OBJECT_ARRAY) {
 		const msgpack_object_array *a = &up.data.via.array;
-		for (uint32_t i = 0; i + 1 < a->size; i += 2) {
+		for (uint32_t i = 0; i + 1 < a->size && done; i += 2) {
 			if (a->ptr[i].type == MSGPACK_OBJECT_STR &&
 			    a->ptr[i + 1].type == MSGPACK_OBJECT_FLOAT64) {
-				stat_add(&e->stats, biz, a->ptr[i].via.str.ptr,
-				    a->ptr[i].via.str.size,
+				done = stat_add(&e->stats, biz,
+				    a->ptr[i].via.str.ptr, a->ptr[i].via.str.size,
 				    a->ptr[i + 1].via.f64);
 			}
 		}
 	}
 	msgpack_unpacked_destroy(&up);
+	return (done);
 }
 
 // stat_flush writes the batch's counters into the stats database.
@@ -1117,6 +1125,7 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 	MDB_txn *txn;
 	int      rc;
 	bool     retried = false;
+	e->batch_why     = NULL;
 	for (;;) {
 		if ((rc = ch_store_begin(e->o.store, NULL, &txn)) != CH_OK) {
 			break;
@@ -1168,9 +1177,10 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 		bool full = ch_store_faults(e->o.store) & CH_STORE_DISK_FULL;
 		for (int i = 0; i < n; i++) {
 			reply_err(jobs[i], full ? CH_ESTORAGEFULL : CH_EINTERNAL,
-			    full ? "the disk is full; nothing was applied"
-			         : "the store failed to commit; nothing was "
-			           "applied");
+			    full           ? "the disk is full; nothing was applied"
+			    : e->batch_why ? e->batch_why
+			                   : "the store failed to commit; nothing "
+			                     "was applied");
 		}
 	}
 	CH_COUNT(batches, 1);

@@ -221,6 +221,66 @@ counter_of(const char *c, const char *name)
 	return (n);
 }
 
+// stats_of: the stats database as text, one "key=value" line per counter
+// (key's \0s shown as '|'), in key order.
+static void
+stats_of(msgpack_sbuffer *out)
+{
+	MDB_txn    *txn;
+	MDB_cursor *c;
+	MDB_val     k, v;
+	out->size = 0;
+	cr_assert_eq(mdb_txn_begin(ch_store_env(st), NULL, MDB_RDONLY, &txn), 0);
+	cr_assert_eq(mdb_cursor_open(txn, ch_store_dbi(st, CH_DB_STATS), &c), 0);
+	while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+		char   line[64];
+		double x = 0;
+		if (v.mv_size == sizeof(double)) {
+			memcpy(&x, v.mv_data, sizeof(x));
+		}
+		for (size_t i = 0; i < k.mv_size; i++) {
+			char ch = ((const char *) k.mv_data)[i];
+			msgpack_sbuffer_write(out, ch == '\0' ? "|" : &ch, 1);
+		}
+		int n = snprintf(line, sizeof(line), "=%.17g\n", x);
+		msgpack_sbuffer_write(out, line, (size_t) n);
+	}
+	mdb_cursor_close(c);
+	mdb_txn_abort(txn);
+}
+
+// delta: the counters that moved from a to b (two stats_of texts), as
+// "key+d" lines; the customer's own name is left out of the keys.
+static void
+delta(const msgpack_sbuffer *a, const msgpack_sbuffer *b, msgpack_sbuffer *out)
+{
+	out->size = 0;
+	const char *pb = b->data, *eb = b->data + b->size;
+	for (; pb < eb;) {
+		const char *nl = memchr(pb, '\n', (size_t) (eb - pb));
+		const char *eq = memrchr(pb, '=', (size_t) (nl - pb));
+		double      vb = strtod(eq + 1, NULL), va = 0;
+		// the same key in a
+		const char *pa = a->data, *ea = a->data + a->size;
+		while (pa < ea) {
+			const char *nla = memchr(pa, '\n', (size_t) (ea - pa));
+			const char *eqa = memrchr(pa, '=', (size_t) (nla - pa));
+			if (eqa - pa == eq - pb && memcmp(pa, pb, (size_t) (eq - pb)) == 0) {
+				va = strtod(eqa + 1, NULL);
+				break;
+			}
+			pa = nla + 1;
+		}
+		if (vb != va) {
+			char line[700];
+			int  n = snprintf(line, sizeof(line), "%.*s%+.17g\n",
+			     (int) (eq - pb), pb, vb - va);
+			msgpack_sbuffer_write(out, line, (size_t) n);
+		}
+		pb = nl + 1;
+	}
+}
+
 /* }====================================================== */
 
 typedef struct {
@@ -265,6 +325,26 @@ judge(const ch_job *j, const char *what)
 	}
 	v.emits = j->emits.size > 0;
 	msgpack_unpacked_destroy(&up);
+	// the pub messages: u32 length, then "topic \0 msgpack map", exactly
+	for (size_t at = 0; at < j->emits.size;) {
+		uint32_t len;
+		cr_assert_leq(at + 4, j->emits.size, "%s: a torn emit", what);
+		memcpy(&len, j->emits.data + at, 4);
+		cr_assert_leq(at + 4 + len, j->emits.size, "%s: an emit of %u "
+		                                           "bytes past the end",
+		    what, len);
+		const char *m = j->emits.data + at + 4;
+		const char *z = memchr(m, '\0', len);
+		cr_assert_not_null(z, "%s: an emit without a topic", what);
+		msgpack_unpacked_init(&up);
+		off = 0;
+		cr_assert_eq(__real_msgpack_unpack_next(&up, z + 1,
+		                 (size_t) (m + len - z - 1), &off),
+		    MSGPACK_UNPACK_SUCCESS, "%s: an emit is not msgpack", what);
+		cr_assert_eq(up.data.type, MSGPACK_OBJECT_MAP);
+		msgpack_unpacked_destroy(&up);
+		at += 4 + len;
+	}
 	return (v);
 }
 
@@ -330,6 +410,7 @@ oom_code(const char *code)
 
 typedef struct {
 	uint64_t rounds, faults, acked, refused;
+	uint64_t internal, rule_limit, rule_error; // the refusals' codes
 } tally;
 
 enum scenario { FIRST_EVENT, NEXT_EVENT, DECIDE, TIMER };
@@ -344,19 +425,10 @@ stride(void)
 	return (s != NULL && atoi(s) > 0 ? atoi(s) : 1);
 }
 
-// one_round runs the scenario's request with the Nth allocation failing and
-// checks the outcome; false once it completed without reaching N.
-static bool
-one_round(enum scenario sc, uint64_t n, bool persistent, tally *t)
+// prepare makes the customer's history, without faults.
+static void
+prepare(enum scenario sc, const char *c, const char *what)
 {
-	char c[64], id[64], what[160];
-	snprintf(c, sizeof(c), "c-%d-%d-%llu", sc, persistent,
-	    (unsigned long long) n);
-	snprintf(id, sizeof(id), "id-%s", c);
-	snprintf(what, sizeof(what), "%s, allocation %llu failing %s",
-	    scenario_names[sc], (unsigned long long) n,
-	    persistent ? "from then on" : "once");
-	// the customer's history, made without faults
 	if (sc != FIRST_EVENT) {
 		cr_assert(request(CH_OP_EVENT, c, "add_to_cart", NULL, what).ok);
 	}
@@ -364,16 +436,12 @@ one_round(enum scenario sc, uint64_t n, bool persistent, tally *t)
 		cr_assert(request(CH_OP_EVENT, c, "remind_me", NULL, what).ok);
 		clock_ms += 2000; // due
 	}
-	msgpack_sbuffer before, after;
-	msgpack_sbuffer_init(&before);
-	msgpack_sbuffer_init(&after);
-	snapshot(&before);
-	int64_t events = counter_of(c, "events");
-	int64_t reminders = counter_of(c, "reminders");
-	if (getenv("CHOREO_K5_TRACE") != NULL) {
-		fprintf(stderr, "K5 round: %s\n", what);
-	}
-	arm(n, persistent);
+}
+
+// act runs the scenario's request (a timer has no reply: ok).
+static verdict
+act(enum scenario sc, const char *c, const char *id, const char *what)
+{
 	verdict v = { .ok = true };
 	switch (sc) {
 	case FIRST_EVENT:
@@ -389,43 +457,102 @@ one_round(enum scenario sc, uint64_t n, bool persistent, tally *t)
 		ch_engine_fire_timers(eng);
 		break;
 	}
+	return (v);
+}
+
+// one_round runs the scenario's request with the Nth allocation failing and
+// checks the outcome against the same request, unfaulted, for another
+// customer at the same (virtual) time; false once it completed without
+// reaching N.
+static bool
+one_round(enum scenario sc, uint64_t n, bool persistent, tally *t)
+{
+	char c[64], id[64], ref[64], rid[64], what[160];
+	snprintf(c, sizeof(c), "c-%d-%d-%llu", sc, persistent,
+	    (unsigned long long) n);
+	snprintf(id, sizeof(id), "id-%s", c);
+	snprintf(ref, sizeof(ref), "r-%d-%d-%llu", sc, persistent,
+	    (unsigned long long) n);
+	snprintf(rid, sizeof(rid), "id-%s", ref);
+	snprintf(what, sizeof(what), "%s, allocation %llu failing %s",
+	    scenario_names[sc], (unsigned long long) n,
+	    persistent ? "from then on" : "once");
+	msgpack_sbuffer before, after, s0, s1, dref, d;
+	msgpack_sbuffer_init(&before);
+	msgpack_sbuffer_init(&after);
+	msgpack_sbuffer_init(&s0);
+	msgpack_sbuffer_init(&s1);
+	msgpack_sbuffer_init(&dref);
+	msgpack_sbuffer_init(&d);
+	// the reference
+	int64_t t0 = clock_ms;
+	prepare(sc, ref, what);
+	stats_of(&s0);
+	cr_assert(act(sc, ref, rid, what).ok);
+	stats_of(&s1);
+	delta(&s0, &s1, &dref);
+	// the same, with the fault
+	clock_ms = t0;
+	prepare(sc, c, what);
+	snapshot(&before);
+	stats_of(&s0);
+	int64_t events    = counter_of(c, "events");
+	int64_t reminders = counter_of(c, "reminders");
+	if (getenv("CHOREO_K5_TRACE") != NULL) {
+		fprintf(stderr, "K5 round: %s\n", what);
+	}
+	arm(n, persistent);
+	verdict v = act(sc, c, id, what);
 	disarm();
 	bool hit = oom.failed > 0;
 	t->rounds++;
 	t->faults += hit;
 	snapshot(&after);
+	stats_of(&s1);
+	delta(&s0, &s1, &d);
 	bool same = before.size == after.size &&
 	    memcmp(before.data, after.data, before.size) == 0;
 	if (sc == TIMER) {
-		// a timer has no reply: it fired (and counted) or stays due
+		// it fired (and counted) or it stays due
 		int64_t r = counter_of(c, "reminders");
 		cr_assert(r == reminders + 1 || (r == reminders && same),
 		    "%s: reminders %lld -> %lld, store %s", what,
 		    (long long) reminders, (long long) r,
 		    same ? "unchanged" : "changed");
-		if (r == reminders) {
-			t->refused++;
+		v.ok = r == reminders + 1;
+		if (!v.ok) {
 			ch_engine_fire_timers(eng); // it fires now
 			cr_assert_eq(counter_of(c, "reminders"), reminders + 1,
 			    "%s: the timer did not fire after the fault", what);
-		} else {
-			t->acked++;
 		}
-	} else if (v.ok) {
+	}
+	if (v.ok) {
 		t->acked++;
-		if (sc != DECIDE) {
+		msgpack_sbuffer_write(&d, "", 1);
+		msgpack_sbuffer_write(&dref, "", 1);
+		cr_assert_str_eq(d.data, dref.data, "%s: acknowledged, but its "
+		                                    "analytics differ from the "
+		                                    "same event's without a "
+		                                    "fault:\n%s\nwithout:\n%s",
+		    what, d.data, dref.data);
+		if (sc == FIRST_EVENT || sc == NEXT_EVENT) {
 			cr_assert_eq(counter_of(c, "events"), events + 1,
 			    "%s: acknowledged, not stored", what);
 			cr_assert(request(CH_OP_EVENT, c, "purchase", id, what).ok);
 			cr_assert_eq(counter_of(c, "events"), events + 1,
 			    "%s: the id was not recorded with the event", what);
 		}
-	} else {
+	} else if (sc != TIMER) {
 		t->refused++;
 		cr_assert(oom_code(v.code), "%s: answered %s", what, v.code);
+		t->internal += strcmp(v.code, "internal") == 0;
+		t->rule_limit += strcmp(v.code, "rule_limit") == 0;
+		t->rule_error += strcmp(v.code, "rule_error") == 0;
 		cr_assert_not(v.emits, "%s: an error reply with emits", what);
 		cr_assert(same, "%s: answered %s, but the store changed", what,
 		    v.code);
+	} else {
+		t->refused++;
 	}
 	// the engine serves the customer's next event normally
 	int64_t now = counter_of(c, "events");
@@ -434,6 +561,10 @@ one_round(enum scenario sc, uint64_t n, bool persistent, tally *t)
 	cr_assert_eq(counter_of(c, "events"), now + 1);
 	msgpack_sbuffer_destroy(&before);
 	msgpack_sbuffer_destroy(&after);
+	msgpack_sbuffer_destroy(&s0);
+	msgpack_sbuffer_destroy(&s1);
+	msgpack_sbuffer_destroy(&dref);
+	msgpack_sbuffer_destroy(&d);
 	return (hit);
 }
 
@@ -451,10 +582,13 @@ loop(enum scenario sc)
 	}
 	fprintf(stderr,
 	    "K5 %s: %llu rounds, %llu allocation failures survived: %llu "
-	    "acknowledged and stored, %llu refused with nothing stored\n",
+	    "acknowledged and stored, %llu refused with nothing stored "
+	    "(internal %llu, rule_limit %llu, rule_error %llu)\n",
 	    scenario_names[sc], (unsigned long long) t.rounds,
 	    (unsigned long long) t.faults, (unsigned long long) t.acked,
-	    (unsigned long long) t.refused);
+	    (unsigned long long) t.refused, (unsigned long long) t.internal,
+	    (unsigned long long) t.rule_limit,
+	    (unsigned long long) t.rule_error);
 }
 
 Test(oom, a_first_event)
