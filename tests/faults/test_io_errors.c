@@ -277,3 +277,61 @@ Test(io_errors, every_failed_write_or_sync_is_refused_or_durable)
 	cr_assert_eq(counter(&d, "k"), stored);
 	d_stop(&d);
 }
+
+// A batch request: its events reach the engine together and go into one
+// commit, which writes more pages. Each member is acknowledged and stored,
+// or refused and not stored, whatever op of that commit fails.
+Test(io_errors, a_batch_is_applied_member_by_member_or_not_at_all)
+{
+	fd_start(&d, &ctl, false, false);
+	enum { M = 12 };
+	int  faults = 0, rounds = 0;
+	for (int n = 1; n <= 64; n++) {
+		for (int persistent = 0; persistent < 2; persistent++) {
+			long long before[M];
+			char      req[M * 160 + 64], *p = req;
+			p += sprintf(p, "{\"op\":\"batch\",\"events\":[");
+			for (int i = 0; i < M; i++) {
+				char c[16], id[48], ev[300];
+				snprintf(c, sizeof(c), "b%d", i);
+				snprintf(id, sizeof(id), "b%d-%d-%d", i, n, persistent);
+				before[i] = counter(&d, c);
+				p += sprintf(p, "%s%s", i ? "," : "",
+				    ev_json(ev, sizeof(ev), c, id));
+			}
+			sprintf(p, "]}");
+			uint64_t inj = atomic_load(&ctl->injected);
+			faults_arm(ctl, (uint64_t) n, persistent, EIO, false);
+			reply_t r;
+			call_json(&d, req, &r); // nng REQ: a restart resends it
+			faults_clear(ctl);
+			bool hit = atomic_load(&ctl->injected) > inj;
+			faults += hit;
+			rounds++;
+			wait_serving(); // a failed meta page restarts the engine
+			assert_ok(&r);
+			cr_assert_eq(len_at(&r, "results"), M);
+			for (int i = 0; i < M; i++) {
+				char c[16], path[32];
+				snprintf(c, sizeof(c), "b%d", i);
+				snprintf(path, sizeof(path), "results.%d.ok", i);
+				long long now = counter(&d, c);
+				bool      acked = bool_at(&r, path);
+				cr_assert_eq(now, before[i] + (acked ? 1 : 0),
+				    "round %d%s, member %d: %s, but %lld stored "
+				    "after %lld",
+				    n, persistent ? " (persistent)" : "", i,
+				    acked ? "acked" : "refused", now, before[i]);
+			}
+			reply_free(&r);
+			if (!hit && persistent) {
+				fprintf(stderr, "K4 batch of %d: %d rounds, %d "
+				                "faults injected and survived\n",
+				    M, rounds, faults);
+				stop_and_check();
+				return;
+			}
+		}
+	}
+	cr_assert_fail("a batch still reached op 64");
+}
