@@ -196,8 +196,9 @@ mark(ch_biz *b, const char *type, size_t tlen)
 }
 
 // pcall_rule calls the function below nargs arguments with the budget armed
-// and returns CH_OK, CH_ERULE or CH_ERULELIMIT, leaving the error message
-// (or the nres results) on the stack.
+// and returns CH_OK, CH_ERULE or CH_ERULELIMIT, or CH_EINTERNAL when the
+// process ran out of memory, leaving the error message (or the nres
+// results) on the stack.
 static int
 pcall_rule(ch_biz *b, int nargs, int nres)
 {
