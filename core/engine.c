@@ -343,6 +343,15 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	}
 	if (dklen > 0) {
 		e->tmp.size = 0;
+		if (sb_room(&e->tmp, 8 + j->reply.size) != 0) {
+			// no room to copy the reply into the dedup record: the
+			// event is refused rather than stored with half of it
+			ch_rules_model_rollback();
+			ch_store_abort(txn);
+			reply_err(j, CH_EINTERNAL, "the server ran out of memory; "
+			                           "nothing was applied");
+			return (CH_OK);
+		}
 		msgpack_sbuffer_write(&e->tmp, (const char *) &now, 8);
 		msgpack_sbuffer_write(&e->tmp, j->reply.data, j->reply.size);
 		if ((rc = ch_store_put(s, txn, CH_DB_DEDUP, dkey, dklen,

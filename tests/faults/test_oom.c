@@ -130,6 +130,22 @@ S(const char *s)
 	return ((ch_str) { s, (uint32_t) strlen(s) });
 }
 
+// engine_new (re)builds the engine and its rule set on the store: its
+// scratch buffers start empty, as after a restart.
+static void
+engine_new(void)
+{
+	static char   path[160];
+	ch_rules     *rules;
+	ch_rules_opts ro = CH_RULES_OPTS_DEFAULT;
+	ch_engine_free(eng);
+	snprintf(path, sizeof(path), "%s/rules", dir);
+	cr_assert_eq(ch_rules_load(&rules, path, &ro), CH_OK);
+	ch_engine_opts eo = { .rules_dir = path, .rules = rules, .store = st,
+		.dedup_window_ms = 3600000, .clock = virtual_clock };
+	cr_assert_eq(ch_engine_new(&eng, &eo), CH_OK);
+}
+
 static void
 setup(void)
 {
@@ -145,13 +161,7 @@ setup(void)
 	ch_store_opts so = { false, (size_t) 1 << 30, 0 };
 	cr_assert_eq(ch_store_open(&st, path, &so, why, sizeof(why)), CH_OK,
 	    "%s", why);
-	ch_rules     *rules;
-	ch_rules_opts ro = CH_RULES_OPTS_DEFAULT;
-	snprintf(path, sizeof(path), "%s/rules", dir);
-	cr_assert_eq(ch_rules_load(&rules, path, &ro), CH_OK);
-	ch_engine_opts eo = { .rules_dir = path, .rules = rules, .store = st,
-		.dedup_window_ms = 3600000, .clock = virtual_clock };
-	cr_assert_eq(ch_engine_new(&eng, &eo), CH_OK);
+	engine_new();
 }
 
 static void
@@ -413,10 +423,11 @@ typedef struct {
 	uint64_t internal, rule_limit, rule_error; // the refusals' codes
 } tally;
 
-enum scenario { FIRST_EVENT, NEXT_EVENT, DECIDE, TIMER };
+enum scenario { FIRST_EVENT, NEXT_EVENT, DECIDE, TIMER, COLD_ENGINE };
 
 static const char *const scenario_names[] = { "a customer's first event",
-	"an event with emits on a stored state", "a decision", "a timer firing" };
+	"an event with emits on a stored state", "a decision", "a timer firing",
+	"a new engine's first event" };
 
 static int
 stride(void)
@@ -429,6 +440,10 @@ stride(void)
 static void
 prepare(enum scenario sc, const char *c, const char *what)
 {
+	if (sc == COLD_ENGINE) {
+		engine_new(); // every buffer it keeps between events is empty
+		return;
+	}
 	if (sc != FIRST_EVENT) {
 		cr_assert(request(CH_OP_EVENT, c, "add_to_cart", NULL, what).ok);
 	}
@@ -445,6 +460,7 @@ act(enum scenario sc, const char *c, const char *id, const char *what)
 	verdict v = { .ok = true };
 	switch (sc) {
 	case FIRST_EVENT:
+	case COLD_ENGINE:
 		v = request(CH_OP_EVENT, c, "page_view", id, what);
 		break;
 	case NEXT_EVENT:
@@ -535,10 +551,13 @@ one_round(enum scenario sc, uint64_t n, bool persistent, tally *t)
 		                                    "same event's without a "
 		                                    "fault:\n%s\nwithout:\n%s",
 		    what, d.data, dref.data);
-		if (sc == FIRST_EVENT || sc == NEXT_EVENT) {
+		if (sc == FIRST_EVENT || sc == NEXT_EVENT || sc == COLD_ENGINE) {
 			cr_assert_eq(counter_of(c, "events"), events + 1,
 			    "%s: acknowledged, not stored", what);
-			cr_assert(request(CH_OP_EVENT, c, "purchase", id, what).ok);
+			verdict again = request(CH_OP_EVENT, c, "purchase", id, what);
+			cr_assert(again.ok, "%s: acknowledged, and the same id "
+			                    "again answers %s",
+			    what, again.code);
 			cr_assert_eq(counter_of(c, "events"), events + 1,
 			    "%s: the id was not recorded with the event", what);
 		}
@@ -609,4 +628,9 @@ Test(oom, a_decision)
 Test(oom, a_timer)
 {
 	loop(TIMER);
+}
+
+Test(oom, a_new_engines_first_event)
+{
+	loop(COLD_ENGINE);
 }
