@@ -1165,10 +1165,7 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 			break;
 		}
 		if ((f & CH_STORE_IO_ERROR) && !retried) {
-			// once more: a filesystem that fills up mid-write cuts
-			// the write short, which LMDB reports as EIO; the replay
-			// then meets ENOSPC (or gets through a passing error)
-			retried = true;
+			retried = true; // once more: an error may pass
 			continue;
 		}
 		if (rc != CH_ESTORAGEFULL) {

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "err.h"
 #include "log.h"
@@ -173,11 +174,32 @@ ch_store_map_size(ch_store *s)
 	return (s->map_size);
 }
 
+// Below this much room for it, the disk of a store is full.
+#define MIN_ROOM ((uint64_t) 64 << 20)
+
+// no_room: the filesystem of the store has (almost) no room left. A write
+// that needs more blocks than are free is cut short, and LMDB reports a
+// short write as EIO; written again, it is cut short again.
+static bool
+no_room(ch_store *s)
+{
+	int            fd;
+	struct statvfs v;
+	return (mdb_env_get_fd(s->env, &fd) == 0 && fstatvfs(fd, &v) == 0 &&
+	    (uint64_t) v.f_bavail * v.f_frsize < MIN_ROOM);
+}
+
 // xlate turns an LMDB result into a choreo code and notes in s->faults
 // what a failure means for the engine (see store.h).
 static int
 xlate(ch_store *s, int rc, const char *what)
 {
+	if (rc == EIO && no_room(s)) {
+		ch_log_error("store: %s: %s, with the disk full", what,
+		    mdb_strerror(rc));
+		s->faults |= CH_STORE_DISK_FULL;
+		return (CH_ESTORAGEFULL);
+	}
 	switch (rc) {
 	case 0:
 		return (CH_OK);

@@ -55,11 +55,11 @@ void ch_store_abort(MDB_txn *txn);
 
 // What the failures of the running top-level transaction (since its
 // ch_store_begin) mean, for the engine to answer and recover:
-//   CH_STORE_DISK_FULL  the disk is full: growing the map will not help;
-//   CH_STORE_IO_ERROR   EIO: a real I/O error, or a write the filesystem
-//                       cut short because it filled up meanwhile (LMDB
-//                       reports a short write as EIO), which a replay
-//                       then sees as ENOSPC;
+//   CH_STORE_DISK_FULL  the disk is full (ENOSPC, EDQUOT, or EIO with
+//                       less than 64 MiB free: LMDB reports a write the
+//                       filesystem cut short as EIO): growing the map
+//                       will not help;
+//   CH_STORE_IO_ERROR   EIO on a disk with room: worth one replay;
 //   CH_STORE_DEAD       a write of the meta page failed: LMDB refuses
 //                       every transaction (MDB_PANIC) until the
 //                       environment is opened again, by a new process.

@@ -43,12 +43,12 @@ faults_unmap(faults_ctl *c)
 
 void
 faults_arm(faults_ctl *c, uint64_t n, bool persistent, int err,
-    bool short_write)
+    int how)
 {
 	uint64_t at = atomic_load(&c->ops) + n;
 	atomic_store(&c->fail_from, 0); // never half-armed while we write
 	atomic_store(&c->err, err);
-	atomic_store(&c->short_write, short_write);
+	atomic_store(&c->how, how);
 	atomic_store(&c->fail_to, persistent ? UINT64_MAX : at);
 	atomic_store(&c->fail_from, at);
 }

@@ -5,9 +5,10 @@
 // counts every write to it (write, pwrite, writev, pwritev) and every
 // fsync/fdatasync of it as one "op". Through a control block in a file that
 // the test maps too (CHOREO_FAULTS_CTL) the test can
-//   - fail ops fail_from..fail_to with an errno (K4: I/O errors): a failing
-//     write writes nothing, or — short_write — half of its bytes first, as
-//     a filesystem that fills up mid-write does (then the next op fails);
+//   - fail ops fail_from..fail_to with an errno (K4: I/O errors), as `how`
+//     says;
+//   - play a full disk: writes past the end of the file fail, fstatvfs of
+//     it says there is no room (full), or only the latter (no_room);
 //   - kill the process with SIGKILL at op crash_at (K2: power loss).
 // With CHOREO_FAULTS_JOURNAL set it also journals every write since the
 // last sync (K2), from which pl_image() builds what a power loss would
@@ -29,10 +30,15 @@ typedef struct {
 	_Atomic uint64_t fail_from; // first op to fail (0: none)
 	_Atomic uint64_t fail_to;   // last op to fail (UINT64_MAX: for ever)
 	_Atomic int      err;       // the errno of a failed op
-	_Atomic int      short_write; // a failing write first writes half
+	_Atomic int      how;       // how a failing op fails
 	_Atomic uint64_t injected;  // ops failed so far
 	_Atomic uint64_t crash_at;  // SIGKILL at this op (0: never)
 	_Atomic uint64_t syncs;     // fsync/fdatasync of the file that succeeded
+	_Atomic int      full;      // a full disk: a write past the end of
+	                            // the file fails with ENOSPC, cut short
+	                            // at the end when it starts before it
+	_Atomic uint64_t cut;       // writes the shim cut short
+	_Atomic int      no_room;   // fstatvfs says the disk has no room
 } faults_ctl;
 
 // faults_map maps (creating when create) the control block at path, shared
@@ -40,10 +46,21 @@ typedef struct {
 faults_ctl *faults_map(const char *path, bool create);
 void        faults_unmap(faults_ctl *c);
 
+// How a failing op fails.
+enum {
+	FAULT_UNWRITTEN, // nothing is written
+	FAULT_SHORT,     // a write writes half its bytes and returns that
+	                 // count, as a filesystem with no room left does with
+	                 // a write that needs new blocks (a sync just fails)
+	FAULT_WRITTEN,   // the bytes reach the page cache (a sync runs) and
+	                 // the call fails all the same, as when the device
+	                 // fails the writeback of an O_DSYNC write or fsync
+};
+
 // faults_arm fails the next op after n more (n = 1: the very next one),
-// once or for ever, with err; faults_clear stops failing.
+// once or for ever, with err, as how says; faults_clear stops failing.
 void faults_arm(faults_ctl *c, uint64_t n, bool persistent, int err,
-    bool short_write);
+    int how);
 void faults_clear(faults_ctl *c);
 
 /*

@@ -47,6 +47,9 @@ fd_start(daemon_t *d, faults_ctl **ctl, bool keep, bool journal)
 	atomic_store(&c->injected, 0);
 	atomic_store(&c->crash_at, 0);
 	atomic_store(&c->syncs, 0);
+	atomic_store(&c->full, 0);
+	atomic_store(&c->cut, 0);
+	atomic_store(&c->no_room, 0);
 	setenv("LD_PRELOAD", pre, 1);
 	setenv("CHOREO_FAULTS_FILE", fd_path(d, "data.mdb"), 1);
 	setenv("CHOREO_FAULTS_CTL", fd_path(d, "faults.ctl"), 1);

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -42,6 +43,7 @@ static ssize_t (*real_writev)(int, const struct iovec *, int);
 static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
 static int (*real_fsync)(int);
 static int (*real_fdatasync)(int);
+static int (*real_fstatvfs)(int, struct statvfs *);
 
 static const char     *watch_path;   // CHOREO_FAULTS_FILE
 static const char     *journal_path; // CHOREO_FAULTS_JOURNAL
@@ -66,6 +68,7 @@ resolve(void)
 	real_pwritev   = dlsym(RTLD_NEXT, "pwritev");
 	real_fsync     = dlsym(RTLD_NEXT, "fsync");
 	real_fdatasync = dlsym(RTLD_NEXT, "fdatasync");
+	real_fstatvfs  = dlsym(RTLD_NEXT, "fstatvfs");
 	real_write     = dlsym(RTLD_NEXT, "write");
 }
 
@@ -203,12 +206,12 @@ journal_synced(void)
 /* }====================================================== */
 
 // op: counts one op on the watched file and says whether to fail it (its
-// errno in *err, and whether to write half of it first) or to crash at it.
+// errno in *err, and how) or to crash at it.
 static void
-op(int *err, bool *half, bool *crash)
+op(int *err, int *how, bool *crash)
 {
 	*err   = 0;
-	*half  = false;
+	*how   = FAULT_UNWRITTEN;
 	*crash = false;
 	if (ctl == NULL) {
 		return;
@@ -216,8 +219,8 @@ op(int *err, bool *half, bool *crash)
 	uint64_t n    = atomic_fetch_add(&ctl->ops, 1) + 1;
 	uint64_t from = atomic_load(&ctl->fail_from);
 	if (from != 0 && n >= from && n <= atomic_load(&ctl->fail_to)) {
-		*err  = atomic_load(&ctl->err);
-		*half = n == from && atomic_load(&ctl->short_write);
+		*err = atomic_load(&ctl->err);
+		*how = atomic_load(&ctl->how);
 		atomic_fetch_add(&ctl->injected, 1);
 	}
 	*crash = atomic_load(&ctl->crash_at) == n;
@@ -251,18 +254,38 @@ do_write(int fd, const struct iovec *iov, int n, off_t off)
 		total += iov[i].iov_len;
 	}
 	pthread_mutex_lock(&mu);
-	int  err;
-	bool half, crash;
-	op(&err, &half, &crash);
-	if (err != 0 && !(half && total >= 2)) {
+	int  err, how;
+	bool crash;
+	op(&err, &how, &crash);
+	bool half = err != 0 && how == FAULT_SHORT && total >= 2;
+	if (err != 0 && !half && how != FAULT_WRITTEN) {
 		pthread_mutex_unlock(&mu);
 		errno = err;
 		return (-1);
 	}
+	off_t at = off;
+	if (at < 0) {
+		at = (fcntl(fd, F_GETFL) & O_APPEND) ? lseek(fd, 0, SEEK_END)
+		                                     : lseek(fd, 0, SEEK_CUR);
+	}
+	struct stat st;
+	size_t      keep = total; // with a full disk: what fits in the file
+	if (err == 0 && ctl != NULL && atomic_load(&ctl->full) &&
+	    fstat(fd, &st) == 0 && (uint64_t) at + total > (uint64_t) st.st_size) {
+		atomic_fetch_add(&ctl->injected, 1);
+		if (at >= st.st_size) {
+			pthread_mutex_unlock(&mu);
+			errno = ENOSPC;
+			return (-1);
+		}
+		keep = (size_t) (st.st_size - at);
+		half = true;
+	}
 	struct iovec one[64];
 	if (half) {
+		atomic_fetch_add(&ctl->cut, 1);
 		// what a filling filesystem does: the first bytes, then no more
-		size_t want = total / 2, got = 0;
+		size_t want = keep < total ? keep : total / 2, got = 0;
 		int    m    = 0;
 		for (int i = 0; i < n && got < want && m < 64; i++, m++) {
 			one[m]         = iov[i];
@@ -275,17 +298,24 @@ do_write(int fd, const struct iovec *iov, int n, off_t off)
 		n     = m;
 		total = got;
 	}
-	off_t at = off;
-	if (at < 0) {
-		at = (fcntl(fd, F_GETFL) & O_APPEND) ? lseek(fd, 0, SEEK_END)
-		                                     : lseek(fd, 0, SEEK_CUR);
+	if (trace) {
+		char line[128];
+		int  l = snprintf(line, sizeof(line), "faults: write at %lld, %zu "
+		     "bytes, file %lld\n", (long long) at, total,
+		     fstat(fd, &st) == 0 ? (long long) st.st_size : -1LL);
+		if (real_write(2, line, (size_t) l) < 0) {
+			abort();
+		}
 	}
 	uint64_t s     = journal_write(fd, iov, n, at, total);
 	bool     dsync = (fcntl(fd, F_GETFL) & O_DSYNC) == O_DSYNC;
 	ssize_t  w     = off < 0 ? real_writev(fd, iov, n)
 	                         : real_pwritev(fd, iov, n, off);
 	int      saved = errno;
-	if (s != 0 && dsync && w == (ssize_t) total) {
+	if (err != 0 && how == FAULT_WRITTEN) {
+		w     = -1; // in the page cache, and failed all the same
+		saved = err;
+	} else if (s != 0 && dsync && w == (ssize_t) total) {
 		journal_durable(s);
 	}
 	if (crash) {
@@ -300,13 +330,16 @@ static int
 do_sync(int fd, int (*real)(int))
 {
 	pthread_mutex_lock(&mu);
-	int  err;
-	bool half, crash;
-	op(&err, &half, &crash);
+	int  err, how;
+	bool crash;
+	op(&err, &how, &crash);
 	if (crash) {
 		die(); // before the sync: nothing pending reached the disk
 	}
 	if (err != 0) {
+		if (how == FAULT_WRITTEN) {
+			real(fd); // what reached the disk is unknown: the
+		}                 // journal stays as it is
 		pthread_mutex_unlock(&mu);
 		errno = err;
 		return (-1);
@@ -391,6 +424,21 @@ fdatasync(int fd)
 	resolve();
 	return (watched(fd) ? do_sync(fd, real_fdatasync)
 	                    : real_fdatasync(fd));
+}
+
+// With a full disk (or no_room), the watched file's filesystem has no room.
+int
+fstatvfs(int fd, struct statvfs *v)
+{
+	resolve();
+	int rc = real_fstatvfs(fd, v);
+	if (rc == 0 && ctl != NULL &&
+	    (atomic_load(&ctl->full) || atomic_load(&ctl->no_room)) &&
+	    watched(fd)) {
+		v->f_bfree  = 0;
+		v->f_bavail = 0;
+	}
+	return (rc);
 }
 
 /* }====================================================== */
