@@ -1,6 +1,8 @@
 # choreo — the two commands of the README, and a few helpers.
 #   make run    install what is missing, build, serve the bundled rules
 #   make test   install, build, run every test; then again under ASan+UBSan
+#   make faults-long  the long power-loss, I/O error and memory runs
+#               (docs/reliability.md); TRIALS=200 SEED=1
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
@@ -8,7 +10,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 SERVE_FLAGS ?=
 
-.PHONY: all deps build run test test-plain test-asan clean
+.PHONY: all deps build run test test-plain test-asan faults-long clean
 
 all: build
 
@@ -33,6 +35,9 @@ test-asan: deps
 	@cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:handle_segv=0:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		ctest --output-on-failure -j $(JOBS) --timeout 600
+
+faults-long: deps
+	@./scripts/faults-long $(or $(TRIALS),200) $(or $(SEED),1)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -2,11 +2,13 @@
 #include "engine.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../lua/rules.h"
 #include "../lua/running.h"
@@ -49,6 +51,8 @@ struct ch_engine {
 	msgpack_sbuffer tmp;   // scratch
 	struct timer_slot *timers; // CH_TIMER_BATCH slots for fire_timers
 	msgpack_sbuffer    ev_stats; // the running event's analytics deltas
+	bool               dead;     // its store is dead: restarting
+	const char        *batch_why; // why the running batch failed, or NULL
 	struct stat_map {
 		struct stat_ent *t;
 		uint32_t         cap, n;
@@ -73,7 +77,7 @@ typedef struct timer_slot {
 	size_t           klen;
 } timer_slot;
 
-static void stat_merge(ch_engine *e, ch_str biz);
+static bool stat_merge(ch_engine *e, ch_str biz);
 static bool stat_add(struct stat_map *m, ch_str biz, const char *name,
     uint32_t nl, double v);
 static int  stat_flush(ch_engine *e, MDB_txn *txn);
@@ -96,12 +100,37 @@ mono_us(void)
 	return ((uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000);
 }
 
+// The reply of a job when even its error cannot be packed for want of
+// memory: {ok = false, error = {code = "internal", message = "out of
+// memory"}}, copied into the room ch_job_init sets aside for it.
+static const char oom_reply[] = "\x82\xa2ok\xc2\xa5" "error\x82\xa4" "code"
+                                "\xa8internal\xa7message\xad" "out of memory";
+#define REPLY_ROOM 64
+
+// sb_room makes room for n more bytes in sb: 0, or -1 out of memory.
+static int
+sb_room(msgpack_sbuffer *sb, size_t n)
+{
+	if (sb->alloc - sb->size >= n) {
+		return (0);
+	}
+	size_t want = sb->size + n;
+	char  *p    = realloc(sb->data, want);
+	if (p == NULL) {
+		return (-1);
+	}
+	sb->data  = p;
+	sb->alloc = want;
+	return (0);
+}
+
 void
 ch_job_init(ch_job *j)
 {
 	memset(j, 0, sizeof(*j));
 	msgpack_sbuffer_init(&j->reply);
 	msgpack_sbuffer_init(&j->emits);
+	sb_room(&j->reply, REPLY_ROOM); // reply_err tries again if need be
 }
 
 void
@@ -157,6 +186,17 @@ reply_err(ch_job *j, int err, const char *fmt, ...)
 	j->reply.size = 0;
 	j->emits.size = 0;
 	j->err        = err;
+	// the map, its keys and the code take less than 64 bytes: with room
+	// for them and the message, packing cannot fail half-way
+	if (sb_room(&j->reply, 64 + strlen(msg)) != 0) {
+		// no memory for it: the fixed reply, in the room set aside
+		if (sb_room(&j->reply, sizeof(oom_reply)) == 0) {
+			memcpy(j->reply.data, oom_reply, sizeof(oom_reply) - 1);
+			j->reply.size = sizeof(oom_reply) - 1;
+		}
+		j->err = CH_EINTERNAL;
+		return;
+	}
 	msgpack_packer pk;
 	msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
 	ch_pack_error(&pk, err, msg);
@@ -365,10 +405,11 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	if (rc != CH_OK) {
 		ch_rules_model_rollback();
 	}
-	if (rc == CH_ESTORAGEFULL || rc == CH_EINTERNAL) {
+	if (rc == CH_ESTORAGEFULL ||
+	    (rc == CH_EINTERNAL && out.store_err != CH_OK)) {
 		return (store_failed(j, txn, rc));
 	}
-	if (rc != CH_OK) {
+	if (rc != CH_OK) { // a rule's error, or out of memory
 		ch_store_abort(txn);
 		reply_err(j, rc, "%s", out.errmsg);
 		return (CH_OK);
@@ -394,6 +435,15 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	}
 	if (dklen > 0) {
 		e->tmp.size = 0;
+		if (sb_room(&e->tmp, 8 + j->reply.size) != 0) {
+			// no room to copy the reply into the dedup record: the
+			// event is refused rather than stored with half of it
+			ch_rules_model_rollback();
+			ch_store_abort(txn);
+			reply_err(j, CH_EINTERNAL, "the server ran out of memory; "
+			                           "nothing was applied");
+			return (CH_OK);
+		}
 		msgpack_sbuffer_write(&e->tmp, (const char *) &now, 8);
 		msgpack_sbuffer_write(&e->tmp, j->reply.data, j->reply.size);
 		if ((rc = ch_store_put(s, txn, CH_DB_DEDUP, dkey, dklen,
@@ -412,7 +462,12 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
 		return (store_failed(j, NULL, rc));
 	}
-	stat_merge(e, r->business); // only now: the event is in the batch
+	// only now: the event is in the batch. Without its counts the batch
+	// would commit it half: the batch fails whole instead.
+	if (!stat_merge(e, r->business)) {
+		e->batch_why = "the server ran out of memory; nothing was applied";
+		return (CH_EINTERNAL);
+	}
 	return (CH_OK);
 }
 
@@ -685,8 +740,10 @@ run_alone(ch_engine *e, ch_job **jobs, int n, int64_t now)
 		}
 		if (rc == CH_ESTORAGEFULL) {
 			reply_err(jobs[i], CH_ESTORAGEFULL,
-			    "the store is full (--max-size); nothing was "
-			    "applied");
+			    (ch_store_faults(e->o.store) & CH_STORE_DISK_FULL)
+			        ? "the disk is full; nothing was applied"
+			        : "the store is full (--max-size); nothing was "
+			          "applied");
 		} else if (rc != CH_OK) {
 			reply_err(jobs[i], CH_EINTERNAL,
 			    "the store failed; see the server log");
@@ -776,29 +833,31 @@ stat_clear(struct stat_map *m)
 	m->n = 0;
 }
 
-// stat_merge adds the event's deltas ([name, delta, ...]) to the batch's.
-static void
+// stat_merge adds the event's deltas ([name, delta, ...]) to the batch's:
+// false when there was no memory to (some may be in, some not).
+static bool
 stat_merge(ch_engine *e, ch_str biz)
 {
 	if (e->ev_stats.size == 0) {
-		return;
+		return (true);
 	}
 	msgpack_unpacked up;
 	msgpack_unpacked_init(&up);
-	if (msgpack_unpack_next(&up, e->ev_stats.data, e->ev_stats.size,
-	        NULL) == MSGPACK_UNPACK_SUCCESS &&
-	    up.data.type == MSGPACK_OBJECT_ARRAY) {
+	bool done = msgpack_unpack_next(&up, e->ev_stats.data,
+	                e->ev_stats.size, NULL) == MSGPACK_UNPACK_SUCCESS;
+	if (done && up.data.type == MSGPACK_OBJECT_ARRAY) {
 		const msgpack_object_array *a = &up.data.via.array;
-		for (uint32_t i = 0; i + 1 < a->size; i += 2) {
+		for (uint32_t i = 0; i + 1 < a->size && done; i += 2) {
 			if (a->ptr[i].type == MSGPACK_OBJECT_STR &&
 			    a->ptr[i + 1].type == MSGPACK_OBJECT_FLOAT64) {
-				stat_add(&e->stats, biz, a->ptr[i].via.str.ptr,
-				    a->ptr[i].via.str.size,
+				done = stat_add(&e->stats, biz,
+				    a->ptr[i].via.str.ptr, a->ptr[i].via.str.size,
 				    a->ptr[i + 1].via.f64);
 			}
 		}
 	}
 	msgpack_unpacked_destroy(&up);
+	return (done);
 }
 
 // stat_flush writes the batch's counters into the stats database.
@@ -906,8 +965,9 @@ timer_done(ch_job *j)
 }
 
 // timer_parse fills t->req from t->key and t->val: business \0 customer \0
-// name, and {type, data}. false when the record is damaged.
-static bool
+// name, and {type, data}. 1, 0 when the record is damaged, -1 when there
+// was no memory to read it.
+static int
 timer_parse(timer_slot *t)
 {
 	const char *p = t->key + 8, *end = t->key + t->klen;
@@ -915,7 +975,7 @@ timer_parse(timer_slot *t)
 	const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t) (end - z1 - 1))
 	                    : NULL;
 	if (z2 == NULL || z1 == p || z2 == z1 + 1 || z2 + 1 == end) {
-		return (false);
+		return (0);
 	}
 	memset(&t->req, 0, sizeof(t->req));
 	t->req.op       = CH_OP_EVENT;
@@ -926,10 +986,13 @@ timer_parse(timer_slot *t)
 	t->req.limit    = 3;
 	msgpack_unpacked_destroy(&t->up);
 	msgpack_unpacked_init(&t->up);
-	if (msgpack_unpack_next(&t->up, t->val.data, t->val.size, NULL) !=
-	        MSGPACK_UNPACK_SUCCESS ||
-	    t->up.data.type != MSGPACK_OBJECT_MAP) {
-		return (false);
+	msgpack_unpack_return u = msgpack_unpack_next(&t->up, t->val.data,
+	    t->val.size, NULL);
+	if (u == MSGPACK_UNPACK_NOMEM_ERROR) {
+		return (-1);
+	}
+	if (u != MSGPACK_UNPACK_SUCCESS || t->up.data.type != MSGPACK_OBJECT_MAP) {
+		return (0);
 	}
 	const msgpack_object *type = ch_mp_get(&t->up.data, "type",
 	    MSGPACK_OBJECT_STR);
@@ -991,9 +1054,12 @@ ch_engine_fire_timers(ch_engine *e)
 			mdb_cursor_del(cur, 0); // MDB_NEXT then reads what followed
 			continue;
 		}
+		t->val.size = 0;
+		if (sb_room(&t->val, v.mv_size) != 0) {
+			break; // out of memory: this one and the rest wait
+		}
 		memcpy(t->key, k.mv_data, k.mv_size);
-		t->klen      = k.mv_size;
-		t->val.size  = 0;
+		t->klen = k.mv_size;
 		msgpack_sbuffer_write(&t->val, v.mv_data, v.mv_size);
 		n++;
 	}
@@ -1012,7 +1078,12 @@ ch_engine_fire_timers(ch_engine *e)
 		if (rc != CH_OK) {
 			break;
 		}
-		if (!timer_parse(t)) {
+		int parsed = timer_parse(t);
+		if (parsed < 0) {
+			rc = CH_EINTERNAL; // out of memory: they stay due
+			break;
+		}
+		if (parsed == 0) {
 			damaged++;
 			continue;
 		}
@@ -1020,6 +1091,11 @@ ch_engine_fire_timers(ch_engine *e)
 		t->job.done = timer_done;
 		t->job.err  = CH_OK;
 		rc          = run_job(e, &t->job, txn, now);
+		if (rc == CH_OK && t->job.err == CH_EINTERNAL) {
+			// the server failed, not the rule (the store, or out
+			// of memory): the timers stay due, for the next tick
+			rc = CH_EINTERNAL;
+		}
 		jobs[fired++] = &t->job;
 	}
 	if (rc != CH_OK) {
@@ -1164,6 +1240,8 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 	int64_t  now = e->o.clock ? e->o.clock() : real_clock();
 	MDB_txn *txn;
 	int      rc;
+	bool     retried = false;
+	e->batch_why     = NULL;
 	for (;;) {
 		if ((rc = ch_store_begin(e->o.store, NULL, &txn)) != CH_OK) {
 			break;
@@ -1189,6 +1267,14 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 				ch_rules_model_rollback();
 			}
 		}
+		unsigned f = ch_store_faults(e->o.store);
+		if (rc == CH_OK || (f & CH_STORE_DEAD)) {
+			break;
+		}
+		if ((f & CH_STORE_IO_ERROR) && !retried) {
+			retried = true; // once more: an error may pass
+			continue;
+		}
 		if (rc != CH_ESTORAGEFULL) {
 			break;
 		}
@@ -1201,9 +1287,13 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 		CH_COUNT(map_grows, 1);
 	}
 	if (rc != CH_OK) {
+		bool full = ch_store_faults(e->o.store) & CH_STORE_DISK_FULL;
 		for (int i = 0; i < n; i++) {
-			reply_err(jobs[i], CH_EINTERNAL,
-			    "the store failed to commit; nothing was applied");
+			reply_err(jobs[i], full ? CH_ESTORAGEFULL : CH_EINTERNAL,
+			    full           ? "the disk is full; nothing was applied"
+			    : e->batch_why ? e->batch_why
+			                   : "the store failed to commit; nothing "
+			                     "was applied");
 		}
 	}
 	CH_COUNT(batches, 1);
@@ -1212,6 +1302,23 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 	// the scratch keeps what a usual customer needs, not the largest one
 	ch_sbuffer_trim(&e->state, 16 * CH_SBUFFER_KEEP);
 	ch_sbuffer_trim(&e->tmp, 16 * CH_SBUFFER_KEEP);
+}
+
+// check_dead: LMDB refuses every transaction of a store whose meta page
+// failed to write, until the environment is opened again. The engine
+// process stops as on SIGTERM — every queued job answered, every reply
+// sent — and serve then ends it by a signal, so that its supervisor starts
+// a new one (crash-only).
+static void
+check_dead(ch_engine *e)
+{
+	if (!e->dead && (ch_store_faults(e->o.store) & CH_STORE_DEAD)) {
+		e->dead = true;
+		ch_log_error("engine: shard %d's store failed to write its meta "
+		             "page and refuses every transaction: restarting",
+		    e->o.shard);
+		kill(getpid(), SIGTERM);
+	}
 }
 
 // swap puts a freshly loaded rule set in service, between two batches: a
@@ -1292,6 +1399,7 @@ engine_main(void *arg)
 			next_timers = fired == CH_TIMER_BATCH
 			    ? 0
 			    : mono_us() + CH_TIMER_TICK_MS * 1000;
+			check_dead(e);
 		}
 		if (mono_us() >= next_readers) {
 			// A process killed inside a read transaction (mdb_dump,
@@ -1353,6 +1461,7 @@ engine_main(void *arg)
 		pthread_mutex_unlock(&e->mu);
 		atomic_fetch_sub(&ch_m.queue_depth, n);
 		run_batch(e, jobs, n);
+		check_dead(e);
 	}
 	free(jobs);
 	ch_running_leave();

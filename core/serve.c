@@ -718,9 +718,18 @@ out:
 		pthread_mutex_unlock(&wd.mu);
 		pthread_join(wd_thread, NULL);
 	}
+	bool dead = false;
 	for (int i = 0; i < o.shards; i++) {
 		ch_engine_free(engines[i]);
+		dead |= stores[i] != NULL &&
+		    (ch_store_faults(stores[i]) & CH_STORE_DEAD);
 		ch_store_close(stores[i]);
+	}
+	if (dead) {
+		// an engine stopped us because LMDB gave up on its store: end
+		// by a signal, so that the supervisor starts a new engine
+		ch_log_error("serve: a store must be opened again: restarting");
+		abort();
 	}
 	if (status == 0) {
 		ch_log_info("serve: stopped");

@@ -194,8 +194,9 @@ mark(ch_biz *b, const char *type, size_t tlen)
 }
 
 // pcall_rule calls the function below nargs arguments with the budget armed
-// and returns CH_OK, CH_ERULE or CH_ERULELIMIT, leaving the error message
-// (or the nres results) on the stack.
+// and returns CH_OK, CH_ERULE or CH_ERULELIMIT, or CH_EINTERNAL when the
+// process ran out of memory, leaving the error message (or the nres
+// results) on the stack.
 static int
 pcall_rule(ch_biz *b, int nargs, int nres)
 {
@@ -209,6 +210,12 @@ pcall_rule(ch_biz *b, int nargs, int nres)
 	lua_remove(L, base);
 	if (st == LUA_OK) {
 		return (CH_OK);
+	}
+	if (st == LUA_ERRMEM && !b->limit_hit) {
+		// The process, not the rule, is out of memory. Lua's own message
+		// (made when the state was) stays: a string pushed here could
+		// fail too, outside any protected call, and Lua would abort.
+		return (CH_EINTERNAL);
 	}
 	if (st == LUA_ERRMEM) {
 		lua_pop(L, 1);
@@ -1790,7 +1797,25 @@ typedef struct {
 	size_t          slen;
 	int64_t         now;
 	ch_rule_out    *out;
+	bool            oom;   // packing the results ran out of memory
 } call_args;
+
+// room makes room for n more bytes in sb, or raises (a->oom set): the
+// msgpack-c writes that follow cannot then fail half-way.
+static void
+room(lua_State *L, call_args *a, msgpack_sbuffer *sb, size_t n)
+{
+	if (sb->alloc - sb->size >= n) {
+		return;
+	}
+	char *p = realloc(sb->data, sb->size + n);
+	if (p == NULL) {
+		a->oom = true;
+		luaL_error(L, "out of memory");
+	}
+	sb->data  = p;
+	sb->alloc = sb->size + n;
+}
 
 // pack_emits turns the reply's emitted list into pub messages.
 static void
@@ -1817,6 +1842,10 @@ pack_emits(lua_State *L, int reply, call_args *a)
 		int tl = snprintf(topic, sizeof(topic), "choreo/%s/emit/%.*s",
 		    a->b->name, (int) (nl > 128 ? 128 : nl), name);
 		one->size = 0;
+		// the topic and every field but data (ch_conv_pack checks its
+		// own writes)
+		room(L, a, one, (size_t) tl + 1 + 96 + strlen(a->b->name) +
+		        a->req->customer.n + nl);
 		msgpack_sbuffer_write(one, topic, (size_t) tl + 1);
 		msgpack_pack_map(&pk, 5);
 		ch_pack_kv_str(&pk, "business", a->b->name);
@@ -1831,6 +1860,7 @@ pack_emits(lua_State *L, int reply, call_args *a)
 		ch_conv_pack(L, -1, one, "emit data");
 		lua_pop(L, 3);
 		uint32_t len = (uint32_t) one->size;
+		room(L, a, a->out->emits, 4 + one->size);
 		msgpack_sbuffer_write(a->out->emits, (const char *) &len, 4);
 		msgpack_sbuffer_write(a->out->emits, one->data, one->size);
 	}
@@ -1867,11 +1897,13 @@ do_call(lua_State *L)
 		}
 		if (n > 0) {
 			msgpack_packer_init(&pk, a->out->stats, msgpack_sbuffer_write);
+			room(L, a, a->out->stats, 5);
 			msgpack_pack_array(&pk, (size_t) n * 2);
 			lua_pushnil(L);
 			while (lua_next(L, -2) != 0) {
 				size_t      kl;
 				const char *k = lua_tolstring(L, -2, &kl);
+				room(L, a, a->out->stats, 5 + kl + 9);
 				msgpack_pack_str_with_body(&pk, k, kl);
 				msgpack_pack_double(&pk, lua_tonumber(L, -1));
 				lua_pop(L, 1);
@@ -1905,7 +1937,7 @@ static int
 run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
     size_t slen, int64_t now, ch_rule_out *out)
 {
-	call_args  a = { b, entry, req, state, slen, now, out };
+	call_args  a = { b, entry, req, state, slen, now, out, false };
 	lua_State *L = b->L;
 	if (b->refused_type[0] != '\0') {
 		const char *t  = req->type.n > 0 ? req->type.p : entry;
@@ -1935,10 +1967,16 @@ run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
 	mark(b, NULL, 0);
 	if (rv != CH_OK && out->store_err != CH_OK) {
 		rv = out->store_err; // the store, not the rule, failed
+	} else if (rv != CH_OK && a.oom) {
+		rv = CH_EINTERNAL; // nor when the server ran out of memory
 	}
 	if (rv != CH_OK) {
+		const char *m = lua_tostring(L, -1);
+		if (rv == CH_EINTERNAL && out->store_err == CH_OK) {
+			m = "the server ran out of memory; nothing was applied";
+		}
 		snprintf(out->errmsg, sizeof(out->errmsg), "%s",
-		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "rule failed");
+		    m ? m : "rule failed");
 		out->state->size = 0;
 		out->reply->size = 0;
 		out->emits->size = 0;
