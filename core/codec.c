@@ -593,9 +593,13 @@ ch_doc_fini(ch_doc *doc)
 void
 ch_sbuffer_trim(msgpack_sbuffer *b, size_t keep)
 {
-	if (b->alloc > keep) {
-		msgpack_sbuffer_destroy(b);
-		msgpack_sbuffer_init(b);
+	b->size = 0;
+	if (b->alloc > keep && keep >= 4096) {
+		char *p = realloc(b->data, 4096);
+		if (p != NULL) { // else it keeps its memory, no harm done
+			b->data  = p;
+			b->alloc = 4096;
+		}
 	}
 }
 

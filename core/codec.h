@@ -91,9 +91,10 @@ void ch_pack_kv_str(msgpack_packer *pk, const char *k, const char *v);
 // ch_pack_error writes {ok=false, error={code, message}}.
 void ch_pack_error(msgpack_packer *pk, int err, const char *msg);
 
-// ch_sbuffer_trim frees b's memory when more than keep bytes are allocated
-// (b is left empty): buffers reused for every request keep what the common
-// case needs, not the largest message ever seen.
+// ch_sbuffer_trim shrinks b to 4 KiB when more than keep bytes are
+// allocated (b is left empty; what is left still holds an error reply, so
+// that one needs no allocation): buffers reused for every request keep what
+// the common case needs, not the largest message ever seen.
 #define CH_SBUFFER_KEEP (64 * 1024)
 void ch_sbuffer_trim(msgpack_sbuffer *b, size_t keep);
 
