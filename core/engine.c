@@ -505,50 +505,67 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 }
 
 // forget_stages takes a forgotten customer out of the analytics' "current"
-// count of each stage it was in (the counts of what happened stay).
-static void
-forget_stages(ch_engine *e, ch_str biz, const msgpack_object *journeys)
+// count of each stage it was in (the counts of what happened stay): the
+// deltas go to e->ev_stats, as an event's do, and into the batch's counts
+// only once the forget has committed. false: out of memory.
+static bool
+forget_stages(ch_engine *e, const msgpack_object *journeys)
 {
+	msgpack_packer pk;
+	uint32_t       n = 0;
 	for (uint32_t x = 0; x < journeys->via.map.size; x++) {
-		const msgpack_object *jn = &journeys->via.map.ptr[x].key;
 		const msgpack_object *js = &journeys->via.map.ptr[x].val;
-		if (jn->type != MSGPACK_OBJECT_STR || js->type != MSGPACK_OBJECT_MAP) {
-			continue;
-		}
-		const msgpack_object *v = ch_mp_get(js, "stage",
-		    MSGPACK_OBJECT_STR);
-		if (v == NULL) {
+		n += journeys->via.map.ptr[x].key.type == MSGPACK_OBJECT_STR &&
+		    ch_mp_get(js, "stage", MSGPACK_OBJECT_STR) != NULL;
+	}
+	e->ev_stats.size = 0;
+	msgpack_packer_init(&pk, &e->ev_stats, msgpack_sbuffer_write);
+	if (n == 0) {
+		return (true);
+	}
+	bool ok = msgpack_pack_array(&pk, (size_t) n * 2) == 0;
+	for (uint32_t x = 0; ok && x < journeys->via.map.size; x++) {
+		const msgpack_object *jn = &journeys->via.map.ptr[x].key;
+		const msgpack_object *v  = ch_mp_get(&journeys->via.map.ptr[x].val,
+		     "stage", MSGPACK_OBJECT_STR);
+		if (jn->type != MSGPACK_OBJECT_STR || v == NULL) {
 			continue;
 		}
 		char     name[400];
-		uint32_t n = (uint32_t) snprintf(name, sizeof(name),
+		uint32_t nl = (uint32_t) snprintf(name, sizeof(name),
 		    "j%c%.*s%ccurrent%c%.*s", 0, (int) jn->via.str.size,
 		    jn->via.str.ptr, 0, 0, (int) v->via.str.size,
 		    v->via.str.ptr);
-		if (n < sizeof(name)) {
-			stat_add(&e->stats, biz, name, n, -1);
-		}
+		// a name that long is not counted, as stat_add would drop it
+		ok = msgpack_pack_str_with_body(&pk, name,
+		         nl < sizeof(name) ? nl : 0) == 0 &&
+		    msgpack_pack_double(&pk, nl < sizeof(name) ? -1 : 0) == 0;
 	}
+	return (ok);
 }
 
 // forget_timers deletes the customer's pending timers, listed in its state
-// as timers = {name = due}.
+// as timers = {name = due}, and readies the analytics' deltas.
 static int
 forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 {
 	msgpack_unpacked up;
 	msgpack_unpacked_init(&up);
 	int rc = CH_OK;
-	if (msgpack_unpack_next(&up, st->mv_data, st->mv_size, NULL) !=
-	        MSGPACK_UNPACK_SUCCESS ||
-	    up.data.type != MSGPACK_OBJECT_MAP) {
+	e->ev_stats.size = 0;
+	int ur = msgpack_unpack_next(&up, st->mv_data, st->mv_size, NULL);
+	if (ur == MSGPACK_UNPACK_NOMEM_ERROR) {
+		msgpack_unpacked_destroy(&up);
+		return (CH_EINTERNAL); // no memory to find its timers
+	}
+	if (ur != MSGPACK_UNPACK_SUCCESS || up.data.type != MSGPACK_OBJECT_MAP) {
 		msgpack_unpacked_destroy(&up);
 		return (CH_OK); // a damaged state has no timers we can find
 	}
 	const msgpack_object *js = ch_mp_get(&up.data, "journeys",
 	    MSGPACK_OBJECT_MAP);
-	if (js != NULL) {
-		forget_stages(e, r->business, js);
+	if (js != NULL && !forget_stages(e, js)) {
+		rc = CH_EINTERNAL;
 	}
 	const msgpack_object *t = ch_mp_get(&up.data, "timers",
 	    MSGPACK_OBJECT_MAP);
@@ -579,22 +596,31 @@ forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 	return (rc);
 }
 
+// run_forget erases the customer in a nested transaction of its own: all
+// of it (state, timers, its stages' current counts) or, on any failure,
+// none of it.
 static int
 run_forget(ch_engine *e, ch_job *j, MDB_txn *parent)
 {
 	const ch_req *r = j->req;
+	ch_store     *s = e->o.store;
 	char          key[64 + 1 + 256];
+	MDB_txn      *txn;
 	if (biz_or_reply(e, j) == NULL) {
 		return (CH_OK);
 	}
+	int rc = ch_store_begin(s, parent, &txn);
+	if (rc != CH_OK) {
+		return (store_failed(j, NULL, rc));
+	}
 	size_t  klen = ch_store_key(key, r->business, r->customer);
 	MDB_val v;
-	int     rc = ch_store_get(e->o.store, parent, CH_DB_CUSTOMERS, key, klen,
-	        &v);
-	if (rc == CH_OK && (rc = forget_timers(e, parent, r, &v)) == CH_OK) {
-		rc = ch_store_del(e->o.store, parent, CH_DB_CUSTOMERS, key, klen);
+	rc = ch_store_get(s, txn, CH_DB_CUSTOMERS, key, klen, &v);
+	if (rc == CH_OK && (rc = forget_timers(e, txn, r, &v)) == CH_OK) {
+		rc = ch_store_del(s, txn, CH_DB_CUSTOMERS, key, klen);
 	}
 	if (rc == CH_ENOTFOUND) {
+		ch_store_abort(txn);
 		reply_err(j, CH_ENOTFOUND,
 		    "business '" BIZ_FMT "' has never seen customer '" BIZ_FMT
 		    "'",
@@ -602,7 +628,15 @@ run_forget(ch_engine *e, ch_job *j, MDB_txn *parent)
 		return (CH_OK);
 	}
 	if (rc != CH_OK) {
+		return (store_failed(j, txn, rc));
+	}
+	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
 		return (store_failed(j, NULL, rc));
+	}
+	// as for an event: without its counts the batch would commit it half
+	if (!stat_merge(e, r->business)) {
+		e->batch_why = "the server ran out of memory; nothing was applied";
+		return (CH_EINTERNAL);
 	}
 	reply_ok(j);
 	return (CH_OK);

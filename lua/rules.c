@@ -1985,56 +1985,78 @@ run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
 	return (rv);
 }
 
-int
-ch_biz_stats(ch_biz *b, const void *counters, size_t len, ch_str journey,
-    msgpack_sbuffer *reply, char *errmsg, size_t errlen)
+// do_stats, under protection: a failed allocation or a bad value raises
+// into pcall_rule instead of panicking the state. Argument: stats_args.
+typedef struct {
+	ch_biz                     *b;
+	const msgpack_object_array *counters; // NULL: none
+	ch_str                      journey;
+	msgpack_sbuffer            *reply;
+} stats_args;
+
+static int
+do_stats(lua_State *L)
 {
-	lua_State *L = b->L;
+	stats_args *a = lua_touserdata(L, 1);
 	lua_settop(L, 0);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, b->api);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, a->b->api);
 	lua_getfield(L, -1, "stats");
 	lua_remove(L, -2);
 	// the counters, summed (a key comes once per shard)
 	lua_newtable(L);
-	msgpack_unpacked up;
-	msgpack_unpacked_init(&up);
-	if (len > 0 && msgpack_unpack_next(&up, counters, len, NULL) ==
-	        MSGPACK_UNPACK_SUCCESS && up.data.type == MSGPACK_OBJECT_ARRAY) {
-		const msgpack_object_array *a = &up.data.via.array;
-		for (uint32_t i = 0; i + 1 < a->size; i += 2) {
-			const msgpack_object *k = &a->ptr[i], *v = &a->ptr[i + 1];
-			if (k->type != MSGPACK_OBJECT_STR ||
-			    v->type != MSGPACK_OBJECT_FLOAT64) {
-				continue;
-			}
-			lua_pushlstring(L, k->via.str.ptr, k->via.str.size);
-			lua_pushvalue(L, -1);
-			lua_rawget(L, -3);
-			lua_Number sum = lua_tonumber(L, -1) + v->via.f64;
-			lua_pop(L, 1);
-			if (sum == (lua_Number) (lua_Integer) sum) {
-				lua_pushinteger(L, (lua_Integer) sum);
-			} else {
-				lua_pushnumber(L, sum);
-			}
-			lua_rawset(L, -3);
+	for (uint32_t i = 0; a->counters != NULL && i + 1 < a->counters->size;
+	     i += 2) {
+		const msgpack_object *k = &a->counters->ptr[i];
+		const msgpack_object *v = &a->counters->ptr[i + 1];
+		if (k->type != MSGPACK_OBJECT_STR ||
+		    v->type != MSGPACK_OBJECT_FLOAT64) {
+			continue;
 		}
+		lua_pushlstring(L, k->via.str.ptr, k->via.str.size);
+		lua_pushvalue(L, -1);
+		lua_rawget(L, -3);
+		lua_Number sum = lua_tonumber(L, -1) + v->via.f64;
+		lua_pop(L, 1);
+		if (sum == (lua_Number) (lua_Integer) sum) {
+			lua_pushinteger(L, (lua_Integer) sum);
+		} else {
+			lua_pushnumber(L, sum);
+		}
+		lua_rawset(L, -3);
 	}
-	msgpack_unpacked_destroy(&up);
-	if (journey.n > 0) {
-		lua_pushlstring(L, journey.p, journey.n);
+	if (a->journey.n > 0) {
+		lua_pushlstring(L, a->journey.p, a->journey.n);
 	} else {
 		lua_pushnil(L);
 	}
-	int rc = pcall_rule(b, 2, 1);
+	lua_call(L, 2, 1);
+	ch_conv_pack(L, -1, a->reply, "stats");
+	return (0);
+}
+
+int
+ch_biz_stats(ch_biz *b, const void *counters, size_t len, ch_str journey,
+    msgpack_sbuffer *reply, char *errmsg, size_t errlen)
+{
+	lua_State       *L = b->L;
+	msgpack_unpacked up;
+	msgpack_unpacked_init(&up);
+	stats_args a = { b, NULL, journey, reply };
+	if (len > 0 && msgpack_unpack_next(&up, counters, len, NULL) ==
+	        MSGPACK_UNPACK_SUCCESS && up.data.type == MSGPACK_OBJECT_ARRAY) {
+		a.counters = &up.data.via.array;
+	}
+	lua_settop(L, 0);
+	lua_pushcfunction(L, do_stats);
+	lua_pushlightuserdata(L, &a);
+	int rc = pcall_rule(b, 1, 0);
 	if (rc != CH_OK) {
 		snprintf(errmsg, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "stats failed");
-		lua_settop(L, 0);
-		return (rc);
+		reply->size = 0;
 	}
-	ch_conv_pack(L, -1, reply, "stats");
 	lua_settop(L, 0);
-	return (CH_OK);
+	msgpack_unpacked_destroy(&up);
+	return (rc);
 }
 
 int

@@ -423,11 +423,12 @@ typedef struct {
 	uint64_t internal, rule_limit, rule_error; // the refusals' codes
 } tally;
 
-enum scenario { FIRST_EVENT, NEXT_EVENT, DECIDE, TIMER, COLD_ENGINE };
+enum scenario { FIRST_EVENT, NEXT_EVENT, DECIDE, TIMER, COLD_ENGINE, STATS,
+	FORGET };
 
 static const char *const scenario_names[] = { "a customer's first event",
 	"an event with emits on a stored state", "a decision", "a timer firing",
-	"a new engine's first event" };
+	"a new engine's first event", "the stats op", "a forget" };
 
 static int
 stride(void)
@@ -471,6 +472,12 @@ act(enum scenario sc, const char *c, const char *id, const char *what)
 		break;
 	case TIMER:
 		ch_engine_fire_timers(eng);
+		break;
+	case STATS:
+		v = request(CH_OP_STATS, c, "", NULL, what);
+		break;
+	case FORGET:
+		v = request(CH_OP_FORGET, c, "", NULL, what);
 		break;
 	}
 	return (v);
@@ -551,6 +558,11 @@ one_round(enum scenario sc, uint64_t n, bool persistent, tally *t)
 		                                    "same event's without a "
 		                                    "fault:\n%s\nwithout:\n%s",
 		    what, d.data, dref.data);
+		if (sc == FORGET) {
+			cr_assert_eq(counter_of(c, "events"), 0,
+			    "%s: acknowledged, and the customer is still there",
+			    what);
+		}
 		if (sc == FIRST_EVENT || sc == NEXT_EVENT || sc == COLD_ENGINE) {
 			cr_assert_eq(counter_of(c, "events"), events + 1,
 			    "%s: acknowledged, not stored", what);
@@ -633,4 +645,14 @@ Test(oom, a_timer)
 Test(oom, a_new_engines_first_event)
 {
 	loop(COLD_ENGINE);
+}
+
+Test(oom, the_stats_op)
+{
+	loop(STATS);
+}
+
+Test(oom, a_forget)
+{
+	loop(FORGET);
 }
