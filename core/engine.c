@@ -494,6 +494,12 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 	}
 	j->reply.size = 0;
 	j->err        = CH_OK;
+	// the map's head takes 16 bytes: with the room made first, no write
+	// below can fail half-way
+	if (sb_room(&j->reply, 16 + v.mv_size) != 0) {
+		reply_err(j, CH_EINTERNAL, "the server ran out of memory");
+		return (CH_OK);
+	}
 	msgpack_packer pk;
 	msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, 2);

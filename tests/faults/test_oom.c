@@ -424,11 +424,11 @@ typedef struct {
 } tally;
 
 enum scenario { FIRST_EVENT, NEXT_EVENT, DECIDE, TIMER, COLD_ENGINE, STATS,
-	FORGET };
+	FORGET, GET };
 
 static const char *const scenario_names[] = { "a customer's first event",
 	"an event with emits on a stored state", "a decision", "a timer firing",
-	"a new engine's first event", "the stats op", "a forget" };
+	"a new engine's first event", "the stats op", "a forget", "a get" };
 
 static int
 stride(void)
@@ -478,6 +478,9 @@ act(enum scenario sc, const char *c, const char *id, const char *what)
 		break;
 	case FORGET:
 		v = request(CH_OP_FORGET, c, "", NULL, what);
+		break;
+	case GET:
+		v = request(CH_OP_GET, c, "", NULL, what);
 		break;
 	}
 	return (v);
@@ -655,4 +658,9 @@ Test(oom, the_stats_op)
 Test(oom, a_forget)
 {
 	loop(FORGET);
+}
+
+Test(oom, a_get)
+{
+	loop(GET);
 }
