@@ -17,7 +17,7 @@ local type, pairs, ipairs, next, error, tostring, select =
 local setmetatable, getmetatable, rawget, rawset, pcall =
       setmetatable, getmetatable, rawget, rawset, pcall
 local sfmt, sfind, smatch, ssub = string.format, string.find, string.match, string.sub
-local tsort, tconcat = table.sort, table.concat
+local tsort, tconcat, tmove = table.sort, table.concat, table.move
 local mfloor, mhuge = math.floor, math.huge
 
 local function arr(t)
@@ -275,9 +275,33 @@ D.params = setmetatable({}, {
   __metatable = false,
 })
 
+-- history = { keep = N, max_age = DURATION }: how much of a customer's
+-- moves in the journey is kept (the counts are kept whatever is trimmed).
+local HISTORY_KEEP, HISTORY_MAX_KEEP = 20, 1000
+
+local function check_history(v, what)
+  if type(v) ~= "table" then
+    return sfmt("%s must be a table such as { keep = 20, max_age = \"180d\" }, got %s",
+                what, tname(v))
+  end
+  for k, x in pairs(v) do
+    if k == "keep" then
+      local n = type(x) == "number" and math.tointeger(x)
+      if not n or n < 1 or n > HISTORY_MAX_KEEP then
+        return sfmt("%s.keep must be a whole number from 1 to %d, got %s", what,
+                    HISTORY_MAX_KEEP, type(x) == "number" and tostring(x) or tname(x))
+      end
+    elseif k == "max_age" then
+      duration(x, what .. ".max_age")
+    else
+      return sfmt("%s: unknown field '%s' (known fields: keep, max_age)", what, tostring(k))
+    end
+  end
+end
+
 local JOURNEY = {
   stages = "strings", goal = "string", inactive_after = "duration",
-  description = "string",
+  description = "string", history = check_history,
 }
 
 local function finish_journey(name, spec)
@@ -292,9 +316,12 @@ local function finish_journey(name, spec)
   if spec.goal ~= nil and not set[spec.goal] then
     fail(sfmt("journey '%s': goal '%s' is not one of its stages", name, spec.goal))
   end
+  local h = spec.history or {}
   return {
     name = name, stages = spec.stages, stage_set = set, goal = spec.goal,
     inactive_after = spec.inactive_after and duration(spec.inactive_after),
+    keep = h.keep and math.tointeger(h.keep) or HISTORY_KEEP,
+    max_age = h.max_age and duration(h.max_age),
     description = spec.description, spec = spec,
   }
 end
@@ -733,6 +760,41 @@ local function stat_by(c, pre, what)
   end
 end
 
+-- count_moves gives a journey's state stored before the counts were kept
+-- its counts, from its history (never trimmed then).
+local function count_moves(js, now)
+  local h = js.history
+  if type(h) ~= "table" then h = arr(); js.history = h end
+  local entered = {}
+  for i = 1, #h do
+    local s = type(h[i]) == "table" and h[i].stage
+    if type(s) == "string" then entered[s] = (entered[s] or 0) + 1 end
+  end
+  local first = type(h[1]) == "table" and h[1].at
+  js.moves, js.entered = #h, entered
+  js.started_at = type(first) == "number" and first or js.since or now
+end
+
+-- trim keeps the newest j.keep entries of a journey's history and drops
+-- those older than j.max_age; the newest entry always stays.
+local function trim(h, j, now)
+  local n = #h
+  local first = n > j.keep and n - j.keep + 1 or 1
+  if j.max_age then
+    local cutoff = now - j.max_age
+    while first < n do
+      local e = h[first]
+      local at = type(e) == "table" and e.at
+      if type(at) == "number" and at >= cutoff then break end
+      first = first + 1
+    end
+  end
+  if first > 1 then
+    tmove(h, first, n, 1)
+    for i = n - first + 2, n do h[i] = nil end
+  end
+end
+
 function C:advance(jname, stage)
   local j = journey_of(self, jname)
   if not j.stage_set[stage] then
@@ -741,7 +803,7 @@ function C:advance(jname, stage)
   local js = self._s.journeys[jname]
   local pre = "j\0" .. jname .. "\0"
   if not js then
-    js = { history = arr() }
+    js = { history = arr(), moves = 0, entered = {}, started_at = self.now }
     self._s.journeys[jname] = js
     stat(pre .. "customers")
     stat_by(self, pre, "customers")
@@ -750,12 +812,17 @@ function C:advance(jname, stage)
     if js.stage then stat(pre .. "current\0" .. js.stage, -1) end
     stat(pre .. "current\0" .. stage)
     stat(pre .. "entered\0" .. stage)
+    if not js.moves then count_moves(js, self.now) end
     js.stage, js.since = stage, self.now
-    js.history[#js.history + 1] = { stage = stage, at = self.now }
+    local h = js.history
+    h[#h + 1] = { stage = stage, at = self.now }
+    trim(h, j, self.now)
+    js.moves = js.moves + 1
+    js.entered[stage] = (js.entered[stage] or 0) + 1
     if stage == j.goal and not js.converted_at then
       js.converted_at = self.now
       stat(pre .. "converted")
-      local ms = self.now - js.history[1].at
+      local ms = self.now - js.started_at
       local b = ms >= 1 and mfloor(math.log(ms, 2) * ELAPSED_STEPS) or 0
       stat(pre .. "elapsed\0" .. b)
       stat_by(self, pre, "converted")

@@ -283,6 +283,131 @@ Test(rules, advance_records_history_and_names_unknown_stages)
 	    err);
 }
 
+// A journey keeps the newest history.keep moves (20 unless declared), none
+// older than history.max_age; moves, entered and started_at count every move
+// whatever was trimmed.
+Test(rules, the_history_is_capped_and_its_counts_are_exact)
+{
+	write_file("shop", "10.lua",
+	    "journey 'loop' { stages = { 'a', 'b', 'c' }, goal = 'c' }\n"
+	    "journey 'short' { stages = { 'a', 'b' },\n"
+	    "  history = { keep = 5, max_age = '1h' } }\n"
+	    "on('flip', function(c)\n"
+	    "  local s = c:stage('loop') == 'a' and 'b' or 'a'\n"
+	    "  c:advance('loop', s)\n"
+	    "  c:advance('short', s)\n"
+	    "end)\n");
+	load();
+	int64_t start = now;
+	size_t  size_at[2] = { 0, 0 };
+	for (int i = 1; i <= 3000; i++) {
+		ok("shop", (ev) { .type = "flip", .nodecide = true });
+		if (i == 1000 || i == 3000) {
+			size_at[i / 3000] = st_in.size;
+		}
+		now += 60000;
+	}
+	// bounded: 2000 more moves add nothing but a few bytes of counts
+	cr_assert_lt(size_at[1], 1024, "state of %zu bytes", size_at[1]);
+	cr_assert_leq(size_at[1], size_at[0] + 8, "%zu then %zu", size_at[0],
+	    size_at[1]);
+	cr_assert_eq(json_array_size(at(last_state, "journeys.loop.history")),
+	    20);
+	// the newest 20: moves 2981 (an 'a', as every odd one) to 3000
+	cr_assert_str_eq(str_at(last_state, "journeys.loop.history.0.stage"),
+	    "a");
+	cr_assert_eq(num_at(last_state, "journeys.loop.history.0.at"),
+	    (double) (start + 2980 * 60000LL));
+	cr_assert_eq(num_at(last_state, "journeys.loop.history.19.at"),
+	    (double) (start + 2999 * 60000LL));
+	cr_assert_eq(num_at(last_state, "journeys.loop.moves"), 3000);
+	cr_assert_eq(num_at(last_state, "journeys.loop.entered.a"), 1500);
+	cr_assert_eq(num_at(last_state, "journeys.loop.entered.b"), 1500);
+	cr_assert_null(at(last_state, "journeys.loop.entered.c"));
+	cr_assert_eq(num_at(last_state, "journeys.loop.started_at"),
+	    (double) start);
+	// keep = 5; a minute apart, none is older than max_age
+	cr_assert_eq(json_array_size(at(last_state, "journeys.short.history")),
+	    5);
+	cr_assert_eq(num_at(last_state, "journeys.short.moves"), 3000);
+	// two hours later, the move leaves only itself
+	now += 2 * 3600 * 1000;
+	ok("shop", (ev) { .type = "flip", .nodecide = true });
+	cr_assert_eq(json_array_size(at(last_state, "journeys.short.history")),
+	    1);
+	cr_assert_eq(num_at(last_state, "journeys.short.history.0.at"),
+	    (double) now);
+	cr_assert_eq(num_at(last_state, "journeys.short.moves"), 3001);
+	cr_assert_eq(num_at(last_state, "journeys.short.entered.a"), 1501);
+	cr_assert_eq(json_array_size(at(last_state, "journeys.loop.history")),
+	    20);
+}
+
+// A variation may change a journey's history settings like any other.
+Test(rules, a_variation_changes_the_history_kept)
+{
+	write_file("shop", "10.lua",
+	    "journey 'j' { stages = { 'a', 'b' }, history = { keep = 10 } }\n"
+	    "variation { region = 'EU' } { journey 'j' { history = { keep = 3 } } }\n"
+	    "on('flip', function(c)\n"
+	    "  c:advance('j', c:stage('j') == 'a' and 'b' or 'a')\n"
+	    "end)\n");
+	load();
+	for (int i = 0; i < 20; i++) {
+		ok("shop", (ev) { .type = "flip", .nodecide = true });
+		now += 1000;
+	}
+	cr_assert_eq(json_array_size(at(last_state, "journeys.j.history")), 10);
+	ok("shop", (ev) { .type = "flip", .region = "EU", .nodecide = true });
+	cr_assert_eq(json_array_size(at(last_state, "journeys.j.history")), 3);
+	cr_assert_eq(num_at(last_state, "journeys.j.moves"), 21);
+}
+
+// A state stored before the counts were kept: they are made from its
+// history at the next move, before it is trimmed.
+Test(rules, a_long_history_stored_before_the_counts_gets_them)
+{
+	write_file("shop", "10.lua",
+	    "journey 'j' { stages = { 'a', 'b' } }\n"
+	    "on('b', function(c) c:advance('j', 'b') end)\n");
+	load();
+	msgpack_packer pk;
+	msgpack_sbuffer_clear(&st_in);
+	msgpack_packer_init(&pk, &st_in, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 6);
+	msgpack_pack_str_with_body(&pk, "id", 2);
+	msgpack_pack_str_with_body(&pk, "c1", 2);
+	const char *empty[] = { "attrs", "counters", "cases", "actions" };
+	for (int i = 0; i < 4; i++) {
+		msgpack_pack_str_with_body(&pk, empty[i], strlen(empty[i]));
+		msgpack_pack_map(&pk, 0);
+	}
+	msgpack_pack_str_with_body(&pk, "journeys", 8);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str_with_body(&pk, "j", 1);
+	msgpack_pack_map(&pk, 3);
+	msgpack_pack_str_with_body(&pk, "stage", 5);
+	msgpack_pack_str_with_body(&pk, "a", 1);
+	msgpack_pack_str_with_body(&pk, "since", 5);
+	msgpack_pack_int64(&pk, now - 1000);
+	msgpack_pack_str_with_body(&pk, "history", 7);
+	msgpack_pack_array(&pk, 501);
+	for (int i = 0; i < 501; i++) {
+		msgpack_pack_map(&pk, 2);
+		msgpack_pack_str_with_body(&pk, "stage", 5);
+		msgpack_pack_str_with_body(&pk, i % 2 ? "b" : "a", 1);
+		msgpack_pack_str_with_body(&pk, "at", 2);
+		msgpack_pack_int64(&pk, now - 1000 * (501 - i));
+	}
+	ok("shop", (ev) { .type = "b", .nodecide = true });
+	cr_assert_eq(json_array_size(at(last_state, "journeys.j.history")), 20);
+	cr_assert_eq(num_at(last_state, "journeys.j.moves"), 502);
+	cr_assert_eq(num_at(last_state, "journeys.j.entered.a"), 251);
+	cr_assert_eq(num_at(last_state, "journeys.j.entered.b"), 251);
+	cr_assert_eq(num_at(last_state, "journeys.j.started_at"),
+	    (double) (now - 501000));
+}
+
 Test(rules, runtime_errors_carry_file_and_line)
 {
 	write_file("shop", "10.lua", BASE);
@@ -366,6 +491,36 @@ Test(rules, bad_duration)
 {
 	expect_load_error("case 'c' { sla = '2 days' }\n",
 	    "must be a duration", 1);
+}
+
+Test(rules, bad_history_settings)
+{
+	expect_load_error("journey 'j' { stages = { 'a' },\n"
+	                  "  history = { keep = -1 } }\n",
+	    "journey 'j': history.keep must be a whole number from 1 to 1000, got -1",
+	    1);
+	expect_load_error("\njourney 'j' { stages = { 'a' }, history = { keep = 'ten' } }\n",
+	    "journey 'j': history.keep must be a whole number from 1 to 1000, got string",
+	    2);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = { keep = 2.5 } }\n",
+	    "history.keep must be a whole number from 1 to 1000, got 2.5", 1);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = { keep = 0/0 } }\n",
+	    "history.keep must be a whole number from 1 to 1000", 1);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = { max_age = '90 days' } }\n",
+	    "journey 'j': history.max_age must be a duration", 1);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = { max_age = 90 } }\n",
+	    "journey 'j': history.max_age must be a duration", 1);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = { kept = 5 } }\n",
+	    "journey 'j': history: unknown field 'kept' (known fields: keep, max_age)",
+	    1);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = 100 }\n",
+	    "journey 'j': history must be a table such as { keep = 20, max_age = \"180d\" }, got integer",
+	    1);
+	expect_load_error("journey 'j' { stages = { 'a' } }\n"
+	                  "variation { region = 'EU' } {\n"
+	                  "  journey 'j' { history = { keep = 5000 } } }\n",
+	    "journey 'j': history.keep must be a whole number from 1 to 1000, got 5000",
+	    3);
 }
 
 Test(rules, nba_filters_and_scores)
