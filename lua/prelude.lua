@@ -93,14 +93,51 @@ local function tname(v)
   return t
 end
 
+-- finite: a number that is neither NaN nor infinite.
+local function finite(v)
+  return type(v) == "number" and v == v and v > -mhuge and v < mhuge
+end
+
+-- got names a value in a message: a number as itself (NaN and the
+-- infinities in words), anything else by its type.
+local function got(v)
+  if type(v) ~= "number" then return tname(v) end
+  if v ~= v then return "NaN" end
+  if v == mhuge then return "infinity" end
+  if v == -mhuge then return "-infinity" end
+  return tostring(v)
+end
+
+-- nonfinite returns the path and the value of the first NaN or infinite
+-- number in v, a number or a table of them.
+local function nonfinite(v, path, seen)
+  if type(v) == "number" then
+    if not finite(v) then return path, v end
+  elseif type(v) == "table" then
+    seen = seen or {}
+    if seen[v] then return nil end
+    seen[v] = true
+    for k, x in next, v do
+      local p, bad = nonfinite(x, path .. "." .. tostring(k), seen)
+      if p then return p, bad end
+    end
+  end
+  return nil
+end
+
 local DUR = { s = 1000, m = 60000, h = 3600000, d = 86400000, w = 604800000 }
 local DAY = DUR.d
+local MAX_DURATION = 36500 * DAY -- 100 years
 
 -- duration turns "30s", "15m", "48h", "3d", "2w" into milliseconds.
 local function duration(v, what)
   if type(v) == "string" then
     local n, u = smatch(v, "^%s*(%d+%.?%d*)%s*([smhdw])%s*$")
-    if n then return mfloor(tonumber(n) * DUR[u]) end
+    if n then
+      local ms = mfloor(tonumber(n) * DUR[u])
+      if ms <= MAX_DURATION then return ms end
+      fail(sfmt("%s must be a duration of at most 100 years, got %q", what, v))
+    end
   end
   fail(sfmt("%s must be a duration such as \"30s\", \"15m\", \"48h\", \"3d\" or \"2w\", got %s",
             what, type(v) == "string" and sfmt("%q", v) or tname(v)))
@@ -176,6 +213,8 @@ local function check(kind, name, spec, schema)
     elseif want == "number" then
       if type(v) ~= "number" then
         fail(sfmt("%s must be a number, got %s", what, tname(v)))
+      elseif not finite(v) then
+        fail(sfmt("%s must be a finite number, got %s", what, got(v)))
       end
     elseif type(v) ~= want then
       fail(sfmt("%s must be a %s, got %s", what, want, tname(v)))
@@ -260,6 +299,10 @@ D.params = setmetatable({}, {
     local into = target().params
     for k, v in pairs(t) do
       if type(k) ~= "string" then fail("params: every name must be a string") end
+      local path, bad = nonfinite(v, k)
+      if path then
+        fail(sfmt("params: '%s' must be a finite number, got %s", path, got(bad)))
+      end
       into[k] = v
     end
   end,
@@ -359,23 +402,29 @@ local function check_limits(v, what)
                   what, tostring(k))
     elseif k == "cooldown" then
       duration(x, what .. ".cooldown")
-    elseif type(x) ~= "number" or x < 0 then
-      return sfmt("%s.%s must be a non-negative number, got %s", what, k, tname(x))
+    elseif not finite(x) or x < 0 then
+      return sfmt("%s.%s must be a finite number of 0 or more, got %s", what, k, got(x))
     end
   end
 end
 
 local function prob(v, what)
-  if type(v) ~= "number" or v < 0 or v > 1 then
-    return sfmt("%s must be a number between 0 and 1, got %s", what,
-                type(v) == "number" and tostring(v) or tname(v))
+  if not finite(v) or v < 0 or v > 1 then
+    return sfmt("%s must be a number between 0 and 1, got %s", what, got(v))
   end
+end
+
+-- a payload's numbers must be finite too: they are sent to the channel
+local function check_payload(v, what)
+  if type(v) ~= "table" then return sfmt("%s must be a table, got %s", what, tname(v)) end
+  local path, bad = nonfinite(v, what)
+  if path then return sfmt("%s must be a finite number, got %s", path, got(bad)) end
 end
 
 local ACTION = {
   group = "string", channels = "strings", value = "number", weight = "number",
   eligible = "function", propensity = "function", prior = prob,
-  explore = "boolean", payload = "table", description = "string",
+  explore = "boolean", payload = check_payload, description = "string",
   limits = check_limits,
 }
 
@@ -420,8 +469,8 @@ function D.levers(t)
   local at = here()
   for k, v in pairs(t) do
     if type(k) ~= "string" then fail("levers: every key must be an action or group name") end
-    if type(v) ~= "number" or v < 0 then
-      fail(sfmt("levers: '%s' must be a non-negative number, got %s", k, tname(v)))
+    if not finite(v) or v < 0 then
+      fail(sfmt("levers: '%s' must be a finite number of 0 or more, got %s", k, got(v)))
     end
     into[k] = v
     B.where["lever:" .. k] = at
@@ -433,8 +482,10 @@ local POLICY = {
   per_channel = function(v, what)
     if type(v) ~= "table" then return sfmt("%s must be a table, got %s", what, tname(v)) end
     for ch, n in pairs(v) do
-      if type(ch) ~= "string" or type(n) ~= "number" or n < 0 then
+      if type(ch) ~= "string" then
         return sfmt("%s: every entry must be channel = number", what)
+      elseif not finite(n) or n < 0 then
+        return sfmt("%s: '%s' must be a finite number of 0 or more, got %s", what, ch, got(n))
       end
     end
   end,
@@ -449,8 +500,8 @@ function D.contact_policy(t)
 end
 
 function D.max_per_group(n)
-  if type(n) ~= "number" or n < 1 then
-    fail(sfmt("max_per_group: expected a number of at least 1, got %s", tname(n)))
+  if not finite(n) or n < 1 then
+    fail(sfmt("max_per_group: expected a finite number of at least 1, got %s", got(n)))
   end
   target().max_per_group = n
 end
@@ -561,7 +612,11 @@ end
 -- Resolution: the view of the declarations for one circumstance
 ------------------------------------------------------------------------
 
+-- finish_action: the action as a view uses it, from its spec resolved
+-- for the circumstance (checked again: another variation's params may
+-- have changed a field).
 local function finish_action(name, spec)
+  check("action", name, spec, ACTION)
   local a = { name = name }
   for k, v in pairs(spec) do a[k] = v end
   if type(a.value) ~= "number" then
@@ -640,6 +695,10 @@ local function build_view(ctx)
   for i, name in ipairs(aorder) do
     local a = finish_action(name, subst(specs[name], params))
     a.lever = (levers[name] or 1) * (a.group and levers[a.group] or 1)
+    local top = a.value * a.weight * a.lever
+    if not finite(top) then
+      fail(sfmt("action '%s': value × weight × levers is too large to score", name))
+    end
     actions[name], alist[i] = a, a
     explores = explores or (a.explore == true)
   end
@@ -836,8 +895,8 @@ function C:count(name, n)
     fail(sfmt("c:count: the counter name must be a string, got %s", tname(name)))
   end
   n = n or 1
-  if type(n) ~= "number" then
-    fail(sfmt("c:count('%s', n): n must be a number, got %s", name, tname(n)))
+  if not finite(n) then
+    fail(sfmt("c:count('%s', n): n must be a finite number, got %s", name, got(n)))
   end
   local counters = self._s.counters
   counters[name] = (counters[name] or 0) + n
@@ -923,8 +982,9 @@ function C:score(jname, metric, value)
   if type(metric) ~= "string" or metric == "" then
     fail(sfmt("c:score: the metric must be a string, got %s", tname(metric)))
   end
-  if type(value) ~= "number" then
-    fail(sfmt("c:score('%s', '%s', value): value must be a number, got %s", jname, metric, tname(value)))
+  if not finite(value) then
+    fail(sfmt("c:score('%s', '%s', value): value must be a finite number, got %s", jname,
+              metric, got(value)))
   end
   local js = self._s.journeys[jname]
   if not js then

@@ -523,6 +523,89 @@ Test(rules, bad_history_settings)
 	    3);
 }
 
+// NaN and the infinities are no value, weight, prior, limit, lever, budget,
+// param or payload number: each is a load error at its line, base or
+// variation.
+Test(rules, numbers_in_declarations_are_finite)
+{
+	expect_load_error("action 'a' { value = 0/0 }\n",
+	    "action 'a': value must be a finite number, got NaN", 1);
+	expect_load_error("\naction 'a' { value = 1, weight = math.huge }\n",
+	    "action 'a': weight must be a finite number, got infinity", 2);
+	expect_load_error("action 'a' { value = -1/0 }\n",
+	    "action 'a': value must be a finite number, got -infinity", 1);
+	expect_load_error("action 'a' { value = 1, prior = 0/0 }\n",
+	    "action 'a': prior must be a number between 0 and 1, got NaN", 1);
+	expect_load_error("action 'a' { value = 1,\n"
+	                  "  limits = { max_impressions = 0/0 } }\n",
+	    "action 'a': limits.max_impressions must be a finite number of 0 or "
+	    "more, got NaN", 1);
+	expect_load_error("action 'a' { value = 1, limits = { per_day = math.huge } }\n",
+	    "action 'a': limits.per_day must be a finite number of 0 or more, "
+	    "got infinity", 1);
+	expect_load_error("action 'a' { value = 1, limits = { stop_after_rejects = -2 } }\n",
+	    "action 'a': limits.stop_after_rejects must be a finite number of 0 "
+	    "or more, got -2", 1);
+	expect_load_error("action 'a' { value = 1,\n"
+	                  "  payload = { title = 'x', price = { eur = 0/0 } } }\n",
+	    "action 'a': payload.price.eur must be a finite number, got NaN", 1);
+	expect_load_error("action 'a' { value = 1 }\nlevers { a = 0/0 }\n",
+	    "levers: 'a' must be a finite number of 0 or more, got NaN", 2);
+	expect_load_error("contact_policy { max_per_day = math.huge }\n",
+	    "max_per_day must be a finite number, got infinity", 1);
+	expect_load_error("contact_policy { per_channel = { sms = 0/0 } }\n",
+	    "per_channel: 'sms' must be a finite number of 0 or more, got NaN", 1);
+	expect_load_error("max_per_group(0/0)\n",
+	    "max_per_group: expected a finite number of at least 1, got NaN", 1);
+	expect_load_error("params { price = 9.99,\n  fee = 0/0 }\n",
+	    "params: 'fee' must be a finite number, got NaN", 1);
+	expect_load_error("params { tiers = { gold = { fee = math.huge } } }\n",
+	    "params: 'tiers.gold.fee' must be a finite number, got infinity", 1);
+	expect_load_error("case 'c' { sla = '99999999999d' }\n",
+	    "case 'c': sla must be a duration of at most 100 years, got \"99999999999d\"",
+	    1);
+	// a variation's overrides and params
+	expect_load_error("action 'a' { value = 1 }\n"
+	                  "variation { region = 'EU' } {\n"
+	                  "  action 'a' { value = 0/0 } }\n",
+	    "action 'a': value must be a finite number, got NaN", 3);
+	expect_load_error("params { v = 1 }\n"
+	                  "action 'a' { value = params.v }\n"
+	                  "variation { region = 'EU' } {\n"
+	                  "  params { v = 1/0 } }\n",
+	    "params: 'v' must be a finite number, got infinity", 4);
+}
+
+// At run time, numbers that reach the analytics must be finite too.
+Test(rules, scores_and_counts_are_finite)
+{
+	write_file("shop", "10.lua",
+	    "journey 'j' { stages = { 'a' } }\n"
+	    "on('x', function(c, e)\n"
+	    "  c:advance('j', 'a')\n"
+	    "  c:score('j', 'csat', e.data.v / e.data.d)\n"
+	    "end)\n"
+	    "on('n', function(c, e)\n"
+	    "  c:count('clicks', e.data.v / e.data.d)\n"
+	    "end)\n");
+	load();
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "x", .nodecide = true,
+	                                .data_json = "{\"v\": 0, \"d\": 0}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:4: c:score('j', 'csat', value): "
+	                               "value must be a finite number, got NaN"),
+	    "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "n", .nodecide = true,
+	                                .data_json = "{\"v\": 1, \"d\": 0}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:7: c:count('clicks', n): n must "
+	                               "be a finite number, got infinity"),
+	    "%s", err);
+}
+
 Test(rules, nba_filters_and_scores)
 {
 	write_file("shop", "10.lua", BASE);
