@@ -858,19 +858,91 @@ Test(rules, levers_max_per_group_and_arbitrate)
 	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "b");
 }
 
-Test(rules, a_propensity_that_is_not_a_number_names_its_line)
+// A propensity(c) or eligible(c) answering with the wrong kind of value
+// is an error at the line where the analyst wrote the function, whichever
+// way the decision asks it: lazily, with explain, or for arbitrate.
+static const char WRONG[] =
+    "on('set', function(c, e) c.attrs.p = e.data.p; c.attrs.e = e.data.e end)\n"
+    "action 'a' { value = 10,\n"
+    "  propensity = function(c)\n"
+    "    if c.attrs.p == 'nan' then return 0/0 end\n"
+    "    if c.attrs.p == 'inf' then return math.huge end\n"
+    "    if c.attrs.p == 'nil' then return nil end\n"
+    "    return c.attrs.p\n"
+    "  end }\n"
+    "action 'b' { value = 5, eligible = function(c) return c.attrs.e end }\n";
+
+static void
+expect_wrong(const char *data, bool explain, const char *msg)
 {
-	write_file("shop", "10.lua",
-	    "action 'a' { value = 10,\n"
-	    "  propensity = function(c) return 'high' end }\n");
-	load();
 	char err[600];
-	cr_assert_eq(run("shop", (ev) { .norecord = true }, err, sizeof(err)),
-	    CH_ERULE);
-	cr_assert_not_null(strstr(err, "10.lua:2:"), "%s", err);
-	cr_assert_not_null(strstr(err, "action 'a': propensity(c) must return "
-	                                "a number, got string"),
-	    "%s", err);
+	ok("shop", (ev) { .type = "set", .nodecide = true, .data_json = data });
+	cr_assert_eq(run("shop", (ev) { .norecord = true, .explain = explain,
+	                                .limit = 2 },
+	                 err, sizeof(err)),
+	    CH_ERULE, "%s: %s", data, err);
+	cr_assert_not_null(strstr(err, msg), "%s: '%s' should say '%s'", data,
+	    err, msg);
+	cr_assert_null(strstr(err, "prelude"), "%s", err);
+	// an event's decision is asked the same way
+	cr_assert_eq(run("shop", (ev) { .type = "x", .explain = explain,
+	                                .limit = 2 },
+	                 err, sizeof(err)),
+	    CH_ERULE, "%s: %s", data, err);
+	cr_assert_not_null(strstr(err, msg), "%s: '%s' should say '%s'", data,
+	    err, msg);
+}
+
+static void
+expect_all_wrong(bool explain)
+{
+	expect_wrong("{\"p\": \"high\", \"e\": true}", explain,
+	    "10.lua:3: propensity of action 'a' returned a string, expected a "
+	    "number between 0 and 1");
+	expect_wrong("{\"p\": \"nan\", \"e\": true}", explain,
+	    "10.lua:3: propensity of action 'a' returned NaN, expected a number "
+	    "between 0 and 1");
+	expect_wrong("{\"p\": \"inf\", \"e\": true}", explain,
+	    "10.lua:3: propensity of action 'a' returned infinity, expected a "
+	    "number between 0 and 1");
+	expect_wrong("{\"p\": \"nil\", \"e\": true}", explain,
+	    "10.lua:3: propensity of action 'a' returned nil, expected a number "
+	    "between 0 and 1");
+	expect_wrong("{\"p\": 0.5, \"e\": 1}", explain,
+	    "10.lua:9: eligible of action 'b' returned a number, expected true "
+	    "or false");
+	expect_wrong("{\"p\": 0.5, \"e\": \"yes\"}", explain,
+	    "10.lua:9: eligible of action 'b' returned a string, expected true "
+	    "or false");
+	// right answers: a propensity is clamped, nil is not eligible
+	ok("shop", (ev) { .type = "set", .nodecide = true,
+	                  .data_json = "{\"p\": 7}" });
+	ok("shop", (ev) { .norecord = true, .explain = explain });
+	cr_assert_eq(num_at(last_reply, "actions.0.propensity"), 1);
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 1);
+}
+
+Test(rules, a_wrong_answer_of_a_predicate_names_its_line)
+{
+	write_file("shop", "10.lua", WRONG);
+	load();
+	expect_all_wrong(false);
+}
+
+Test(rules, a_wrong_answer_of_a_predicate_names_its_line_with_explain)
+{
+	write_file("shop", "10.lua", WRONG);
+	load();
+	expect_all_wrong(true);
+}
+
+Test(rules, a_wrong_answer_of_a_predicate_names_its_line_with_arbitrate)
+{
+	write_file("shop", "10.lua", WRONG);
+	write_file("shop", "20.lua",
+	    "arbitrate(function(c, cands) return cands end)\n");
+	load();
+	expect_all_wrong(false);
 }
 
 Test(rules, arbitrate_may_not_list_a_candidate_twice)
