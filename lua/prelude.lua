@@ -50,6 +50,19 @@ local MAX_VIEWS = 4096
 -- Helpers for declaration checks
 ------------------------------------------------------------------------
 
+-- where_of returns "file:line" of the line where fn was written.
+local function where_of(fn)
+  local info = getinfo(fn, "S")
+  local src = ssub(info.source, 1, 1) == "@" and ssub(info.source, 2) or info.short_src
+  return src .. ":" .. info.linedefined
+end
+
+-- fallback says where an error goes when no frame of the analyst's is on
+-- the stack: while a handler runs, the handler (a tail call replaced its
+-- frame); while a view is resolved, "file:line" of the declaration or
+-- variation that made it.
+local fallback = nil
+
 -- fail raises msg at the analyst's line that made the declaration: the
 -- innermost frame whose source is not this prelude.
 local prelude_src
@@ -57,7 +70,11 @@ local function fail(msg)
   local level = 2
   while true do
     local info = getinfo(level, "S")
-    if not info then error(msg, 0) end
+    if not info then
+      local at = fallback
+      if type(at) == "function" then at = where_of(at) end
+      error(at and (at .. ": " .. msg) or msg, 0)
+    end
     if info.source ~= prelude_src and info.what ~= "C" then
       error(msg, level)
     end
@@ -222,9 +239,15 @@ local function check(kind, name, spec, schema)
   end
 end
 
+local MAX_TIMED_NAME = 120 -- its timers are named after it (128 bytes)
+
 local function check_name(kind, name)
   if type(name) ~= "string" or name == "" then
     fail(sfmt("%s needs a name: %s \"name\" { ... }", kind, kind))
+  end
+  if (kind == "journey" or kind == "case") and #name > MAX_TIMED_NAME then
+    fail(sfmt("%s: a %s's name is at most %d bytes, got %d", kind, kind, MAX_TIMED_NAME,
+              #name))
   end
 end
 
@@ -347,7 +370,10 @@ local JOURNEY = {
   description = "string", history = check_history,
 }
 
+-- finish_journey: the journey as a view uses it, from its spec resolved for
+-- the circumstance (checked again, as finish_action's).
 local function finish_journey(name, spec)
+  check("journey", name, spec, JOURNEY)
   if spec.stages == nil or #spec.stages == 0 then
     fail(sfmt("journey '%s': stages must list at least one stage", name))
   end
@@ -362,9 +388,10 @@ local function finish_journey(name, spec)
   local h = spec.history or {}
   return {
     name = name, stages = spec.stages, stage_set = set, goal = spec.goal,
-    inactive_after = spec.inactive_after and duration(spec.inactive_after),
+    inactive_after = spec.inactive_after
+      and duration(spec.inactive_after, sfmt("journey '%s': inactive_after", name)),
     keep = h.keep and math.tointeger(h.keep) or HISTORY_KEEP,
-    max_age = h.max_age and duration(h.max_age),
+    max_age = h.max_age and duration(h.max_age, sfmt("journey '%s': history.max_age", name)),
     description = spec.description, spec = spec,
   }
 end
@@ -376,6 +403,7 @@ function D.journey(name)
     check("journey", name, spec, JOURNEY)
     if into == B then
       if B.journeys[name] == nil then B.jorder[#B.jorder + 1] = name end
+      B.where["journey:" .. name] = B.where["journey:" .. name] or here()
       B.journeys[name] = finish_journey(name, subst(spec, B.params))
       B.journeys[name].spec = spec
     else
@@ -452,7 +480,9 @@ function D.case(name)
     check("case", name, spec, CASE)
     if into == B then
       local v = subst(spec, B.params)
-      B.cases[name] = { name = name, sla = v.sla and duration(v.sla), spec = spec }
+      B.where["case:" .. name] = B.where["case:" .. name] or here()
+      B.cases[name] = { name = name, sla = v.sla and duration(v.sla, sfmt("case '%s': sla", name)),
+                        spec = spec }
     else
       if B.cases[name] == nil then
         fail(sfmt("variation: case '%s' is not declared outside the variation", name))
@@ -592,7 +622,7 @@ function D.variation(circ)
   if keys == 0 then fail("variation: name at least one of region, channel, product") end
   local v = {
     circ = { region = circ.region, channel = circ.channel, product = circ.product },
-    keys = keys, order = #B.variations + 1,
+    keys = keys, order = #B.variations + 1, line = here(),
     params = {}, action_specs = {}, aorder = {}, cases = {}, journeys = {},
     levers = {},
   }
@@ -632,7 +662,7 @@ local function finish_action(name, spec)
   end
   local l = a.limits
   if l then
-    a.cooldown_ms = l.cooldown and duration(l.cooldown)
+    a.cooldown_ms = l.cooldown and duration(l.cooldown, sfmt("action '%s': limits.cooldown", name))
   end
   return a
 end
@@ -668,31 +698,53 @@ local function build_view(ctx)
   for name, k in pairs(B.cases) do case_specs[name] = k.spec end
   for name, j in pairs(B.journeys) do journey_specs[name] = j.spec end
   local applied = arr()
-  for _, v in ipairs(list) do
+  -- what a declaration's errors are blamed on: the last variation that
+  -- changed it (or every declaration, through params or levers), else
+  -- the declaration itself
+  local touched, all = {}, 0
+  for i, v in ipairs(list) do
     applied[#applied + 1] = v.circ
     params = merge(params, v.params)
     for _, name in ipairs(v.aorder) do
       specs[name] = merge(specs[name], v.action_specs[name])
       if not seen[name] then aorder[#aorder + 1] = name; seen[name] = true end
+      touched["action:" .. name] = i
     end
     levers = merge(levers, v.levers)
     if v.policy then policy = merge(policy, v.policy) end
     max_per_group = v.max_per_group or max_per_group
     arbitrate = v.arbitrate or arbitrate
-    for name, spec in pairs(v.cases) do case_specs[name] = merge(case_specs[name], spec) end
-    for name, spec in pairs(v.journeys) do journey_specs[name] = merge(journey_specs[name], spec) end
+    for name, spec in pairs(v.cases) do
+      case_specs[name] = merge(case_specs[name], spec)
+      touched["case:" .. name] = i
+    end
+    for name, spec in pairs(v.journeys) do
+      journey_specs[name] = merge(journey_specs[name], spec)
+      touched["journey:" .. name] = i
+    end
+    if next(v.params) ~= nil or next(v.levers) ~= nil then all = i end
+  end
+  local saved = fallback
+  local function blame(key)
+    local i = touched[key] or 0
+    if all > i then i = all end
+    fallback = i > 0 and list[i].line or B.where[key]
   end
   -- every declaration finished with this circumstance's params
   local cases, journeys = {}, {}
   for name, spec in pairs(case_specs) do
+    blame("case:" .. name)
     local k = subst(spec, params)
-    cases[name] = { name = name, sla = k.sla and duration(k.sla), spec = spec }
+    cases[name] = { name = name, sla = k.sla and duration(k.sla, sfmt("case '%s': sla", name)),
+                    spec = spec }
   end
   for name, spec in pairs(journey_specs) do
+    blame("journey:" .. name)
     journeys[name] = finish_journey(name, subst(spec, params))
   end
   local actions, alist, explores = {}, {}, false
   for i, name in ipairs(aorder) do
+    blame("action:" .. name)
     local a = finish_action(name, subst(specs[name], params))
     a.lever = (levers[name] or 1) * (a.group and levers[a.group] or 1)
     local top = a.value * a.weight * a.lever
@@ -702,6 +754,7 @@ local function build_view(ctx)
     actions[name], alist[i] = a, a
     explores = explores or (a.explore == true)
   end
+  fallback = saved
   return {
     params = params, actions = actions, aorder = aorder, levers = levers,
     cnba = H.nba_compile(alist, ctx.channel, policy, max_per_group), explores = explores,
@@ -797,6 +850,13 @@ local function reset_stats()
 end
 local ELAPSED_STEPS = 4 -- histogram buckets per doubling of the time to goal
 
+-- me: a method called with a dot, c.advance(...), gets the wrong self
+local function me(self, m)
+  if getmetatable(self) ~= C then
+    fail(sfmt("c.%s(...): call it with a colon, c:%s(...)", m, m))
+  end
+end
+
 local function journey_of(c, name)
   local j = c._view.journeys[name]
   if not j then
@@ -806,6 +866,7 @@ local function journey_of(c, name)
 end
 
 function C:stage(jname)
+  me(self, "stage")
   journey_of(self, jname)
   local js = self._s.journeys[jname]
   return js and js.stage
@@ -855,6 +916,7 @@ local function trim(h, j, now)
 end
 
 function C:advance(jname, stage)
+  me(self, "advance")
   local j = journey_of(self, jname)
   if not j.stage_set[stage] then
     fail(sfmt("journey '%s' has no stage '%s'", jname, tostring(stage)))
@@ -891,6 +953,7 @@ function C:advance(jname, stage)
 end
 
 function C:count(name, n)
+  me(self, "count")
   if type(name) ~= "string" then
     fail(sfmt("c:count: the counter name must be a string, got %s", tname(name)))
   end
@@ -904,6 +967,7 @@ function C:count(name, n)
 end
 
 function C:emit(name, data)
+  me(self, "emit")
   if type(name) ~= "string" or name == "" then
     fail(sfmt("c:emit: the name must be a string, got %s", tname(name)))
   end
@@ -915,6 +979,7 @@ function C:emit(name, data)
 end
 
 function C:history(action)
+  me(self, "history")
   return self._s.actions[action]
 end
 
@@ -955,6 +1020,7 @@ end
 -- c:after(duration, type[, data]): an event of that type for this customer
 -- once the duration has passed (one per type: a second call moves it).
 function C:after(d, etype, data)
+  me(self, "after")
   local ms = duration(d, "c:after: the delay")
   if type(etype) ~= "string" or #etype == 0 or #etype > 64 then
     fail(sfmt("c:after: the event type must be a string of 1 to 64 bytes, got %s", tname(etype)))
@@ -969,6 +1035,7 @@ end
 
 -- c:cancel(type): the pending c:after of that type, if any; true if there was one.
 function C:cancel(etype)
+  me(self, "cancel")
   if type(etype) ~= "string" then
     fail(sfmt("c:cancel: the event type must be a string, got %s", tname(etype)))
   end
@@ -978,6 +1045,7 @@ end
 -- c:score(journey, metric, value): a measure of the journey (CSAT, NPS,
 -- effort...), kept per customer as the last value and a running count/sum.
 function C:score(jname, metric, value)
+  me(self, "score")
   journey_of(self, jname)
   if type(metric) ~= "string" or metric == "" then
     fail(sfmt("c:score: the metric must be a string, got %s", tname(metric)))
@@ -1002,6 +1070,7 @@ function C:score(jname, metric, value)
 end
 
 function C:open_case(name, data)
+  me(self, "open_case")
   local k = self._view.cases[name]
   if not k then fail(sfmt("unknown case '%s'", tostring(name))) end
   local cs = { status = "open", opened_at = self.now, data = data }
@@ -1013,6 +1082,7 @@ function C:open_case(name, data)
 end
 
 function C:close_case(name, outcome)
+  me(self, "close_case")
   local cs = self._s.cases[name]
   if not cs or cs.status ~= "open" then
     fail(sfmt("case '%s' is not open for this customer", tostring(name)))
@@ -1042,6 +1112,7 @@ end
 -- hash of business, experiment and customer, kept in the customer's state
 -- so that later changes of the shares do not move anyone.
 function C:cohort(exp, shares)
+  me(self, "cohort")
   if type(exp) ~= "string" or exp == "" then
     fail(sfmt("c:cohort: the experiment name must be a string, got %s", tname(exp)))
   end
@@ -1052,8 +1123,9 @@ function C:cohort(exp, shares)
   end
   local names, total = {}, 0
   for k, v in pairs(shares) do
-    if type(k) ~= "string" or type(v) ~= "number" or v < 0 then
-      fail(sfmt("c:cohort('%s', shares): every share must be name = number", exp))
+    if type(k) ~= "string" or not finite(v) or v < 0 then
+      fail(sfmt("c:cohort('%s', shares): every share must be name = a finite number of 0 or more",
+                exp))
     end
     names[#names + 1] = k
     total = total + v
@@ -1181,8 +1253,7 @@ end
 
 -- A wrong answer from arbitrate is reported where the analyst wrote it.
 local function arbitrate_wrong(fn, msg)
-  local info = getinfo(fn, "S")
-  error(sfmt("%s:%d: arbitrate: %s", ssub(info.source, 2), info.linedefined, msg), 0)
+  error(sfmt("%s: arbitrate: %s", where_of(fn), msg), 0)
 end
 
 -- arbitrated: the analyst's arbitrate sees the ranked candidates, each
@@ -1310,6 +1381,7 @@ local API = {}
 -- and the reply table.
 function API.event(st, req, now, version)
   reset_stats()
+  fallback = nil
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1338,8 +1410,10 @@ function API.event(st, req, now, version)
   end
   local list = handlers_for(req.type)
   for i = 1, #list do
+    fallback = list[i]
     list[i](c, ev)
   end
+  fallback = nil
   if not req.timer then
     touch_journeys(c)
     -- a timer whose handler failed is gone from the store, but the
@@ -1373,6 +1447,7 @@ end
 -- decide ranks the next best actions without an event.
 function API.decide(st, req, now, version)
   reset_stats()
+  fallback = nil
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)

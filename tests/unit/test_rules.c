@@ -945,6 +945,97 @@ Test(rules, a_wrong_answer_of_a_predicate_names_its_line_with_arbitrate)
 	expect_all_wrong(false);
 }
 
+// What the prelude raises on the analyst's behalf names the analyst's
+// line, never the prelude's.
+static void
+expect_rule_error(const char *type, const char *msg)
+{
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = type, .nodecide = true }, err,
+	                 sizeof(err)),
+	    CH_ERULE, "%s: %s", type, err);
+	cr_assert_not_null(strstr(err, msg), "%s: '%s' should say '%s'", type,
+	    err, msg);
+	cr_assert_null(strstr(err, "prelude"), "%s: %s", type, err);
+}
+
+Test(rules, a_method_called_with_a_dot_names_the_line)
+{
+	write_file("shop", "10.lua",
+	    "journey 'j' { stages = { 'a' } }\n"
+	    "on('advance', function(c) c.advance('j', 'a') end)\n"
+	    "on('stage', function(c) return c.stage('j') end)\n"
+	    "on('count', function(c) c.count('n') end)\n"
+	    "on('after', function(c)\n"
+	    "  c.after('1h', 'x')\n"
+	    "end)\n");
+	load();
+	expect_rule_error("advance", "10.lua:2: c.advance(...): call it with a "
+	                             "colon, c:advance(...)");
+	// a tail call: the handler's own frame is gone, its line stands in
+	expect_rule_error("stage", "10.lua:3: c.stage(...): call it with a "
+	                           "colon, c:stage(...)");
+	expect_rule_error("count", "10.lua:4: c.count(...)");
+	expect_rule_error("after", "10.lua:6: c.after(...)");
+}
+
+Test(rules, an_error_in_a_tail_call_names_the_handler)
+{
+	write_file("shop", "10.lua",
+	    "journey 'j' { stages = { 'a' } }\n"
+	    "local function go(c, s) return c:advance('j', s) end\n"
+	    "on('x', function(c)\n"
+	    "  return go(c, 'zz')\n"
+	    "end)\n"
+	    "on('y', function(c) return c:cohort('e', { a = 0/0 }) end)\n");
+	load();
+	expect_rule_error("x", "10.lua:3: journey 'j' has no stage 'zz'");
+	expect_rule_error("y", "10.lua:6: c:cohort('e', shares): every share "
+	                       "must be name = a finite number of 0 or more");
+}
+
+Test(rules, an_error_without_a_sentence_of_its_own_is_at_the_rule_line)
+{
+	// reaching into the state's internals: the prelude's own error, with
+	// the rule's position instead of the prelude's
+	write_file("shop", "10.lua",
+	    "on('x', function(c)\n"
+	    "  c._s.counters.n = 'many'\n"
+	    "  c:count('n')\n"
+	    "end)\n");
+	load();
+	expect_rule_error("x", "10.lua:3: attempt to");
+}
+
+// A view resolved at load for a variation's circumstance names the line
+// of the variation that made it wrong.
+Test(rules, an_error_in_a_resolved_view_names_the_variation)
+{
+	expect_load_error("journey 'j' { stages = { 'a', 'b' } }\n"
+	                  "variation { region = 'EU' } {\n"
+	                  "  journey 'j' { goal = 'c' } }\n",
+	    "journey 'j': goal 'c' is not one of its stages", 2);
+	expect_load_error("params { w = 1 }\n"
+	                  "action 'a' { value = 1, weight = params.w }\n"
+	                  "variation { region = 'EU' } { params { w = 'heavy' } }\n",
+	    "action 'a': weight must be a number, got string", 3);
+	expect_load_error("params { sla = '1h' }\n"
+	                  "case 'k' { sla = params.sla }\n"
+	                  "variation { region = 'EU' } { params { sla = 'soon' } }\n",
+	    "case 'k': sla must be a duration", 3);
+	expect_load_error("action 'a' { value = 1e300, weight = 1e10 }\n",
+	    "action 'a': value × weight × levers is too large to score", 1);
+	expect_load_error("action 'a' { group = 'g', value = 1e300 }\n"
+	                  "\n"
+	                  "variation { channel = 'app' } { levers { g = 1e10 } }\n",
+	    "action 'a': value × weight × levers is too large to score", 3);
+	// a name too long for its timers
+	char text[400];
+	snprintf(text, sizeof(text), "\njourney '%0200d' { stages = { 'a' } }\n",
+	    7);
+	expect_load_error(text, "a journey's name is at most 120 bytes", 2);
+}
+
 Test(rules, arbitrate_may_not_list_a_candidate_twice)
 {
 	write_file("shop", "10.lua",
