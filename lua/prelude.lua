@@ -170,6 +170,13 @@ local function is_list_of_strings(v)
   return n == #v
 end
 
+-- REF is the metatable of a params reference (see params below): a
+-- scalar to merge, like the value it stands for.
+local REF = {}
+local function is_ref(v)
+  return type(v) == "table" and rawequal(debug_getmetatable(v), REF)
+end
+
 -- is_list: an array-like table (lists are replaced by a variation, not
 -- merged).
 local function is_list(t)
@@ -189,7 +196,8 @@ local function merge(base, over)
   if base then for k, v in pairs(base) do out[k] = v end end
   for k, v in pairs(over) do
     local b = out[k]
-    if type(v) == "table" and not is_list(v) and type(b) == "table" and not is_list(b) then
+    if type(v) == "table" and not is_ref(v) and not is_list(v)
+       and type(b) == "table" and not is_ref(b) and not is_list(b) then
       out[k] = merge(b, v)
     else
       out[k] = v
@@ -279,7 +287,6 @@ end
 -- reference resolved per circumstance, so that a variation's params reach
 -- the payloads and SLAs that name them; inside a handler or predicate it is
 -- the value resolved for the customer's circumstance (as c.params.x).
-local REF = {}
 local current_params = nil
 
 local function ref_misuse(r)
@@ -526,6 +533,7 @@ local POLICY = {
 function D.contact_policy(t)
   check("contact_policy", "business", t, POLICY)
   local into = target()
+  if into == B then B.where.policy = B.where.policy or here() end
   into.policy = merge(into.policy, t)
 end
 
@@ -711,7 +719,10 @@ local function build_view(ctx)
       touched["action:" .. name] = i
     end
     levers = merge(levers, v.levers)
-    if v.policy then policy = merge(policy, v.policy) end
+    if v.policy then
+      policy = merge(policy, v.policy)
+      touched.policy = i
+    end
     max_per_group = v.max_per_group or max_per_group
     arbitrate = v.arbitrate or arbitrate
     for name, spec in pairs(v.cases) do
@@ -741,6 +752,11 @@ local function build_view(ctx)
   for name, spec in pairs(journey_specs) do
     blame("journey:" .. name)
     journeys[name] = finish_journey(name, subst(spec, params))
+  end
+  if policy then
+    blame("policy")
+    policy = subst(policy, params)
+    check("contact_policy", "business", policy, POLICY)
   end
   local actions, alist, explores = {}, {}, false
   for i, name in ipairs(aorder) do

@@ -699,6 +699,35 @@ Test(rules, variations_apply_least_to_most_specific_and_merge_fields)
 	cr_assert_eq(num_at(last_reply, "emitted.0.data.q"), 8.99);
 }
 
+// A field that names a param may be overridden by a variation with
+// another param; the contact policy's numbers may name params too.
+Test(rules, params_references_in_overrides_and_the_contact_policy)
+{
+	write_file("shop", "10.lua",
+	    "params { a = 1, b = 2, per_day = 1 }\n"
+	    "contact_policy { max_per_day = params.per_day }\n"
+	    "action 'x' { value = 2, payload = { price = params.a } }\n"
+	    "action 'y' { value = 1 }\n"
+	    "variation { region = 'EU' } {\n"
+	    "  params { per_day = 2 },\n"
+	    "  action 'x' { payload = { price = params.b } } }\n");
+	load();
+	ok("shop", (ev) { .limit = 2 });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 1);
+	cr_assert_eq(num_at(last_reply, "actions.0.payload.price"), 1);
+	ok("shop", (ev) { .limit = 2 });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 0,
+	    "one contact a day");
+	now += 25 * 3600 * 1000;
+	ok("shop", (ev) { .region = "EU", .limit = 2 });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 2);
+	cr_assert_eq(num_at(last_reply, "actions.0.payload.price"), 2);
+	expect_load_error("params { n = 1 }\n"
+	                  "contact_policy { max_per_day = params.n }\n"
+	                  "variation { region = 'EU' } { params { n = 'lots' } }\n",
+	    "max_per_day must be a number, got string", 3);
+}
+
 Test(rules, the_circumstance_falls_back_to_attrs)
 {
 	write_file("shop", "10.lua", VARIATIONS);
