@@ -866,11 +866,11 @@ local function reset_stats()
 end
 local ELAPSED_STEPS = 4 -- histogram buckets per doubling of the time to goal
 
--- me: a method called with a dot, c.advance(...), gets the wrong self
-local function me(self, m)
-  if getmetatable(self) ~= C then
-    fail(sfmt("c.%s(...): call it with a colon, c:%s(...)", m, m))
-  end
+-- dot: a method called with a dot, c.advance(...), gets the wrong self;
+-- each method checks for self._s (a field lookup, no call) before it
+-- uses self
+local function dot(m)
+  fail(sfmt("c.%s(...): call it with a colon, c:%s(...)", m, m))
 end
 
 local function journey_of(c, name)
@@ -882,7 +882,7 @@ local function journey_of(c, name)
 end
 
 function C:stage(jname)
-  me(self, "stage")
+  if self._s == nil then dot("stage") end
   journey_of(self, jname)
   local js = self._s.journeys[jname]
   return js and js.stage
@@ -932,7 +932,7 @@ local function trim(h, j, now)
 end
 
 function C:advance(jname, stage)
-  me(self, "advance")
+  if self._s == nil then dot("advance") end
   local j = journey_of(self, jname)
   if not j.stage_set[stage] then
     fail(sfmt("journey '%s' has no stage '%s'", jname, tostring(stage)))
@@ -969,7 +969,7 @@ function C:advance(jname, stage)
 end
 
 function C:count(name, n)
-  me(self, "count")
+  if self._s == nil then dot("count") end
   if type(name) ~= "string" then
     fail(sfmt("c:count: the counter name must be a string, got %s", tname(name)))
   end
@@ -983,7 +983,7 @@ function C:count(name, n)
 end
 
 function C:emit(name, data)
-  me(self, "emit")
+  if self._s == nil then dot("emit") end
   if type(name) ~= "string" or name == "" then
     fail(sfmt("c:emit: the name must be a string, got %s", tname(name)))
   end
@@ -995,7 +995,7 @@ function C:emit(name, data)
 end
 
 function C:history(action)
-  me(self, "history")
+  if self._s == nil then dot("history") end
   return self._s.actions[action]
 end
 
@@ -1036,7 +1036,7 @@ end
 -- c:after(duration, type[, data]): an event of that type for this customer
 -- once the duration has passed (one per type: a second call moves it).
 function C:after(d, etype, data)
-  me(self, "after")
+  if self._s == nil then dot("after") end
   local ms = duration(d, "c:after: the delay")
   if type(etype) ~= "string" or #etype == 0 or #etype > 64 then
     fail(sfmt("c:after: the event type must be a string of 1 to 64 bytes, got %s", tname(etype)))
@@ -1051,7 +1051,7 @@ end
 
 -- c:cancel(type): the pending c:after of that type, if any; true if there was one.
 function C:cancel(etype)
-  me(self, "cancel")
+  if self._s == nil then dot("cancel") end
   if type(etype) ~= "string" then
     fail(sfmt("c:cancel: the event type must be a string, got %s", tname(etype)))
   end
@@ -1061,7 +1061,7 @@ end
 -- c:score(journey, metric, value): a measure of the journey (CSAT, NPS,
 -- effort...), kept per customer as the last value and a running count/sum.
 function C:score(jname, metric, value)
-  me(self, "score")
+  if self._s == nil then dot("score") end
   journey_of(self, jname)
   if type(metric) ~= "string" or metric == "" then
     fail(sfmt("c:score: the metric must be a string, got %s", tname(metric)))
@@ -1086,7 +1086,7 @@ function C:score(jname, metric, value)
 end
 
 function C:open_case(name, data)
-  me(self, "open_case")
+  if self._s == nil then dot("open_case") end
   local k = self._view.cases[name]
   if not k then fail(sfmt("unknown case '%s'", tostring(name))) end
   local cs = { status = "open", opened_at = self.now, data = data }
@@ -1098,7 +1098,7 @@ function C:open_case(name, data)
 end
 
 function C:close_case(name, outcome)
-  me(self, "close_case")
+  if self._s == nil then dot("close_case") end
   local cs = self._s.cases[name]
   if not cs or cs.status ~= "open" then
     fail(sfmt("case '%s' is not open for this customer", tostring(name)))
@@ -1128,7 +1128,7 @@ end
 -- hash of business, experiment and customer, kept in the customer's state
 -- so that later changes of the shares do not move anyone.
 function C:cohort(exp, shares)
-  me(self, "cohort")
+  if self._s == nil then dot("cohort") end
   if type(exp) ~= "string" or exp == "" then
     fail(sfmt("c:cohort: the experiment name must be a string, got %s", tname(exp)))
   end
