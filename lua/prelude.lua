@@ -17,7 +17,7 @@ local type, pairs, ipairs, next, error, tostring, select =
 local setmetatable, getmetatable, rawget, rawset, pcall =
       setmetatable, getmetatable, rawget, rawset, pcall
 local sfmt, sfind, smatch, ssub = string.format, string.find, string.match, string.sub
-local tsort, tconcat = table.sort, table.concat
+local tsort, tconcat, tmove = table.sort, table.concat, table.move
 local mfloor, mhuge = math.floor, math.huge
 
 local function arr(t)
@@ -50,6 +50,19 @@ local MAX_VIEWS = 4096
 -- Helpers for declaration checks
 ------------------------------------------------------------------------
 
+-- where_of returns "file:line" of the line where fn was written.
+local function where_of(fn)
+  local info = getinfo(fn, "S")
+  local src = ssub(info.source, 1, 1) == "@" and ssub(info.source, 2) or info.short_src
+  return src .. ":" .. info.linedefined
+end
+
+-- fallback says where an error goes when no frame of the analyst's is on
+-- the stack: while a handler runs, the handler (a tail call replaced its
+-- frame); while a view is resolved, "file:line" of the declaration or
+-- variation that made it.
+local fallback = nil
+
 -- fail raises msg at the analyst's line that made the declaration: the
 -- innermost frame whose source is not this prelude.
 local prelude_src
@@ -57,7 +70,11 @@ local function fail(msg)
   local level = 2
   while true do
     local info = getinfo(level, "S")
-    if not info then error(msg, 0) end
+    if not info then
+      local at = fallback
+      if type(at) == "function" then at = where_of(at) end
+      error(at and (at .. ": " .. msg) or msg, 0)
+    end
     if info.source ~= prelude_src and info.what ~= "C" then
       error(msg, level)
     end
@@ -93,14 +110,51 @@ local function tname(v)
   return t
 end
 
+-- finite: a number that is neither NaN nor infinite.
+local function finite(v)
+  return type(v) == "number" and v == v and v > -mhuge and v < mhuge
+end
+
+-- got names a value in a message: a number as itself (NaN and the
+-- infinities in words), anything else by its type.
+local function got(v)
+  if type(v) ~= "number" then return tname(v) end
+  if v ~= v then return "NaN" end
+  if v == mhuge then return "infinity" end
+  if v == -mhuge then return "-infinity" end
+  return tostring(v)
+end
+
+-- nonfinite returns the path and the value of the first NaN or infinite
+-- number in v, a number or a table of them.
+local function nonfinite(v, path, seen)
+  if type(v) == "number" then
+    if not finite(v) then return path, v end
+  elseif type(v) == "table" then
+    seen = seen or {}
+    if seen[v] then return nil end
+    seen[v] = true
+    for k, x in next, v do
+      local p, bad = nonfinite(x, path .. "." .. tostring(k), seen)
+      if p then return p, bad end
+    end
+  end
+  return nil
+end
+
 local DUR = { s = 1000, m = 60000, h = 3600000, d = 86400000, w = 604800000 }
 local DAY = DUR.d
+local MAX_DURATION = 36500 * DAY -- 100 years
 
 -- duration turns "30s", "15m", "48h", "3d", "2w" into milliseconds.
 local function duration(v, what)
   if type(v) == "string" then
     local n, u = smatch(v, "^%s*(%d+%.?%d*)%s*([smhdw])%s*$")
-    if n then return mfloor(tonumber(n) * DUR[u]) end
+    if n then
+      local ms = mfloor(tonumber(n) * DUR[u])
+      if ms <= MAX_DURATION then return ms end
+      fail(sfmt("%s must be a duration of at most 100 years, got %q", what, v))
+    end
   end
   fail(sfmt("%s must be a duration such as \"30s\", \"15m\", \"48h\", \"3d\" or \"2w\", got %s",
             what, type(v) == "string" and sfmt("%q", v) or tname(v)))
@@ -114,6 +168,13 @@ local function is_list_of_strings(v)
     n = n + 1
   end
   return n == #v
+end
+
+-- REF is the metatable of a params reference (see params below): a
+-- scalar to merge, like the value it stands for.
+local REF = {}
+local function is_ref(v)
+  return type(v) == "table" and rawequal(debug_getmetatable(v), REF)
 end
 
 -- is_list: an array-like table (lists are replaced by a variation, not
@@ -135,7 +196,8 @@ local function merge(base, over)
   if base then for k, v in pairs(base) do out[k] = v end end
   for k, v in pairs(over) do
     local b = out[k]
-    if type(v) == "table" and not is_list(v) and type(b) == "table" and not is_list(b) then
+    if type(v) == "table" and not is_ref(v) and not is_list(v)
+       and type(b) == "table" and not is_ref(b) and not is_list(b) then
       out[k] = merge(b, v)
     else
       out[k] = v
@@ -176,6 +238,8 @@ local function check(kind, name, spec, schema)
     elseif want == "number" then
       if type(v) ~= "number" then
         fail(sfmt("%s must be a number, got %s", what, tname(v)))
+      elseif not finite(v) then
+        fail(sfmt("%s must be a finite number, got %s", what, got(v)))
       end
     elseif type(v) ~= want then
       fail(sfmt("%s must be a %s, got %s", what, want, tname(v)))
@@ -183,9 +247,15 @@ local function check(kind, name, spec, schema)
   end
 end
 
+local MAX_TIMED_NAME = 120 -- its timers are named after it (128 bytes)
+
 local function check_name(kind, name)
   if type(name) ~= "string" or name == "" then
     fail(sfmt("%s needs a name: %s \"name\" { ... }", kind, kind))
+  end
+  if (kind == "journey" or kind == "case") and #name > MAX_TIMED_NAME then
+    fail(sfmt("%s: a %s's name is at most %d bytes, got %d", kind, kind, MAX_TIMED_NAME,
+              #name))
   end
 end
 
@@ -217,7 +287,6 @@ end
 -- reference resolved per circumstance, so that a variation's params reach
 -- the payloads and SLAs that name them; inside a handler or predicate it is
 -- the value resolved for the customer's circumstance (as c.params.x).
-local REF = {}
 local current_params = nil
 
 local function ref_misuse(r)
@@ -260,6 +329,10 @@ D.params = setmetatable({}, {
     local into = target().params
     for k, v in pairs(t) do
       if type(k) ~= "string" then fail("params: every name must be a string") end
+      local path, bad = nonfinite(v, k)
+      if path then
+        fail(sfmt("params: '%s' must be a finite number, got %s", path, got(bad)))
+      end
       into[k] = v
     end
   end,
@@ -275,12 +348,39 @@ D.params = setmetatable({}, {
   __metatable = false,
 })
 
+-- history = { keep = N, max_age = DURATION }: how much of a customer's
+-- moves in the journey is kept (the counts are kept whatever is trimmed).
+local HISTORY_KEEP, HISTORY_MAX_KEEP = 20, 1000
+
+local function check_history(v, what)
+  if type(v) ~= "table" then
+    return sfmt("%s must be a table such as { keep = 20, max_age = \"180d\" }, got %s",
+                what, tname(v))
+  end
+  for k, x in pairs(v) do
+    if k == "keep" then
+      local n = type(x) == "number" and math.tointeger(x)
+      if not n or n < 1 or n > HISTORY_MAX_KEEP then
+        return sfmt("%s.keep must be a whole number from 1 to %d, got %s", what,
+                    HISTORY_MAX_KEEP, type(x) == "number" and tostring(x) or tname(x))
+      end
+    elseif k == "max_age" then
+      duration(x, what .. ".max_age")
+    else
+      return sfmt("%s: unknown field '%s' (known fields: keep, max_age)", what, tostring(k))
+    end
+  end
+end
+
 local JOURNEY = {
   stages = "strings", goal = "string", inactive_after = "duration",
-  description = "string",
+  description = "string", history = check_history,
 }
 
+-- finish_journey: the journey as a view uses it, from its spec resolved for
+-- the circumstance (checked again, as finish_action's).
 local function finish_journey(name, spec)
+  check("journey", name, spec, JOURNEY)
   if spec.stages == nil or #spec.stages == 0 then
     fail(sfmt("journey '%s': stages must list at least one stage", name))
   end
@@ -292,9 +392,13 @@ local function finish_journey(name, spec)
   if spec.goal ~= nil and not set[spec.goal] then
     fail(sfmt("journey '%s': goal '%s' is not one of its stages", name, spec.goal))
   end
+  local h = spec.history or {}
   return {
     name = name, stages = spec.stages, stage_set = set, goal = spec.goal,
-    inactive_after = spec.inactive_after and duration(spec.inactive_after),
+    inactive_after = spec.inactive_after
+      and duration(spec.inactive_after, sfmt("journey '%s': inactive_after", name)),
+    keep = h.keep and math.tointeger(h.keep) or HISTORY_KEEP,
+    max_age = h.max_age and duration(h.max_age, sfmt("journey '%s': history.max_age", name)),
     description = spec.description, spec = spec,
   }
 end
@@ -306,6 +410,7 @@ function D.journey(name)
     check("journey", name, spec, JOURNEY)
     if into == B then
       if B.journeys[name] == nil then B.jorder[#B.jorder + 1] = name end
+      B.where["journey:" .. name] = B.where["journey:" .. name] or here()
       B.journeys[name] = finish_journey(name, subst(spec, B.params))
       B.journeys[name].spec = spec
     else
@@ -332,23 +437,29 @@ local function check_limits(v, what)
                   what, tostring(k))
     elseif k == "cooldown" then
       duration(x, what .. ".cooldown")
-    elseif type(x) ~= "number" or x < 0 then
-      return sfmt("%s.%s must be a non-negative number, got %s", what, k, tname(x))
+    elseif not finite(x) or x < 0 then
+      return sfmt("%s.%s must be a finite number of 0 or more, got %s", what, k, got(x))
     end
   end
 end
 
 local function prob(v, what)
-  if type(v) ~= "number" or v < 0 or v > 1 then
-    return sfmt("%s must be a number between 0 and 1, got %s", what,
-                type(v) == "number" and tostring(v) or tname(v))
+  if not finite(v) or v < 0 or v > 1 then
+    return sfmt("%s must be a number between 0 and 1, got %s", what, got(v))
   end
+end
+
+-- a payload's numbers must be finite too: they are sent to the channel
+local function check_payload(v, what)
+  if type(v) ~= "table" then return sfmt("%s must be a table, got %s", what, tname(v)) end
+  local path, bad = nonfinite(v, what)
+  if path then return sfmt("%s must be a finite number, got %s", path, got(bad)) end
 end
 
 local ACTION = {
   group = "string", channels = "strings", value = "number", weight = "number",
   eligible = "function", propensity = "function", prior = prob,
-  explore = "boolean", payload = "table", description = "string",
+  explore = "boolean", payload = check_payload, description = "string",
   limits = check_limits,
 }
 
@@ -376,7 +487,9 @@ function D.case(name)
     check("case", name, spec, CASE)
     if into == B then
       local v = subst(spec, B.params)
-      B.cases[name] = { name = name, sla = v.sla and duration(v.sla), spec = spec }
+      B.where["case:" .. name] = B.where["case:" .. name] or here()
+      B.cases[name] = { name = name, sla = v.sla and duration(v.sla, sfmt("case '%s': sla", name)),
+                        spec = spec }
     else
       if B.cases[name] == nil then
         fail(sfmt("variation: case '%s' is not declared outside the variation", name))
@@ -393,8 +506,8 @@ function D.levers(t)
   local at = here()
   for k, v in pairs(t) do
     if type(k) ~= "string" then fail("levers: every key must be an action or group name") end
-    if type(v) ~= "number" or v < 0 then
-      fail(sfmt("levers: '%s' must be a non-negative number, got %s", k, tname(v)))
+    if not finite(v) or v < 0 then
+      fail(sfmt("levers: '%s' must be a finite number of 0 or more, got %s", k, got(v)))
     end
     into[k] = v
     B.where["lever:" .. k] = at
@@ -406,8 +519,10 @@ local POLICY = {
   per_channel = function(v, what)
     if type(v) ~= "table" then return sfmt("%s must be a table, got %s", what, tname(v)) end
     for ch, n in pairs(v) do
-      if type(ch) ~= "string" or type(n) ~= "number" or n < 0 then
+      if type(ch) ~= "string" then
         return sfmt("%s: every entry must be channel = number", what)
+      elseif not finite(n) or n < 0 then
+        return sfmt("%s: '%s' must be a finite number of 0 or more, got %s", what, ch, got(n))
       end
     end
   end,
@@ -418,12 +533,13 @@ local POLICY = {
 function D.contact_policy(t)
   check("contact_policy", "business", t, POLICY)
   local into = target()
+  if into == B then B.where.policy = B.where.policy or here() end
   into.policy = merge(into.policy, t)
 end
 
 function D.max_per_group(n)
-  if type(n) ~= "number" or n < 1 then
-    fail(sfmt("max_per_group: expected a number of at least 1, got %s", tname(n)))
+  if not finite(n) or n < 1 then
+    fail(sfmt("max_per_group: expected a finite number of at least 1, got %s", got(n)))
   end
   target().max_per_group = n
 end
@@ -514,7 +630,7 @@ function D.variation(circ)
   if keys == 0 then fail("variation: name at least one of region, channel, product") end
   local v = {
     circ = { region = circ.region, channel = circ.channel, product = circ.product },
-    keys = keys, order = #B.variations + 1,
+    keys = keys, order = #B.variations + 1, line = here(),
     params = {}, action_specs = {}, aorder = {}, cases = {}, journeys = {},
     levers = {},
   }
@@ -534,7 +650,11 @@ end
 -- Resolution: the view of the declarations for one circumstance
 ------------------------------------------------------------------------
 
+-- finish_action: the action as a view uses it, from its spec resolved
+-- for the circumstance (checked again: another variation's params may
+-- have changed a field).
 local function finish_action(name, spec)
+  check("action", name, spec, ACTION)
   local a = { name = name }
   for k, v in pairs(spec) do a[k] = v end
   if type(a.value) ~= "number" then
@@ -550,7 +670,7 @@ local function finish_action(name, spec)
   end
   local l = a.limits
   if l then
-    a.cooldown_ms = l.cooldown and duration(l.cooldown)
+    a.cooldown_ms = l.cooldown and duration(l.cooldown, sfmt("action '%s': limits.cooldown", name))
   end
   return a
 end
@@ -586,36 +706,71 @@ local function build_view(ctx)
   for name, k in pairs(B.cases) do case_specs[name] = k.spec end
   for name, j in pairs(B.journeys) do journey_specs[name] = j.spec end
   local applied = arr()
-  for _, v in ipairs(list) do
+  -- what a declaration's errors are blamed on: the last variation that
+  -- changed it (or every declaration, through params or levers), else
+  -- the declaration itself
+  local touched, all = {}, 0
+  for i, v in ipairs(list) do
     applied[#applied + 1] = v.circ
     params = merge(params, v.params)
     for _, name in ipairs(v.aorder) do
       specs[name] = merge(specs[name], v.action_specs[name])
       if not seen[name] then aorder[#aorder + 1] = name; seen[name] = true end
+      touched["action:" .. name] = i
     end
     levers = merge(levers, v.levers)
-    if v.policy then policy = merge(policy, v.policy) end
+    if v.policy then
+      policy = merge(policy, v.policy)
+      touched.policy = i
+    end
     max_per_group = v.max_per_group or max_per_group
     arbitrate = v.arbitrate or arbitrate
-    for name, spec in pairs(v.cases) do case_specs[name] = merge(case_specs[name], spec) end
-    for name, spec in pairs(v.journeys) do journey_specs[name] = merge(journey_specs[name], spec) end
+    for name, spec in pairs(v.cases) do
+      case_specs[name] = merge(case_specs[name], spec)
+      touched["case:" .. name] = i
+    end
+    for name, spec in pairs(v.journeys) do
+      journey_specs[name] = merge(journey_specs[name], spec)
+      touched["journey:" .. name] = i
+    end
+    if next(v.params) ~= nil or next(v.levers) ~= nil then all = i end
+  end
+  local saved = fallback
+  local function blame(key)
+    local i = touched[key] or 0
+    if all > i then i = all end
+    fallback = i > 0 and list[i].line or B.where[key]
   end
   -- every declaration finished with this circumstance's params
   local cases, journeys = {}, {}
   for name, spec in pairs(case_specs) do
+    blame("case:" .. name)
     local k = subst(spec, params)
-    cases[name] = { name = name, sla = k.sla and duration(k.sla), spec = spec }
+    cases[name] = { name = name, sla = k.sla and duration(k.sla, sfmt("case '%s': sla", name)),
+                    spec = spec }
   end
   for name, spec in pairs(journey_specs) do
+    blame("journey:" .. name)
     journeys[name] = finish_journey(name, subst(spec, params))
+  end
+  if policy then
+    blame("policy")
+    policy = subst(policy, params)
+    check("contact_policy", "business", policy, POLICY)
   end
   local actions, alist, explores = {}, {}, false
   for i, name in ipairs(aorder) do
+    blame("action:" .. name)
     local a = finish_action(name, subst(specs[name], params))
     a.lever = (levers[name] or 1) * (a.group and levers[a.group] or 1)
+    local top = a.value * a.weight * a.lever
+    if not finite(top) then
+      fail(sfmt("action '%s': value × weight × levers is too large to score", name))
+    end
     actions[name], alist[i] = a, a
     explores = explores or (a.explore == true)
   end
+  fallback = saved
   return {
     params = params, actions = actions, aorder = aorder, levers = levers,
     cnba = H.nba_compile(alist, ctx.channel, policy, max_per_group), explores = explores,
@@ -711,6 +866,13 @@ local function reset_stats()
 end
 local ELAPSED_STEPS = 4 -- histogram buckets per doubling of the time to goal
 
+-- dot: a method called with a dot, c.advance(...), gets the wrong self;
+-- each method checks for self._s (a field lookup, no call) before it
+-- uses self
+local function dot(m)
+  fail(sfmt("c.%s(...): call it with a colon, c:%s(...)", m, m))
+end
+
 local function journey_of(c, name)
   local j = c._view.journeys[name]
   if not j then
@@ -720,6 +882,7 @@ local function journey_of(c, name)
 end
 
 function C:stage(jname)
+  if self._s == nil then dot("stage") end
   journey_of(self, jname)
   local js = self._s.journeys[jname]
   return js and js.stage
@@ -733,7 +896,43 @@ local function stat_by(c, pre, what)
   end
 end
 
+-- count_moves gives a journey's state stored before the counts were kept
+-- its counts, from its history (never trimmed then).
+local function count_moves(js, now)
+  local h = js.history
+  if type(h) ~= "table" then h = arr(); js.history = h end
+  local entered = {}
+  for i = 1, #h do
+    local s = type(h[i]) == "table" and h[i].stage
+    if type(s) == "string" then entered[s] = (entered[s] or 0) + 1 end
+  end
+  local first = type(h[1]) == "table" and h[1].at
+  js.moves, js.entered = #h, entered
+  js.started_at = type(first) == "number" and first or js.since or now
+end
+
+-- trim keeps the newest j.keep entries of a journey's history and drops
+-- those older than j.max_age; the newest entry always stays.
+local function trim(h, j, now)
+  local n = #h
+  local first = n > j.keep and n - j.keep + 1 or 1
+  if j.max_age then
+    local cutoff = now - j.max_age
+    while first < n do
+      local e = h[first]
+      local at = type(e) == "table" and e.at
+      if type(at) == "number" and at >= cutoff then break end
+      first = first + 1
+    end
+  end
+  if first > 1 then
+    tmove(h, first, n, 1)
+    for i = n - first + 2, n do h[i] = nil end
+  end
+end
+
 function C:advance(jname, stage)
+  if self._s == nil then dot("advance") end
   local j = journey_of(self, jname)
   if not j.stage_set[stage] then
     fail(sfmt("journey '%s' has no stage '%s'", jname, tostring(stage)))
@@ -741,7 +940,7 @@ function C:advance(jname, stage)
   local js = self._s.journeys[jname]
   local pre = "j\0" .. jname .. "\0"
   if not js then
-    js = { history = arr() }
+    js = { history = arr(), moves = 0, entered = {}, started_at = self.now }
     self._s.journeys[jname] = js
     stat(pre .. "customers")
     stat_by(self, pre, "customers")
@@ -750,12 +949,17 @@ function C:advance(jname, stage)
     if js.stage then stat(pre .. "current\0" .. js.stage, -1) end
     stat(pre .. "current\0" .. stage)
     stat(pre .. "entered\0" .. stage)
+    if not js.moves then count_moves(js, self.now) end
     js.stage, js.since = stage, self.now
-    js.history[#js.history + 1] = { stage = stage, at = self.now }
+    local h = js.history
+    h[#h + 1] = { stage = stage, at = self.now }
+    trim(h, j, self.now)
+    js.moves = js.moves + 1
+    js.entered[stage] = (js.entered[stage] or 0) + 1
     if stage == j.goal and not js.converted_at then
       js.converted_at = self.now
       stat(pre .. "converted")
-      local ms = self.now - js.history[1].at
+      local ms = self.now - js.started_at
       local b = ms >= 1 and mfloor(math.log(ms, 2) * ELAPSED_STEPS) or 0
       stat(pre .. "elapsed\0" .. b)
       stat_by(self, pre, "converted")
@@ -765,12 +969,13 @@ function C:advance(jname, stage)
 end
 
 function C:count(name, n)
+  if self._s == nil then dot("count") end
   if type(name) ~= "string" then
     fail(sfmt("c:count: the counter name must be a string, got %s", tname(name)))
   end
   n = n or 1
-  if type(n) ~= "number" then
-    fail(sfmt("c:count('%s', n): n must be a number, got %s", name, tname(n)))
+  if not finite(n) then
+    fail(sfmt("c:count('%s', n): n must be a finite number, got %s", name, got(n)))
   end
   local counters = self._s.counters
   counters[name] = (counters[name] or 0) + n
@@ -778,6 +983,7 @@ function C:count(name, n)
 end
 
 function C:emit(name, data)
+  if self._s == nil then dot("emit") end
   if type(name) ~= "string" or name == "" then
     fail(sfmt("c:emit: the name must be a string, got %s", tname(name)))
   end
@@ -789,6 +995,7 @@ function C:emit(name, data)
 end
 
 function C:history(action)
+  if self._s == nil then dot("history") end
   return self._s.actions[action]
 end
 
@@ -829,6 +1036,7 @@ end
 -- c:after(duration, type[, data]): an event of that type for this customer
 -- once the duration has passed (one per type: a second call moves it).
 function C:after(d, etype, data)
+  if self._s == nil then dot("after") end
   local ms = duration(d, "c:after: the delay")
   if type(etype) ~= "string" or #etype == 0 or #etype > 64 then
     fail(sfmt("c:after: the event type must be a string of 1 to 64 bytes, got %s", tname(etype)))
@@ -843,6 +1051,7 @@ end
 
 -- c:cancel(type): the pending c:after of that type, if any; true if there was one.
 function C:cancel(etype)
+  if self._s == nil then dot("cancel") end
   if type(etype) ~= "string" then
     fail(sfmt("c:cancel: the event type must be a string, got %s", tname(etype)))
   end
@@ -852,12 +1061,14 @@ end
 -- c:score(journey, metric, value): a measure of the journey (CSAT, NPS,
 -- effort...), kept per customer as the last value and a running count/sum.
 function C:score(jname, metric, value)
+  if self._s == nil then dot("score") end
   journey_of(self, jname)
   if type(metric) ~= "string" or metric == "" then
     fail(sfmt("c:score: the metric must be a string, got %s", tname(metric)))
   end
-  if type(value) ~= "number" then
-    fail(sfmt("c:score('%s', '%s', value): value must be a number, got %s", jname, metric, tname(value)))
+  if not finite(value) then
+    fail(sfmt("c:score('%s', '%s', value): value must be a finite number, got %s", jname,
+              metric, got(value)))
   end
   local js = self._s.journeys[jname]
   if not js then
@@ -875,6 +1086,7 @@ function C:score(jname, metric, value)
 end
 
 function C:open_case(name, data)
+  if self._s == nil then dot("open_case") end
   local k = self._view.cases[name]
   if not k then fail(sfmt("unknown case '%s'", tostring(name))) end
   local cs = { status = "open", opened_at = self.now, data = data }
@@ -886,6 +1098,7 @@ function C:open_case(name, data)
 end
 
 function C:close_case(name, outcome)
+  if self._s == nil then dot("close_case") end
   local cs = self._s.cases[name]
   if not cs or cs.status ~= "open" then
     fail(sfmt("case '%s' is not open for this customer", tostring(name)))
@@ -915,6 +1128,7 @@ end
 -- hash of business, experiment and customer, kept in the customer's state
 -- so that later changes of the shares do not move anyone.
 function C:cohort(exp, shares)
+  if self._s == nil then dot("cohort") end
   if type(exp) ~= "string" or exp == "" then
     fail(sfmt("c:cohort: the experiment name must be a string, got %s", tname(exp)))
   end
@@ -925,8 +1139,9 @@ function C:cohort(exp, shares)
   end
   local names, total = {}, 0
   for k, v in pairs(shares) do
-    if type(k) ~= "string" or type(v) ~= "number" or v < 0 then
-      fail(sfmt("c:cohort('%s', shares): every share must be name = number", exp))
+    if type(k) ~= "string" or not finite(v) or v < 0 then
+      fail(sfmt("c:cohort('%s', shares): every share must be name = a finite number of 0 or more",
+                exp))
     end
     names[#names + 1] = k
     total = total + v
@@ -1054,8 +1269,7 @@ end
 
 -- A wrong answer from arbitrate is reported where the analyst wrote it.
 local function arbitrate_wrong(fn, msg)
-  local info = getinfo(fn, "S")
-  error(sfmt("%s:%d: arbitrate: %s", ssub(info.source, 2), info.linedefined, msg), 0)
+  error(sfmt("%s: arbitrate: %s", where_of(fn), msg), 0)
 end
 
 -- arbitrated: the analyst's arbitrate sees the ranked candidates, each
@@ -1183,6 +1397,7 @@ local API = {}
 -- and the reply table.
 function API.event(st, req, now, version)
   reset_stats()
+  fallback = nil
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1211,8 +1426,10 @@ function API.event(st, req, now, version)
   end
   local list = handlers_for(req.type)
   for i = 1, #list do
+    fallback = list[i]
     list[i](c, ev)
   end
+  fallback = nil
   if not req.timer then
     touch_journeys(c)
     -- a timer whose handler failed is gone from the store, but the
@@ -1246,6 +1463,7 @@ end
 -- decide ranks the next best actions without an event.
 function API.decide(st, req, now, version)
   reset_stats()
+  fallback = nil
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)

@@ -125,9 +125,25 @@ disarm(ch_biz *b)
 	lua_sethook(b->L, NULL, 0, 0);
 }
 
+// unprelude skips the position of the prelude ("prelude:123: ") at the
+// start of an error raised by the prelude's own code: it means nothing to
+// the analyst, whose line msgh puts there instead.
+static const char *
+unprelude(const char *msg)
+{
+	const char *p = msg + 8;
+	if (strncmp(msg, "prelude:", 8) != 0 || *p < '0' || *p > '9') {
+		return (msg);
+	}
+	while (*p >= '0' && *p <= '9') {
+		p++;
+	}
+	return (p[0] == ':' && p[1] == ' ' ? p + 2 : msg);
+}
+
 // msgh turns any error value into "file:line: message": when the message
 // does not already start with a rule file's position, the innermost frame
-// of a rule file is prefixed.
+// of a rule file is prefixed (in place of the prelude's position, if any).
 static int
 msgh(lua_State *L)
 {
@@ -159,7 +175,7 @@ msgh(lua_State *L)
 			return (1); // already located in a rule file
 		}
 		lua_pushfstring(L, "%s:%d: %s", ar.source + 1, ar.currentline,
-		    msg);
+		    unprelude(msg));
 		return (1);
 	}
 	lua_pushstring(L, msg);

@@ -300,3 +300,26 @@ Test(engine, stats_count_the_funnel_scores_and_impressions)
 	cr_assert_eq(num(s, "journeys.buy.stages.look.entered"), 2);
 	json_decref(s);
 }
+
+// The time to the goal runs from the journey's first move, however much of
+// the history was trimmed on the way (20 moves are kept).
+Test(engine, the_time_to_the_goal_outlives_the_trimmed_history)
+{
+	for (int i = 0; i < 300; i++) {
+		ev("c1", i % 2 ? "cart" : "look", NULL, NULL);
+		clock_ms += 60000;
+	}
+	ev("c1", "paid", NULL, NULL);
+	json_t *s = request(CH_OP_STATS, NULL, NULL, NULL, NULL, "buy");
+	double p50 = num(s, "journeys.buy.elapsed_ms.p50");
+	cr_assert(p50 > 300 * 60000 / 1.2 && p50 < 300 * 60000 * 1.2, "p50 %f",
+	    p50);
+	cr_assert_eq(num(s, "journeys.buy.stages.look.entered"), 150);
+	cr_assert_eq(num(s, "journeys.buy.stages.cart.entered"), 150);
+	json_decref(s);
+	json_t *g = request(CH_OP_GET, "c1", NULL, NULL, NULL, NULL);
+	cr_assert_eq(num(g, "customer.journeys.buy.moves"), 301);
+	cr_assert_eq(num(g, "customer.journeys.buy.entered.look"), 150);
+	cr_assert_eq(num(g, "customer.journeys.buy.entered.paid"), 1);
+	json_decref(g);
+}
