@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "utf8.h"
 
 /*
 ** {======================================================
@@ -288,6 +289,13 @@ get_str(const msgpack_object *v, const char *name, uint32_t max, ch_str *out,
 	if (v->via.str.size < 1 || v->via.str.size > max) {
 		FAIL("field '%s' must be 1 to %u bytes long, got %u", name,
 		    max, v->via.str.size);
+	}
+	// Identifiers are joined with \0 into the store's keys (business \0
+	// customer, business \0 id, due ‖ business \0 customer \0 timer):
+	// without NUL in them, each key reads back one way only. And they
+	// are quoted in replies, which must be valid UTF-8.
+	if (!ch_utf8_text(v->via.str.ptr, v->via.str.size)) {
+		FAIL("field '%s' must be valid UTF-8 without NUL bytes", name);
 	}
 	out->p = v->via.str.ptr;
 	out->n = v->via.str.size;

@@ -314,6 +314,72 @@ Test(codec, field_lengths)
 	msgpack_unpacked_init(&doc.up);
 }
 
+// with: an event whose field f holds v[0..n) (a fourth field, or one of
+// the three replaced).
+static void
+with(const char *f, const char *v, size_t n)
+{
+	const char *req[] = { "business", "customer", "type" };
+	const char *val[] = { "shop", "c1", "t" };
+	bool        own   = true;
+	for (int i = 0; i < 3; i++) {
+		own = own && strcmp(req[i], f) != 0;
+	}
+	msgpack_pack_map(&pk, own ? 4 : 3);
+	for (int i = 0; i < 3; i++) {
+		key(req[i]);
+		bool here = strcmp(req[i], f) == 0;
+		msgpack_pack_str(&pk, here ? n : strlen(val[i]));
+		msgpack_pack_str_body(&pk, here ? v : val[i],
+		    here ? n : strlen(val[i]));
+	}
+	if (own) {
+		key(f);
+		msgpack_pack_str(&pk, n);
+		msgpack_pack_str_body(&pk, v, n);
+	}
+}
+
+Test(codec, identifiers_are_utf8_without_nul)
+{
+	const char *fields[] = { "business", "customer", "type", "id",
+		"channel", "region", "product", "token", "journey", "version" };
+	const struct {
+		const char *v;
+		size_t      n;
+	} bad[] = { { "a\0b", 3 }, { "\0", 1 }, { "ab\0", 3 }, { "\xff", 1 },
+		{ "a\xc3", 2 }, { "\xc0\xaf", 2 }, { "\xed\xa0\x80", 3 },
+		{ "\xf4\x90\x80\x80", 4 }, { "\x80" "abc", 4 } };
+	for (size_t f = 0; f < sizeof(fields) / sizeof(fields[0]); f++) {
+		for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+			msgpack_sbuffer_clear(&buf);
+			with(fields[f], bad[b].v, bad[b].n);
+			cr_assert_eq(decode(), CH_EBADREQ, "%s, bad[%zu]",
+			    fields[f], b);
+			char want[64];
+			snprintf(want, sizeof(want), "field '%s'", fields[f]);
+			cr_assert_not_null(strstr(doc.errmsg, want), "%s",
+			    doc.errmsg);
+			ch_doc_fini(&doc);
+		}
+		if (strcmp(fields[f], "business") != 0) {
+			msgpack_sbuffer_clear(&buf);
+			with(fields[f], "Zoë ✓ 顧客", strlen("Zoë ✓ 顧客"));
+			cr_assert_eq(decode(), CH_OK, "%s: %s", fields[f],
+			    doc.errmsg);
+			ch_doc_fini(&doc);
+		}
+	}
+	memset(&doc, 0, sizeof(doc));
+	msgpack_unpacked_init(&doc.up);
+}
+
+Test(codec, a_nul_in_a_customer_is_named)
+{
+	with("customer", "victim\0zz", 9);
+	REFUSED("field 'customer' must be valid UTF-8 without NUL bytes");
+}
+
 Test(codec, a_300k_field)
 {
 	sized("customer", 300 * 1024);

@@ -1,0 +1,161 @@
+// Identifiers and text: what a request's strings may hold, and what choreo
+// writes back. An identifier is valid UTF-8 without NUL bytes, or the
+// request is refused and nothing changes; every string of every reply is
+// valid UTF-8 (support.c holds every decoded reply to it); bytes a rule
+// stores come back byte for byte as msgpack bin.
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "support.h"
+
+static daemon_t d;
+
+static void
+setup(void)
+{
+	memset(&d, 0, sizeof(d));
+}
+
+static void
+teardown(void)
+{
+	d_cleanup(&d);
+}
+
+TestSuite(text, .init = setup, .fini = teardown);
+
+static void
+event(const char *json)
+{
+	reply_t r;
+	call_json(&d, json, &r);
+	assert_ok(&r);
+	reply_free(&r);
+}
+
+// get_shop: the get reply for a customer of the shop (any bytes).
+static void
+get_shop(const char *customer, size_t n, reply_t *r)
+{
+	req_t q;
+	req_init(&q, 3);
+	req_str(&q, "op", "get");
+	req_str(&q, "business", "shop");
+	req_strn(&q, "customer", customer, n);
+	call(&d, &q, r);
+	req_free(&q);
+}
+
+/*
+** {======================================================
+** Identifiers
+** =======================================================
+*/
+
+Test(text, a_nul_in_a_customer_id_is_refused_and_no_one_else_is_touched)
+{
+	d_start(&d, d_rules(), false);
+	event("{\"business\":\"shop\",\"customer\":\"victim\",\"type\":"
+	      "\"page_view\"}");
+	// "victim\0zz" sets a timer: its key, cut at the NUL, would name
+	// "victim", and the timer would run on victim
+	req_t q;
+	req_init(&q, 4);
+	req_str(&q, "business", "shop");
+	req_strn(&q, "customer", "victim\0zz", 9);
+	req_str(&q, "type", "remind_me");
+	req_key(&q, "data");
+	msgpack_pack_map(&q.pk, 1);
+	req_str(&q, "after", "1s");
+	reply_t r;
+	call(&d, &q, &r);
+	req_free(&q);
+	assert_code(&r, "bad_request");
+	cr_assert_not_null(strstr(emsg(&r), "'customer'"), "%s", dump(&r));
+	cr_assert_not_null(strstr(emsg(&r), "NUL"), "%s", dump(&r));
+	reply_free(&r);
+	get_shop("victim\0zz", 9, &r);
+	assert_code(&r, "bad_request");
+	reply_free(&r);
+	// well past the timer's due time: victim is as it was
+	usleep(2500 * 1000);
+	get_shop("victim", 6, &r);
+	assert_ok(&r);
+	cr_assert_eq(int_at(&r, "customer.counters.events"), 1, "%s", dump(&r));
+	cr_assert_not(has(&r, "customer.counters.reminders"),
+	    "a timer of another customer ran on victim: %s", dump(&r));
+	cr_assert_not(has(&r, "customer.timers"), "%s", dump(&r));
+	reply_free(&r);
+	d_stop(&d);
+}
+
+// expect_refused sends an event whose field holds bytes v[0..n) and
+// expects bad_request naming that field (the reply's strings are valid
+// UTF-8: support.c checks every reply).
+static void
+expect_refused(const char *field, const char *v, size_t n)
+{
+	const char *fields[] = { "business", "customer", "type" };
+	const char *values[] = { "shop", "c1", "page_view" };
+	req_t       q;
+	req_init(&q, 4);
+	for (int i = 0; i < 3; i++) {
+		if (strcmp(fields[i], field) == 0) {
+			req_strn(&q, field, v, n);
+		} else {
+			req_str(&q, fields[i], values[i]);
+		}
+	}
+	if (strcmp(field, "business") == 0 || strcmp(field, "customer") == 0 ||
+	    strcmp(field, "type") == 0) {
+		req_str(&q, "channel", "web"); // the fourth pair
+	} else {
+		req_strn(&q, field, v, n);
+	}
+	reply_t r;
+	call(&d, &q, &r);
+	req_free(&q);
+	assert_code(&r, "bad_request");
+	char want[64];
+	snprintf(want, sizeof(want), "'%s'", field);
+	cr_assert_not_null(strstr(emsg(&r), want), "%s: %s", field, dump(&r));
+	reply_free(&r);
+}
+
+Test(text, every_identifier_must_be_utf8_without_nul)
+{
+	d_start(&d, d_rules(), false);
+	const char *fields[] = { "business", "customer", "type", "id",
+		"channel", "region", "product", "token", "journey", "version" };
+	// a stray continuation byte, a truncated sequence, an overlong '/', a
+	// surrogate, a code point past U+10FFFF, a NUL
+	const struct {
+		const char *v;
+		size_t      n;
+	} bad[] = { { "a\x80", 2 }, { "ab\xc3", 3 }, { "\xc0\xaf", 2 },
+		{ "\xed\xa0\x80", 3 }, { "\xf4\x90\x80\x80", 4 }, { "a\0b", 3 },
+		{ "\xff", 1 } };
+	for (size_t f = 0; f < sizeof(fields) / sizeof(fields[0]); f++) {
+		for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+			expect_refused(fields[f], bad[b].v, bad[b].n);
+		}
+	}
+	// and the same field with text in it is fine
+	event("{\"business\":\"shop\",\"customer\":\"Zoë ✓ 顧客\",\"type\":"
+	      "\"page_view\",\"region\":\"Ελλάδα\",\"id\":\"ü-1\"}");
+	reply_t r;
+	get_shop("Zoë ✓ 顧客", strlen("Zoë ✓ 顧客"), &r);
+	assert_ok(&r);
+	cr_assert_str_eq(str_at(&r, "customer.id"), "Zoë ✓ 顧客");
+	reply_free(&r);
+	// nothing was stored for any refused request
+	get_shop("c1", 2, &r);
+	assert_code(&r, "not_found");
+	reply_free(&r);
+	d_stop(&d);
+}
+
+/* }====================================================== */
