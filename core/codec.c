@@ -260,6 +260,69 @@ mp_size(const msgpack_object *o, size_t cap)
 	}
 }
 
+// data_utf8 looks for a msgpack str in o, key or value, that is not valid
+// UTF-8 (bin is bytes and may hold anything). On finding one it returns
+// false with path[0..len) naming where ("data.a[2].b") and *key telling
+// whether it was a key (of the map at path) or a value (at path).
+static bool
+data_utf8(const msgpack_object *o, char *path, size_t cap, size_t len,
+    bool *key)
+{
+	if (o->type == MSGPACK_OBJECT_STR) {
+		*key = false;
+		return (ch_utf8_valid(o->via.str.ptr, o->via.str.size));
+	}
+	if (o->type == MSGPACK_OBJECT_ARRAY) {
+		for (uint32_t i = 0; i < o->via.array.size; i++) {
+			int n = snprintf(path + len, cap - len, "[%u]", i);
+			size_t l = len + (size_t) n < cap ? len + (size_t) n
+			                                  : cap - 1;
+			if (!data_utf8(&o->via.array.ptr[i], path, cap, l, key)) {
+				return (false);
+			}
+		}
+		path[len] = '\0';
+		return (true);
+	}
+	if (o->type != MSGPACK_OBJECT_MAP) {
+		return (true);
+	}
+	for (uint32_t i = 0; i < o->via.map.size; i++) {
+		const msgpack_object *k = &o->via.map.ptr[i].key;
+		size_t                l = len;
+		if (k->type == MSGPACK_OBJECT_STR) {
+			if (!ch_utf8_valid(k->via.str.ptr, k->via.str.size)) {
+				path[len] = '\0';
+				*key      = true;
+				return (false);
+			}
+			if (len + 1 < cap) {
+				path[l++] = '.';
+				l += ch_utf8_escape(path + l, cap - l,
+				    k->via.str.ptr, k->via.str.size, true);
+				l = l < cap ? l : strlen(path);
+			}
+		} else if (k->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+			int n = snprintf(path + len, cap - len, "[%llu]",
+			    (unsigned long long) k->via.u64);
+			l = len + (size_t) n < cap ? len + (size_t) n : cap - 1;
+		} else {
+			int n = snprintf(path + len, cap - len, "[?]");
+			l = len + (size_t) n < cap ? len + (size_t) n : cap - 1;
+		}
+		if (k->type != MSGPACK_OBJECT_STR &&
+		    !data_utf8(k, path, cap, l, key)) {
+			*key = true; // a str inside a key that is a container
+			return (false);
+		}
+		if (!data_utf8(&o->via.map.ptr[i].val, path, cap, l, key)) {
+			return (false);
+		}
+	}
+	path[len] = '\0';
+	return (true);
+}
+
 static bool
 ident_ok(ch_str s)
 {
@@ -510,6 +573,18 @@ decode_map(const msgpack_object *o, ch_req *r, bool in_batch, char *msg,
 			}
 			if (ch_mp_depth(v) > CH_MP_MAX_DEPTH) {
 				FAIL("field 'data' nests more than 32 levels");
+			}
+			char path[96] = "data";
+			bool key;
+			if (!data_utf8(v, path, sizeof(path), 4, &key)) {
+				if (key) {
+					FAIL("field 'data': a key of %s is not "
+					     "valid UTF-8",
+					    path);
+				}
+				FAIL("field 'data': the string at %s is not "
+				     "valid UTF-8 (bytes go as msgpack bin)",
+				    path);
 			}
 			r->data = v;
 			rv      = CH_OK;

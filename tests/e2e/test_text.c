@@ -158,4 +158,54 @@ Test(text, every_identifier_must_be_utf8_without_nul)
 	d_stop(&d);
 }
 
+Test(text, strings_in_data_must_be_utf8_bytes_go_as_bin)
+{
+	d_start(&d, d_rules(), false);
+	req_t q;
+	req_init(&q, 4);
+	req_str(&q, "business", "shop");
+	req_str(&q, "customer", "d1");
+	req_str(&q, "type", "profile");
+	req_key(&q, "data");
+	msgpack_pack_map(&q.pk, 1);
+	req_strn(&q, "note", "caf\xe9", 4); // Latin-1, not UTF-8
+	reply_t r;
+	call(&d, &q, &r);
+	req_free(&q);
+	assert_code(&r, "bad_request");
+	cr_assert_not_null(strstr(emsg(&r), "data.note"), "%s", dump(&r));
+	reply_free(&r);
+	// a key too
+	req_init(&q, 4);
+	req_str(&q, "business", "shop");
+	req_str(&q, "customer", "d1");
+	req_str(&q, "type", "profile");
+	req_key(&q, "data");
+	msgpack_pack_map(&q.pk, 1);
+	req_strn(&q, "caf\xe9", "x", 1);
+	call(&d, &q, &r);
+	req_free(&q);
+	assert_code(&r, "bad_request");
+	cr_assert_not_null(strstr(emsg(&r), "'data'"), "%s", dump(&r));
+	reply_free(&r);
+	get_shop("d1", 2, &r);
+	assert_code(&r, "not_found");
+	reply_free(&r);
+	// the same bytes as bin are data like any other
+	req_init(&q, 4);
+	req_str(&q, "business", "shop");
+	req_str(&q, "customer", "d1");
+	req_str(&q, "type", "page_view");
+	req_key(&q, "data");
+	msgpack_pack_map(&q.pk, 1);
+	req_key(&q, "note");
+	msgpack_pack_bin(&q.pk, 4);
+	msgpack_pack_bin_body(&q.pk, "caf\xe9", 4);
+	call(&d, &q, &r);
+	req_free(&q);
+	assert_ok(&r);
+	reply_free(&r);
+	d_stop(&d);
+}
+
 /* }====================================================== */

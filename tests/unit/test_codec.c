@@ -4,6 +4,7 @@
 
 #include "core/codec.h"
 #include "core/err.h"
+#include "core/utf8.h"
 
 static msgpack_sbuffer buf;
 static msgpack_packer  pk;
@@ -378,6 +379,72 @@ Test(codec, a_nul_in_a_customer_is_named)
 {
 	with("customer", "victim\0zz", 9);
 	REFUSED("field 'customer' must be valid UTF-8 without NUL bytes");
+}
+
+// data_event: an event whose data is the map packed by the caller next.
+static void
+data_event(void)
+{
+	event3(1);
+	key("data");
+}
+
+Test(codec, strings_in_data_are_utf8_and_the_path_is_named)
+{
+	data_event();
+	msgpack_pack_map(&pk, 2);
+	kv("ok", "Zoë");
+	key("list");
+	msgpack_pack_array(&pk, 3);
+	msgpack_pack_int(&pk, 1);
+	msgpack_pack_map(&pk, 1);
+	key("note");
+	msgpack_pack_str(&pk, 2);
+	msgpack_pack_str_body(&pk, "a\xff", 2);
+	msgpack_pack_nil(&pk);
+	REFUSED("field 'data': the string at data.list[1].note is not valid "
+	        "UTF-8");
+}
+
+Test(codec, a_key_in_data_that_is_not_utf8_is_named)
+{
+	data_event();
+	msgpack_pack_map(&pk, 1);
+	key("profile");
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 2);
+	msgpack_pack_str_body(&pk, "\xc3(", 2);
+	msgpack_pack_int(&pk, 1);
+	REFUSED("field 'data': a key of data.profile is not valid UTF-8");
+}
+
+Test(codec, bin_in_data_is_bytes_and_nul_in_a_data_string_is_text)
+{
+	data_event();
+	msgpack_pack_map(&pk, 2);
+	key("blob");
+	msgpack_pack_bin(&pk, 3);
+	msgpack_pack_bin_body(&pk, "\xff\0\xc3", 3);
+	key("text");
+	msgpack_pack_str(&pk, 3);
+	msgpack_pack_str_body(&pk, "a\0b", 3);
+	cr_assert_eq(decode(), CH_OK, "%s", doc.errmsg);
+}
+
+Test(codec, a_long_path_is_cut_between_characters)
+{
+	data_event();
+	for (int i = 0; i < 20; i++) {
+		msgpack_pack_map(&pk, 1);
+		key("ééééé");
+	}
+	msgpack_pack_str(&pk, 1);
+	msgpack_pack_str_body(&pk, "\xff", 1);
+	cr_assert_eq(decode(), CH_EBADREQ);
+	cr_assert(ch_utf8_valid(doc.errmsg, strlen(doc.errmsg)), "%s",
+	    doc.errmsg);
+	cr_assert_not_null(strstr(doc.errmsg, "data.ééééé.ééééé"), "%s",
+	    doc.errmsg);
 }
 
 Test(codec, a_300k_field)
