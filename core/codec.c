@@ -336,6 +336,14 @@ ident_ok(ch_str s)
 	return (true);
 }
 
+// quote writes the first bytes of a request's string for a message:
+// what is not UTF-8, and control bytes, as \xNN; cut between characters.
+static void
+quote(char *out, size_t cap, const char *p, size_t n)
+{
+	ch_utf8_escape(out, cap, p, n > 4 * cap ? 4 * cap : n, true);
+}
+
 #define FAIL(...)                                             \
 	do {                                                  \
 		snprintf(msg, msglen, __VA_ARGS__);           \
@@ -498,9 +506,9 @@ decode_map(const msgpack_object *o, ch_req *r, bool in_batch, char *msg,
 			}
 		}
 		if (j == sizeof(op_names) / sizeof(op_names[0])) {
-			FAIL("unknown op '%.*s'",
-			    (int) (v->via.str.size > 64 ? 64 : v->via.str.size),
-			    v->via.str.ptr);
+			char q[68];
+			quote(q, sizeof(q), v->via.str.ptr, v->via.str.size);
+			FAIL("unknown op '%s'", q);
 		}
 		r->op = (enum ch_op) j;
 	}
@@ -632,9 +640,10 @@ ch_doc_decode(ch_doc *doc, const void *buf, size_t len)
 	ch_str field;
 	if (ch_mp_prescan(buf, len, CH_MP_MAX_DEPTH, &why, &field) != CH_OK) {
 		if (field.n > 0) {
+			char q[68];
+			quote(q, sizeof(q), field.p, field.n);
 			snprintf(doc->errmsg, sizeof(doc->errmsg),
-			    "field '%.*s': %s", (int) (field.n > 64 ? 64 : field.n),
-			    field.p, why);
+			    "field '%s': %s", q, why);
 		} else {
 			snprintf(doc->errmsg, sizeof(doc->errmsg),
 			    "not a valid msgpack message: %s", why);
@@ -689,8 +698,23 @@ ch_sbuffer_trim(msgpack_sbuffer *b, size_t keep)
 void
 ch_pack_strn(msgpack_packer *pk, const char *s, size_t n)
 {
-	msgpack_pack_str(pk, n);
-	msgpack_pack_str_body(pk, s, n);
+	if (ch_utf8_valid(s, n)) {
+		msgpack_pack_str(pk, n);
+		msgpack_pack_str_body(pk, s, n);
+		return;
+	}
+	// a message quoting bytes from elsewhere (a rule's error, a file
+	// name): what is not UTF-8 is written as \xNN
+	size_t e   = ch_utf8_escape(NULL, 0, s, n, false);
+	char  *out = malloc(e + 1);
+	if (out == NULL) {
+		ch_pack_strn(pk, "(text that is not UTF-8)", 24);
+		return;
+	}
+	ch_utf8_escape(out, e + 1, s, n, false);
+	msgpack_pack_str(pk, e);
+	msgpack_pack_str_body(pk, out, e);
+	free(out);
 }
 
 void

@@ -84,7 +84,9 @@ void ch_doc_fini(ch_doc *doc);
 // ch_op_name returns the op's wire name.
 const char *ch_op_name(enum ch_op op);
 
-// Packing helpers for replies.
+// Packing helpers for replies. What they write is always valid UTF-8: a
+// byte of s that is not is written as the four characters \xNN (messages
+// may quote bytes from rules, files or requests).
 void ch_pack_str(msgpack_packer *pk, const char *s);
 void ch_pack_strn(msgpack_packer *pk, const char *s, size_t n);
 void ch_pack_kv_str(msgpack_packer *pk, const char *k, const char *v);

@@ -209,3 +209,100 @@ Test(text, strings_in_data_must_be_utf8_bytes_go_as_bin)
 }
 
 /* }====================================================== */
+
+/*
+** {======================================================
+** What choreo writes
+** =======================================================
+*/
+
+// text_rules: a rules folder with the business "text" (d_start's rules).
+static char text_dir[256];
+
+static void
+start_text(void)
+{
+	rules_dir(text_dir, sizeof(text_dir));
+	rules_write(text_dir, "text", "10_text.lua",
+	    "action 'offer' { value = 1 }\n"
+	    "on('boom', function(c, e)\n"
+	    "  error('cannot use ' .. e.data.raw)\n"
+	    "end)\n");
+	d_start(&d, text_dir, false);
+}
+
+static void
+stop_text(void)
+{
+	d_stop(&d);
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", text_dir);
+	cr_assert_eq(system(cmd), 0);
+}
+
+// raw_event: an event of the text business whose data.raw is bin bytes.
+static void
+raw_event(const char *type, const char *raw, size_t n, reply_t *r)
+{
+	req_t q;
+	req_init(&q, 4);
+	req_str(&q, "business", "text");
+	req_str(&q, "customer", "t1");
+	req_str(&q, "type", type);
+	req_key(&q, "data");
+	msgpack_pack_map(&q.pk, 1);
+	req_key(&q, "raw");
+	msgpack_pack_bin(&q.pk, n);
+	msgpack_pack_bin_body(&q.pk, raw, n);
+	call(&d, &q, r);
+	req_free(&q);
+}
+
+Test(text, messages_that_quote_bytes_escape_what_is_not_utf8)
+{
+	start_text();
+	// an unknown op, quoted
+	reply_t r;
+	req_t   q;
+	req_init(&q, 1);
+	req_strn(&q, "op", "g\xff" "et\n", 5);
+	call(&d, &q, &r);
+	req_free(&q);
+	assert_code(&r, "bad_request");
+	cr_assert_not_null(strstr(emsg(&r), "'g\\xffet\\x0a'"), "%s",
+	    dump(&r));
+	reply_free(&r);
+	// a field named by the pre-scan: its key is not UTF-8
+	const char trunc[] = "\x81\xa2\xc3(\xd9\xc8x";
+	call_raw(&d, trunc, sizeof(trunc) - 1, &r);
+	assert_code(&r, "bad_request");
+	cr_assert_not_null(strstr(emsg(&r), "field '\\xc3('"), "%s",
+	    dump(&r));
+	reply_free(&r);
+	// a rule's message with the bytes of a bin value in it
+	raw_event("boom", "caf\xe9", 4, &r);
+	assert_code(&r, "rule_error");
+	cr_assert_not_null(strstr(emsg(&r), "10_text.lua:3:"), "%s", dump(&r));
+	cr_assert_not_null(strstr(emsg(&r), "cannot use caf\\xe9"), "%s",
+	    dump(&r));
+	reply_free(&r);
+	// a response naming an action with such bytes (a coded error)
+	req_init(&q, 4);
+	req_str(&q, "business", "text");
+	req_str(&q, "customer", "t1");
+	req_str(&q, "type", "response");
+	req_key(&q, "data");
+	msgpack_pack_map(&q.pk, 2);
+	req_str(&q, "outcome", "accepted");
+	req_key(&q, "action");
+	msgpack_pack_bin(&q.pk, 3);
+	msgpack_pack_bin_body(&q.pk, "of\xfe", 3);
+	call(&d, &q, &r);
+	req_free(&q);
+	assert_code(&r, "bad_request");
+	cr_assert_not_null(strstr(emsg(&r), "'of\\xfe'"), "%s", dump(&r));
+	reply_free(&r);
+	stop_text();
+}
+
+/* }====================================================== */

@@ -578,6 +578,43 @@ Test(codec, pack_error_reads_back)
 	msgpack_unpacked_destroy(&up);
 }
 
+Test(codec, packed_strings_are_utf8_whatever_they_quote)
+{
+	ch_pack_error(&pk, CH_ERULE, "rules/x.lua:3: cannot use caf\xe9 \xc3");
+	ch_pack_strn(&pk, "é\0ok", 5);
+	msgpack_unpacked up;
+	size_t           off = 0;
+	msgpack_unpacked_init(&up);
+	cr_assert_eq(msgpack_unpack_next(&up, buf.data, buf.size, &off),
+	    MSGPACK_UNPACK_SUCCESS);
+	const msgpack_object *m = ch_mp_get(ch_mp_get(&up.data, "error",
+	                                        MSGPACK_OBJECT_MAP),
+	    "message", MSGPACK_OBJECT_STR);
+	cr_assert_not_null(m);
+	cr_assert_eq(m->via.str.size, strlen("rules/x.lua:3: cannot use "
+	                                     "caf\\xe9 \\xc3"));
+	cr_assert_eq(memcmp(m->via.str.ptr,
+	                 "rules/x.lua:3: cannot use caf\\xe9 \\xc3",
+	                 m->via.str.size),
+	    0);
+	// valid text goes as it is, NUL included
+	cr_assert_eq(msgpack_unpack_next(&up, buf.data, buf.size, &off),
+	    MSGPACK_UNPACK_SUCCESS);
+	cr_assert_eq(up.data.type, MSGPACK_OBJECT_STR);
+	cr_assert_eq(up.data.via.str.size, 5);
+	cr_assert_eq(memcmp(up.data.via.str.ptr, "é\0ok", 5), 0);
+	msgpack_unpacked_destroy(&up);
+}
+
+Test(codec, an_unknown_op_is_quoted_as_text)
+{
+	msgpack_pack_map(&pk, 1);
+	key("op");
+	msgpack_pack_str(&pk, 4);
+	msgpack_pack_str_body(&pk, "\xff\0\xc3\xa9", 4);
+	REFUSED("unknown op '\\xff\\x00é'");
+}
+
 Test(codec, prescan_agrees_with_the_unpacker)
 {
 	// a valid document with every type: prescan and unpacker both accept
