@@ -55,14 +55,14 @@ ch_mp_prescan(const void *buf, size_t len, int max_depth, const char **why,
 	}
 	left[0] = 1; // the one top-level object
 	for (;;) {
+		if (depth == 1 && top_map && left[1] % 2 == 0) {
+			field->n = 0; // a new key: no field is to blame yet
+		}
 		if (pos >= len) {
 			*why = "truncated msgpack";
 			return (CH_EBADREQ);
 		}
 		uint8_t  b     = p[pos];
-		if (depth == 1 && top_map && left[1] % 2 == 0) {
-			field->n = 0; // reading a new key
-		}
 		size_t   hdr   = 1; // header bytes
 		uint64_t body  = 0; // payload bytes after the header
 		uint64_t count = 0; // container elements
@@ -156,7 +156,8 @@ ch_mp_prescan(const void *buf, size_t len, int max_depth, const char **why,
 		}
 	}
 	if (pos != len) {
-		*why = "trailing bytes after the msgpack map";
+		field->n = 0; // past the map: none of its fields
+		*why     = "trailing bytes after the msgpack map";
 		return (CH_EBADREQ);
 	}
 	return (CH_OK);

@@ -158,6 +158,25 @@ Test(text, every_identifier_must_be_utf8_without_nul)
 	d_stop(&d);
 }
 
+Test(text, trailing_bytes_blame_no_field)
+{
+	d_start(&d, d_rules(), false);
+	req_t q;
+	req_init(&q, 3);
+	req_str(&q, "business", "shop");
+	req_str(&q, "customer", "c1");
+	req_str(&q, "type", "page_view");
+	msgpack_pack_int(&q.pk, 7); // after the map
+	reply_t r;
+	call(&d, &q, &r);
+	req_free(&q);
+	assert_code(&r, "bad_request");
+	cr_assert_str_eq(emsg(&r), "not a valid msgpack message: trailing "
+	                           "bytes after the msgpack map");
+	reply_free(&r);
+	d_stop(&d);
+}
+
 Test(text, strings_in_data_must_be_utf8_bytes_go_as_bin)
 {
 	d_start(&d, d_rules(), false);

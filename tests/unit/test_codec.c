@@ -141,6 +141,28 @@ Test(codec, trailing_bytes)
 	event3(0);
 	msgpack_pack_int(&pk, 1);
 	REFUSED("trailing");
+	// they follow the map: no field of it is to blame
+	cr_assert_null(strstr(doc.errmsg, "field"), "%s", doc.errmsg);
+	cr_assert_str_eq(doc.errmsg, "not a valid msgpack message: trailing "
+	                             "bytes after the msgpack map");
+}
+
+Test(codec, the_field_whose_value_is_cut_short_is_named)
+{
+	// the last value truncated: that field; a key cut short: no field
+	event3(1);
+	key("data");
+	msgpack_pack_map(&pk, 2);
+	kv("a", "b");
+	cr_assert_eq(decode(), CH_EBADREQ);
+	cr_assert_not_null(strstr(doc.errmsg, "field 'data': truncated"), "%s",
+	    doc.errmsg);
+	ch_doc_fini(&doc);
+	msgpack_sbuffer_clear(&buf);
+	event3(1);
+	cr_assert_eq(decode(), CH_EBADREQ);
+	cr_assert_str_eq(doc.errmsg, "not a valid msgpack message: truncated "
+	                             "msgpack");
 }
 
 Test(codec, truncated)
