@@ -55,13 +55,44 @@ ch_utf8_seq(const unsigned char *p, size_t n)
 	return (len);
 }
 
+// ch_utf8_ascii: buf[0..n) is all ASCII. Eight bytes at a time, the last
+// word overlapping the one before; a short string takes one or two loads.
+static inline bool
+ch_utf8_ascii(const void *buf, size_t n)
+{
+	const unsigned char *p = buf;
+	if (n >= 8) {
+		uint64_t w, acc = 0;
+		for (size_t i = 0; i + 8 <= n; i += 8) {
+			memcpy(&w, p + i, 8);
+			acc |= w;
+		}
+		memcpy(&w, p + n - 8, 8);
+		return (((acc | w) & 0x8080808080808080ull) == 0);
+	}
+	if (n >= 4) {
+		uint32_t a, b;
+		memcpy(&a, p, 4);
+		memcpy(&b, p + n - 4, 4);
+		return (((a | b) & 0x80808080u) == 0);
+	}
+	unsigned acc = 0;
+	for (size_t i = 0; i < n; i++) {
+		acc |= p[i];
+	}
+	return (acc < 0x80);
+}
+
 // ch_utf8_prefix returns how many bytes at the start of buf[0..n) are
-// valid UTF-8: n when all of it is. ASCII goes eight bytes at a time.
+// valid UTF-8: n when all of it is.
 static inline size_t
 ch_utf8_prefix(const void *buf, size_t n)
 {
 	const unsigned char *p = buf;
 	size_t               i = 0;
+	if (ch_utf8_ascii(buf, n)) {
+		return (n); // the usual case: keys and names
+	}
 	while (i < n) {
 		while (n - i >= 8) {
 			uint64_t w;

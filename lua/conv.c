@@ -4,6 +4,8 @@
 #include <lauxlib.h>
 #include <string.h>
 
+#include "../core/utf8.h"
+
 static const char ARRAY_MT_KEY = 'a'; // its address keys the registry
 
 // The scratch buffer: one per state, freed with it, for packing that may
@@ -464,11 +466,25 @@ sb_be(msgpack_sbuffer *sb, uint64_t v, int bytes)
 	}
 }
 
+// sb_str writes a Lua string: as msgpack str when it is valid UTF-8, else
+// as bin — every str choreo writes is text a client can decode, and bytes
+// (string.char(255), a bin value from a request) come back byte for byte.
 static void
 sb_str(lua_State *L, msgpack_sbuffer *sb, const char *s, size_t n)
 {
 	sb_need(L, sb, n + 5);
-	if (n < 32) {
+	if (!ch_utf8_valid(s, n)) {
+		if (n < 256) {
+			sb->data[sb->size++] = (char) 0xc4;
+			sb_be(sb, n, 1);
+		} else if (n < 65536) {
+			sb->data[sb->size++] = (char) 0xc5;
+			sb_be(sb, n, 2);
+		} else {
+			sb->data[sb->size++] = (char) 0xc6;
+			sb_be(sb, n, 4);
+		}
+	} else if (n < 32) {
 		sb->data[sb->size++] = (char) (0xa0 | n);
 	} else if (n < 256) {
 		sb->data[sb->size++] = (char) 0xd9;

@@ -2,7 +2,9 @@
 //
 // Maps become tables; arrays become tables carrying the array metatable
 // (ch_conv_array_mt), so that an empty list packs back as an array and not
-// as a map. Integers stay integers, floats stay floats.
+// as a map. Integers stay integers, floats stay floats. A string is packed
+// as msgpack str when it is valid UTF-8 and as bin when it is not; str,
+// bin and ext all read back as Lua strings.
 #ifndef LUA_CONV_H
 #define LUA_CONV_H
 

@@ -246,6 +246,13 @@ start_text(void)
 	    "action 'offer' { value = 1 }\n"
 	    "on('boom', function(c, e)\n"
 	    "  error('cannot use ' .. e.data.raw)\n"
+	    "end)\n"
+	    "on('bytes', function(c, e)\n"
+	    "  c.attrs.raw = string.char(255, 0, 97)\n"
+	    "  c.attrs[string.char(200)] = 'k'\n"
+	    "  c.attrs.text = 'Zoë'\n"
+	    "  c.attrs.copy = e.data.raw\n"
+	    "  c:emit('bytes', { raw = c.attrs.raw })\n"
 	    "end)\n");
 	d_start(&d, text_dir, false);
 }
@@ -320,6 +327,70 @@ Test(text, messages_that_quote_bytes_escape_what_is_not_utf8)
 	req_free(&q);
 	assert_code(&r, "bad_request");
 	cr_assert_not_null(strstr(emsg(&r), "'of\\xfe'"), "%s", dump(&r));
+	reply_free(&r);
+	stop_text();
+}
+
+// bin_at: the bytes of a bin at path (asserting it is one).
+static const msgpack_object *
+bin_at(const reply_t *r, const char *path)
+{
+	const msgpack_object *o = rat(r, path);
+	cr_assert_not_null(o, "%s absent: %s", path, dump(r));
+	cr_assert_eq(o->type, MSGPACK_OBJECT_BIN, "%s is not bin: %s", path,
+	    dump(r));
+	return (o);
+}
+
+Test(text, bytes_a_rule_stores_come_back_as_bin_byte_for_byte)
+{
+	start_text();
+	sub_t s;
+	sub_open(&d, &s, "choreo/text/emit/bytes");
+	usleep(200 * 1000);
+	reply_t r;
+	raw_event("bytes", "caf\xe9", 4, &r);
+	assert_ok(&r);
+	cr_assert_eq(bin_at(&r, "emitted.0.data.raw")->via.bin.size, 3);
+	reply_free(&r);
+	char topic[128];
+	cr_assert(sub_recv(&s, 5000, topic, sizeof(topic), &r),
+	    "the emit was not published");
+	cr_assert_eq(memcmp(bin_at(&r, "data.raw")->via.bin.ptr, "\xff\0a", 3),
+	    0);
+	reply_free(&r);
+	sub_close(&s);
+	// get: a reply every client can decode, the bytes as they were
+	req_t q;
+	req_init(&q, 3);
+	req_str(&q, "op", "get");
+	req_str(&q, "business", "text");
+	req_str(&q, "customer", "t1");
+	call(&d, &q, &r);
+	req_free(&q);
+	assert_ok(&r);
+	const msgpack_object *raw = bin_at(&r, "customer.attrs.raw");
+	cr_assert_eq(raw->via.bin.size, 3);
+	cr_assert_eq(memcmp(raw->via.bin.ptr, "\xff\0a", 3), 0);
+	const msgpack_object *copy = bin_at(&r, "customer.attrs.copy");
+	cr_assert_eq(copy->via.bin.size, 4);
+	cr_assert_eq(memcmp(copy->via.bin.ptr, "caf\xe9", 4), 0);
+	cr_assert_str_eq(str_at(&r, "customer.attrs.text"), "Zoë");
+	// the key that is not UTF-8 is a bin key
+	const msgpack_object *attrs = rat(&r, "customer.attrs");
+	bool                  found = false;
+	for (uint32_t i = 0; i < attrs->via.map.size; i++) {
+		const msgpack_object *k = &attrs->via.map.ptr[i].key;
+		if (k->type == MSGPACK_OBJECT_BIN && k->via.bin.size == 1 &&
+		    (unsigned char) k->via.bin.ptr[0] == 200) {
+			found = true;
+		}
+	}
+	cr_assert(found, "no bin key \\xc8: %s", dump(&r));
+	reply_free(&r);
+	// and they survive another event: read back, written again alike
+	raw_event("bytes", "caf\xe9", 4, &r);
+	assert_ok(&r);
 	reply_free(&r);
 	stop_text();
 }

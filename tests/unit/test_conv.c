@@ -75,6 +75,62 @@ Test(conv, the_packer_writes_what_msgpack_c_writes)
 	canonical("v = { nested = { deeper = { deepest = { 1, 2, { 3 } } } } }");
 }
 
+// packed_type: the msgpack type of v.k once v is packed.
+static msgpack_object_type
+packed(const char *src, msgpack_object *key, msgpack_object *val,
+    msgpack_unpacked *up, msgpack_sbuffer *b)
+{
+	lua_State *L = state();
+	cr_assert_eq(luaL_dostring(L, src), LUA_OK, "%s", lua_tostring(L, -1));
+	lua_getglobal(L, "v");
+	msgpack_sbuffer_init(b);
+	ch_conv_pack(L, -1, b, "v");
+	lua_close(L);
+	msgpack_unpacked_init(up);
+	cr_assert_eq(msgpack_unpack_next(up, b->data, b->size, NULL),
+	    MSGPACK_UNPACK_SUCCESS);
+	cr_assert_eq(up->data.type, MSGPACK_OBJECT_MAP);
+	cr_assert_eq(up->data.via.map.size, 1);
+	*key = up->data.via.map.ptr[0].key;
+	*val = up->data.via.map.ptr[0].val;
+	return (val->type);
+}
+
+Test(conv, a_string_that_is_not_utf8_is_packed_as_bin)
+{
+	struct {
+		const char         *src;
+		msgpack_object_type key, val;
+		size_t              vlen;
+	} cases[] = {
+		{ "v = { k = 'Zoë ✓' }", MSGPACK_OBJECT_STR, MSGPACK_OBJECT_STR, 8 },
+		{ "v = { k = 'a\\0b' }", MSGPACK_OBJECT_STR, MSGPACK_OBJECT_STR, 3 },
+		{ "v = { k = string.char(255, 0, 97) }", MSGPACK_OBJECT_STR,
+		    MSGPACK_OBJECT_BIN, 3 },
+		{ "v = { [string.char(200)] = 'x' }", MSGPACK_OBJECT_BIN,
+		    MSGPACK_OBJECT_STR, 1 },
+		{ "v = { k = ('\\xed\\xa0\\x80'):rep(100) }", MSGPACK_OBJECT_STR,
+		    MSGPACK_OBJECT_BIN, 300 },
+		{ "v = { k = ('\\xff'):rep(70000) }", MSGPACK_OBJECT_STR,
+		    MSGPACK_OBJECT_BIN, 70000 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		msgpack_object   k, v;
+		msgpack_unpacked up;
+		msgpack_sbuffer  b;
+		packed(cases[i].src, &k, &v, &up, &b);
+		cr_assert_eq(k.type, cases[i].key, "%s: key", cases[i].src);
+		cr_assert_eq(v.type, cases[i].val, "%s: value", cases[i].src);
+		cr_assert_eq(v.via.str.size, cases[i].vlen, "%s", cases[i].src);
+		msgpack_unpacked_destroy(&up);
+		msgpack_sbuffer_destroy(&b);
+	}
+	// and msgpack-c writes the same bytes for them
+	canonical("v = { b8 = string.char(255):rep(255), b16 = "
+	          "string.char(255):rep(256), b32 = string.char(255):rep(65536),"
+	          " [string.char(128)] = 1 }");
+}
+
 Test(conv, functions_in_a_map_are_behaviour_not_data)
 {
 	lua_State *L = state();
