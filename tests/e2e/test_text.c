@@ -4,6 +4,7 @@
 // valid UTF-8 (support.c holds every decoded reply to it); bytes a rule
 // stores come back byte for byte as msgpack bin.
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -392,6 +393,22 @@ Test(text, bytes_a_rule_stores_come_back_as_bin_byte_for_byte)
 	raw_event("bytes", "caf\xe9", 4, &r);
 	assert_ok(&r);
 	reply_free(&r);
+	// the command line prints valid JSON, the bytes as \xNN
+	char out[8192], args[512];
+	snprintf(args, sizeof(args),
+	    "get --url %s --business text --customer t1", d.rep);
+	cr_assert_eq(run_cli(args, out, sizeof(out)), 0, "%s", out);
+	json_error_t e;
+	json_t      *j = json_loads(out, JSON_ALLOW_NUL, &e);
+	cr_assert_not_null(j, "not JSON (%s): %s", e.text, out);
+	json_t *a = json_object_get(json_object_get(j, "customer"), "attrs");
+	cr_assert_str_eq(json_string_value(json_object_get(a, "copy")),
+	    "caf\\xe9");
+	json_t *jraw = json_object_get(a, "raw");
+	cr_assert_eq(json_string_length(jraw), 6, "%s", out);
+	cr_assert_eq(memcmp(json_string_value(jraw), "\\xff\0a", 6), 0);
+	cr_assert_str_eq(json_string_value(json_object_get(a, "\\xc8")), "k");
+	json_decref(j);
 	stop_text();
 }
 
