@@ -10,6 +10,7 @@
 
 local H = ...
 local getinfo, array_mt = H.getinfo, H.array_mt
+local storable = H.storable -- nil, or why a value cannot be stored
 local debug_getmetatable = H.getmetatable
 
 local type, pairs, ipairs, next, error, tostring, select =
@@ -357,6 +358,8 @@ function D.action(name)
   local into = target()
   return function(spec)
     check("action", name, spec, ACTION)
+    local bad = spec.payload ~= nil and storable(spec.payload, sfmt("action '%s': payload", name))
+    if bad then fail(bad) end
     if into == B and subst(spec, B.params).value == nil then
       fail(sfmt("action '%s': value is required", name))
     end
@@ -540,6 +543,9 @@ local function finish_action(name, spec)
   if type(a.value) ~= "number" then
     fail(sfmt("action '%s': value must be a number, got %s", name, tname(a.value)))
   end
+  -- a param may have brought into the payload what cannot be stored
+  local bad = a.payload ~= nil and storable(a.payload, sfmt("action '%s': payload", name))
+  if bad then error(sfmt("%s: %s", B.where["action:" .. name] or "?", bad), 0) end
   a.weight = a.weight or 1
   a.prior = a.prior or 0.5
   a.alpha0, a.beta0 = 2 * a.prior, 2 * (1 - a.prior)
@@ -785,7 +791,9 @@ function C:emit(name, data)
     fail(sfmt("c:emit('%s', data): data must be a table, got %s", name, tname(data)))
   end
   local e = self._emitted
-  e[#e + 1] = { name = name, data = data or {} }
+  -- packed now: a value that cannot be stored is an error at this line,
+  -- and what is published is the data as it was when emitted
+  e[#e + 1] = { name = name, data = H.pack(data or {}, "c:emit data") }
 end
 
 function C:history(action)
@@ -1129,6 +1137,13 @@ end
 -- Entry points (called by the host)
 ------------------------------------------------------------------------
 
+-- handler_fault raises msg at the line where the handler fn begins.
+local function handler_fault(fn, etype, msg)
+  local info = getinfo(fn, "S")
+  error(sfmt("%s:%d: %s (left there by this handler for '%s')",
+             ssub(info.source, 2), info.linedefined, msg, etype), 0)
+end
+
 local function handlers_for(etype)
   local list = B.by_type[etype]
   if not list then
@@ -1212,6 +1227,11 @@ function API.event(st, req, now, version)
   local list = handlers_for(req.type)
   for i = 1, #list do
     list[i](c, ev)
+    -- what a handler left in the state that cannot be stored is its
+    -- error, reported at the handler (packing, after all of them, could
+    -- not say whose it was)
+    local bad = storable(st.attrs, "c.attrs") or storable(st.cases, "cases")
+    if bad then handler_fault(list[i], req.type, bad) end
   end
   if not req.timer then
     touch_journeys(c)

@@ -466,6 +466,30 @@ l_model_epoch(lua_State *L)
 	return (1);
 }
 
+// H.storable(v, what) -> nil, or why v cannot be stored ("c.attrs.f:
+// cannot store a value of type function"), for the prelude to raise where
+// the value was put.
+static int
+l_storable(lua_State *L)
+{
+	const char *what = luaL_checkstring(L, 2);
+	lua_settop(L, 2);
+	if (ch_conv_check(L, 1, what)) {
+		return (1);
+	}
+	lua_pushnil(L);
+	return (1);
+}
+
+// H.pack(v, what) -> v packed now (a value the packer writes as it is);
+// raises, at the caller's line, on a value that cannot be stored.
+static int
+l_pack(lua_State *L)
+{
+	const char *what = luaL_checkstring(L, 2);
+	return (ch_conv_prepack_as(L, 1, what));
+}
+
 static int
 l_log(lua_State *L)
 {
@@ -680,6 +704,10 @@ open_state(ch_biz *b)
 	lua_setfield(L, -2, "timer_del");
 	lua_pushcfunction(L, l_model_epoch);
 	lua_setfield(L, -2, "model_epoch");
+	lua_pushcfunction(L, l_storable);
+	lua_setfield(L, -2, "storable");
+	lua_pushcfunction(L, l_pack);
+	lua_setfield(L, -2, "pack");
 	ch_nba_register(L, lua_gettop(L));
 	lua_newtable(L);
 	ch_pattern_install(L, -1);

@@ -254,7 +254,34 @@ start_text(void)
 	    "  c.attrs.text = 'Zoë'\n"
 	    "  c.attrs.copy = e.data.raw\n"
 	    "  c:emit('bytes', { raw = c.attrs.raw })\n"
+	    "end)\n"
+	    "case 'ticket' { sla = '1h' }\n"
+	    "on('fn_attr', function(c, e)\n"          /* line 13 */
+	    "  c.attrs.f = print\n"
+	    "end)\n"
+	    "on('fn_deep', function(c, e)\n"          /* line 16 */
+	    "  c.attrs.list = { 1, { ok = true, fn = string.len } }\n"
+	    "end)\n"
+	    "on('table_key', function(c, e)\n"        /* line 19 */
+	    "  c.attrs[{}] = 1\n"
+	    "end)\n"
+	    "on('fn_emit', function(c, e)\n"
+	    "  c:emit('x', { f = function() end })\n"  /* line 23 */
+	    "end)\n"
+	    "on('fn_timer', function(c, e)\n"
+	    "  c:after('1h', 'later', { f = print })\n" /* line 26 */
+	    "end)\n"
+	    "on('fn_case', function(c, e)\n"          /* line 28 */
+	    "  c:open_case('ticket', { f = print })\n"
+	    "end)\n"
+	    "on('late_emit', function(c, e)\n"
+	    "  local d = { n = 1 }\n"
+	    "  c:emit('late', d)\n"
+	    "  d.f = print\n"
 	    "end)\n");
+	rules_write(text_dir, "badpay", "10.lua",
+	    "action 'a' { value = 1 }\n"
+	    "action 'b' { value = 1, payload = { title = 'x', f = print } }\n");
 	d_start(&d, text_dir, false);
 }
 
@@ -409,6 +436,71 @@ Test(text, bytes_a_rule_stores_come_back_as_bin_byte_for_byte)
 	cr_assert_eq(memcmp(json_string_value(jraw), "\\xff\0a", 6), 0);
 	cr_assert_str_eq(json_string_value(json_object_get(a, "\\xc8")), "k");
 	json_decref(j);
+	stop_text();
+}
+
+// expect_rule_error: an event of type of the text business (customer t9)
+// fails with rule_error whose message holds each of the strings given,
+// and leaves the customer as it was (never seen).
+static void
+expect_rule_error(const char *type, const char *at, const char *what)
+{
+	char q[256];
+	snprintf(q, sizeof(q),
+	    "{\"business\":\"text\",\"customer\":\"t9\",\"type\":\"%s\"}",
+	    type);
+	reply_t r;
+	call_json(&d, q, &r);
+	assert_code(&r, "rule_error");
+	cr_assert_not_null(strstr(emsg(&r), at), "%s: want %s: %s", type, at,
+	    dump(&r));
+	cr_assert_not_null(strstr(emsg(&r), what), "%s: want %s: %s", type,
+	    what, dump(&r));
+	reply_free(&r);
+	call_json(&d, "{\"op\":\"get\",\"business\":\"text\","
+	              "\"customer\":\"t9\"}",
+	    &r);
+	assert_code(&r, "not_found");
+	reply_free(&r);
+}
+
+Test(text, a_value_that_cannot_be_stored_is_a_rule_error_at_its_line)
+{
+	start_text();
+	expect_rule_error("fn_attr", "10_text.lua:13:",
+	    "c.attrs.f: cannot store a value of type function");
+	expect_rule_error("fn_deep", "10_text.lua:16:",
+	    "c.attrs.list[2].fn: cannot store a value of type function");
+	expect_rule_error("table_key", "10_text.lua:19:",
+	    "c.attrs: a table key must be a string, number or boolean");
+	expect_rule_error("fn_emit", "10_text.lua:23:",
+	    "c:emit data.f: cannot store a value of type function");
+	expect_rule_error("fn_timer", "10_text.lua:26:",
+	    "timer data.f: cannot store a value of type function");
+	expect_rule_error("fn_case", "10_text.lua:28:",
+	    "cases.ticket.data.f: cannot store a value of type function");
+	// emit data is taken when c:emit is called
+	reply_t r;
+	call_json(&d, "{\"business\":\"text\",\"customer\":\"t8\","
+	              "\"type\":\"late_emit\"}",
+	    &r);
+	assert_ok(&r);
+	cr_assert_eq(int_at(&r, "emitted.0.data.n"), 1, "%s", dump(&r));
+	cr_assert_not(has(&r, "emitted.0.data.f"), "%s", dump(&r));
+	reply_free(&r);
+	// a payload is checked where the action is declared
+	call_json(&d, "{\"op\":\"rules\",\"business\":\"badpay\"}", &r);
+	assert_ok(&r);
+	const char *file = str_at(&r, "businesses.badpay.error.file");
+	cr_assert_not_null(file, "%s", dump(&r));
+	cr_assert_not_null(strstr(file, "badpay/10.lua"), "%s", dump(&r));
+	cr_assert_eq(int_at(&r, "businesses.badpay.error.line"), 2, "%s",
+	    dump(&r));
+	cr_assert_not_null(strstr(str_at(&r, "businesses.badpay.error.message"),
+	                       "payload.f: cannot store a value of type "
+	                       "function"),
+	    "%s", dump(&r));
+	reply_free(&r);
 	stop_text();
 }
 
