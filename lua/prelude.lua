@@ -11,6 +11,8 @@
 local H = ...
 local getinfo, array_mt = H.getinfo, H.array_mt
 local storable = H.storable -- nil, or why a value cannot be stored
+local is_text = H.is_text   -- a string of valid UTF-8 without NUL bytes
+local state_problem = H.state_problem -- nil, or what a handler got wrong
 local debug_getmetatable = H.getmetatable
 
 local type, pairs, ipairs, next, error, tostring, select =
@@ -107,6 +109,14 @@ local function duration(v, what)
             what, type(v) == "string" and sfmt("%q", v) or tname(v)))
 end
 
+-- Names end up in the store's keys, in analytics counters and pub topics,
+-- joined with NUL bytes, and in replies: each must be text, valid UTF-8
+-- without NUL, so that every key reads back one way only.
+local NOT_TEXT = "must be valid UTF-8 without NUL bytes"
+local function text_or_fail(v, what)
+  if not is_text(v) then fail(sfmt("%s %s, got %q", what, NOT_TEXT, v)) end
+end
+
 local function is_list_of_strings(v)
   if type(v) ~= "table" then return false end
   local n = 0
@@ -147,7 +157,8 @@ end
 
 -- check validates spec against a schema { field = checker } where a checker
 -- is a type name ("number", "string", "function", "boolean", "table",
--- "strings", "duration") or a function(v, what) returning a message.
+-- "strings", "duration"), "name" or "names" (strings that are text, see
+-- text_or_fail) or a function(v, what) returning a message.
 local check_params -- the params a declaration's references are checked with
 local subst        -- replaces params references (defined with params below)
 
@@ -165,10 +176,18 @@ local function check(kind, name, spec, schema)
       tsort(known)
       fail(sfmt("%s '%s': unknown field '%s' (known fields: %s)", kind, name,
                 tostring(k), tconcat(known, ", ")))
-    elseif want == "strings" then
+    elseif want == "strings" or want == "names" then
       if not is_list_of_strings(v) then
         fail(sfmt("%s must be a list of strings, got %s", what, tname(v)))
       end
+      if want == "names" then
+        for i = 1, #v do text_or_fail(v[i], sfmt("%s: each", what)) end
+      end
+    elseif want == "name" then
+      if type(v) ~= "string" then
+        fail(sfmt("%s must be a string, got %s", what, tname(v)))
+      end
+      text_or_fail(v, what)
     elseif want == "duration" then
       duration(v, what)
     elseif type(want) == "function" then
@@ -188,6 +207,7 @@ local function check_name(kind, name)
   if type(name) ~= "string" or name == "" then
     fail(sfmt("%s needs a name: %s \"name\" { ... }", kind, kind))
   end
+  text_or_fail(name, sfmt("%s: a name", kind))
 end
 
 ------------------------------------------------------------------------
@@ -277,7 +297,7 @@ D.params = setmetatable({}, {
 })
 
 local JOURNEY = {
-  stages = "strings", goal = "string", inactive_after = "duration",
+  stages = "names", goal = "string", inactive_after = "duration",
   description = "string",
 }
 
@@ -347,7 +367,7 @@ local function prob(v, what)
 end
 
 local ACTION = {
-  group = "string", channels = "strings", value = "number", weight = "number",
+  group = "name", channels = "names", value = "number", weight = "number",
   eligible = "function", propensity = "function", prior = prob,
   explore = "boolean", payload = "table", description = "string",
   limits = check_limits,
@@ -487,6 +507,7 @@ function D.on(etype, fn)
   if type(etype) ~= "string" or etype == "" then
     fail(sfmt("on: the event type must be a string, got %s", tname(etype)))
   end
+  text_or_fail(etype, "on: the event type")
   if type(fn) ~= "function" then
     fail(sfmt("on(\"%s\", ...): the handler must be a function, got %s", etype, tname(fn)))
   end
@@ -509,9 +530,10 @@ function D.variation(circ)
     if not CIRCUMSTANCE[k] then
       fail(sfmt("variation: unknown circumstance '%s' (known: channel, product, region)", tostring(k)))
     end
-    if type(v) ~= "string" then
-      fail(sfmt("variation: %s must be a string, got %s", k, tname(v)))
+    if type(v) ~= "string" or v == "" then
+      fail(sfmt("variation: %s must be a string, got %s", k, type(v) == "string" and '""' or tname(v)))
     end
+    text_or_fail(v, sfmt("variation: %s", k))
     keys = keys + 1
   end
   if keys == 0 then fail("variation: name at least one of region, channel, product") end
@@ -630,9 +652,11 @@ local function build_view(ctx)
   }
 end
 
--- resolve costs one table lookup once a circumstance has been seen.
+-- resolve costs one table lookup once a circumstance has been seen. The
+-- key is unambiguous: the parts are text without NUL (or absent, which no
+-- variation tells from "", since a variation's values are not empty).
 local function resolve(ctx)
-  local key = (ctx.region or "") .. "\1" .. (ctx.channel or "") .. "\1" .. (ctx.product or "")
+  local key = (ctx.region or "") .. "\0" .. (ctx.channel or "") .. "\0" .. (ctx.product or "")
   local view = B.views[key]
   if view then return view end
   view = build_view(ctx)
@@ -779,7 +803,9 @@ function C:count(name, n)
     fail(sfmt("c:count('%s', n): n must be a number, got %s", name, tname(n)))
   end
   local counters = self._s.counters
-  counters[name] = (counters[name] or 0) + n
+  local old = counters[name]
+  if old == nil then text_or_fail(name, "c:count: the counter name") end
+  counters[name] = (old or 0) + n
   return counters[name]
 end
 
@@ -787,6 +813,7 @@ function C:emit(name, data)
   if type(name) ~= "string" or name == "" then
     fail(sfmt("c:emit: the name must be a string, got %s", tname(name)))
   end
+  text_or_fail(name, "c:emit: the name")
   if data ~= nil and type(data) ~= "table" then
     fail(sfmt("c:emit('%s', data): data must be a table, got %s", name, tname(data)))
   end
@@ -841,6 +868,7 @@ function C:after(d, etype, data)
   if type(etype) ~= "string" or #etype == 0 or #etype > 64 then
     fail(sfmt("c:after: the event type must be a string of 1 to 64 bytes, got %s", tname(etype)))
   end
+  text_or_fail(etype, "c:after: the event type")
   if data ~= nil and type(data) ~= "table" then
     fail(sfmt("c:after('%s', '%s', data): data must be a table, got %s", d, etype, tname(data)))
   end
@@ -864,6 +892,7 @@ function C:score(jname, metric, value)
   if type(metric) ~= "string" or metric == "" then
     fail(sfmt("c:score: the metric must be a string, got %s", tname(metric)))
   end
+  text_or_fail(metric, "c:score: the metric")
   if type(value) ~= "number" then
     fail(sfmt("c:score('%s', '%s', value): value must be a number, got %s", jname, metric, tname(value)))
   end
@@ -928,6 +957,7 @@ function C:cohort(exp, shares)
   end
   local cs = self._s.cohorts
   if cs and cs[exp] then return cs[exp] end
+  text_or_fail(exp, "c:cohort: the experiment name")
   if type(shares) ~= "table" then
     fail(sfmt("c:cohort('%s', shares): shares must be a table such as { control = 0.1, treatment = 0.9 }", exp))
   end
@@ -966,10 +996,19 @@ local function new_customer(st, ctx, view, now)
   }, C)
 end
 
--- The circumstance comes from the request, else from the customer's attrs.
+-- The circumstance comes from the request, else from the customer's attrs
+-- when they hold text there: it names analytics counters (joined with NUL
+-- bytes) and the reply's channel, as a request's fields do. A handler that
+-- stores anything else there is told so (state_problem).
+local function from_attrs(v)
+  if type(v) == "string" and is_text(v) then return v end
+  return nil
+end
+
 local function circumstance(req, st)
   local a = st.attrs
-  return req.region or a.region, req.channel or a.channel, req.product or a.product
+  return req.region or from_attrs(a.region), req.channel or from_attrs(a.channel),
+         req.product or from_attrs(a.product)
 end
 
 local function context_of(req, st)
@@ -1230,7 +1269,7 @@ function API.event(st, req, now, version)
     -- what a handler left in the state that cannot be stored is its
     -- error, reported at the handler (packing, after all of them, could
     -- not say whose it was)
-    local bad = storable(st.attrs, "c.attrs") or storable(st.cases, "cases")
+    local bad = state_problem(st)
     if bad then handler_fault(list[i], req.type, bad) end
   end
   if not req.timer then

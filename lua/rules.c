@@ -17,6 +17,7 @@
 #include "../core/err.h"
 #include "../core/log.h"
 #include "../core/store.h"
+#include "../core/utf8.h"
 #include "conv.h"
 #include "nba.h"
 #include "pattern.h"
@@ -481,6 +482,55 @@ l_storable(lua_State *L)
 	return (1);
 }
 
+// H.is_text(v) -> whether v is a string of valid UTF-8 without NUL bytes,
+// what a name that goes into a key must be.
+static int
+l_is_text(lua_State *L)
+{
+	size_t      n;
+	const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n)
+	                                             : NULL;
+	lua_pushboolean(L, s != NULL && ch_utf8_text(s, n));
+	return (1);
+}
+
+// H.state_problem(st) -> nil, or what is wrong with the parts of a
+// customer's state that handlers write: attrs and cases must be storable,
+// and attrs.region, .channel and .product, the circumstance when a
+// request has none, text (they name analytics counters).
+static int
+l_state_problem(lua_State *L)
+{
+	static const char *const circ[] = { "region", "channel", "product" };
+	lua_settop(L, 1);
+	if (lua_getfield(L, 1, "attrs") == LUA_TTABLE) {      /* st, attrs */
+		if (ch_conv_check(L, 2, "c.attrs")) {
+			return (1);
+		}
+		for (int i = 0; i < 3; i++) {
+			size_t      n = 0;
+			const char *v = lua_getfield(L, 2, circ[i]) ==
+			        LUA_TSTRING
+			    ? lua_tolstring(L, -1, &n)
+			    : NULL;
+			if (v != NULL && !ch_utf8_text(v, n)) {
+				lua_pushfstring(L, "c.attrs.%s is the customer's "
+				                   "%s and must be valid UTF-8 "
+				                   "without NUL bytes",
+				    circ[i], circ[i]);
+				return (1);
+			}
+			lua_pop(L, 1);
+		}
+	}
+	if (lua_getfield(L, 1, "cases") == LUA_TTABLE &&
+	    ch_conv_check(L, -1, "cases")) {
+		return (1);
+	}
+	lua_pushnil(L);
+	return (1);
+}
+
 // H.pack(v, what) -> v packed now (a value the packer writes as it is);
 // raises, at the caller's line, on a value that cannot be stored.
 static int
@@ -706,6 +756,10 @@ open_state(ch_biz *b)
 	lua_setfield(L, -2, "model_epoch");
 	lua_pushcfunction(L, l_storable);
 	lua_setfield(L, -2, "storable");
+	lua_pushcfunction(L, l_is_text);
+	lua_setfield(L, -2, "is_text");
+	lua_pushcfunction(L, l_state_problem);
+	lua_setfield(L, -2, "state_problem");
 	lua_pushcfunction(L, l_pack);
 	lua_setfield(L, -2, "pack");
 	ch_nba_register(L, lua_gettop(L));

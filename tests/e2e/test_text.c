@@ -278,6 +278,9 @@ start_text(void)
 	    "  local d = { n = 1 }\n"
 	    "  c:emit('late', d)\n"
 	    "  d.f = print\n"
+	    "end)\n"
+	    "on('later', function(c, e)\n"
+	    "  c:after('1h', e.data.kind)\n"         /* line 37 */
 	    "end)\n");
 	rules_write(text_dir, "badpay", "10.lua",
 	    "action 'a' { value = 1 }\n"
@@ -479,8 +482,25 @@ Test(text, a_value_that_cannot_be_stored_is_a_rule_error_at_its_line)
 	    "timer data.f: cannot store a value of type function");
 	expect_rule_error("fn_case", "10_text.lua:28:",
 	    "cases.ticket.data.f: cannot store a value of type function");
-	// emit data is taken when c:emit is called
+	// a name from the request's data that holds a NUL (valid in data)
+	req_t q;
+	req_init(&q, 4);
+	req_str(&q, "business", "text");
+	req_str(&q, "customer", "t9");
+	req_str(&q, "type", "later");
+	req_key(&q, "data");
+	msgpack_pack_map(&q.pk, 1);
+	req_strn(&q, "kind", "a\0b", 3);
 	reply_t r;
+	call(&d, &q, &r);
+	req_free(&q);
+	assert_code(&r, "rule_error");
+	cr_assert_not_null(strstr(emsg(&r), "10_text.lua:37: c:after: the event "
+	                                    "type must be valid UTF-8 without "
+	                                    "NUL bytes"),
+	    "%s", dump(&r));
+	reply_free(&r);
+	// emit data is taken when c:emit is called
 	call_json(&d, "{\"business\":\"text\",\"customer\":\"t8\","
 	              "\"type\":\"late_emit\"}",
 	    &r);
