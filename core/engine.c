@@ -59,7 +59,9 @@ struct ch_engine {
 	} stats; // the batch's analytics deltas, by stats key
 };
 
-// An analytics counter of the batch: key = business \0 counter name.
+// An analytics counter of the batch: key = business \0 counter name (the
+// business has no NUL, so the first one ends it; the name's own NULs
+// separate its fields, see stat in lua/prelude.lua).
 typedef struct stat_ent {
 	char    *key; // NULL: free slot
 	uint32_t klen;
@@ -1006,7 +1008,10 @@ timer_done(ch_job *j)
 
 // timer_parse fills t->req from t->key and t->val: business \0 customer \0
 // name, and {type, data}. 1, 0 when the record is damaged, -1 when there
-// was no memory to read it.
+// was no memory to read it. None of the three holds a NUL (the codec
+// refuses one in a business or customer, the prelude in a timer's name),
+// so a key with a third NUL was written before that was so and reads two
+// ways: it is damaged, dropped, never run on a guess.
 static int
 timer_parse(timer_slot *t)
 {
@@ -1014,7 +1019,8 @@ timer_parse(timer_slot *t)
 	const char *z1 = memchr(p, '\0', (size_t) (end - p));
 	const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t) (end - z1 - 1))
 	                    : NULL;
-	if (z2 == NULL || z1 == p || z2 == z1 + 1 || z2 + 1 == end) {
+	if (z2 == NULL || z1 == p || z2 == z1 + 1 || z2 + 1 == end ||
+	    memchr(z2 + 1, '\0', (size_t) (end - z2 - 1)) != NULL) {
 		return (0);
 	}
 	memset(&t->req, 0, sizeof(t->req));

@@ -730,6 +730,10 @@ C.__name = "customer"
 -- ("j\0<journey>\0entered\0<stage>", "a\0<action>\0impressions"...); the
 -- engine sums them per batch into the store's stats database in the
 -- event's transaction, and API.stats builds the stats reply from them.
+-- Every field is a name (journey, stage, action, metric, an action's
+-- channel: text_or_fail) or a circumstance (from the request, or text from
+-- attrs): none holds a NUL, so split0 reads each key back into the fields
+-- it was made of (lua/nba.c builds the impression counters alike).
 local STATS = {}
 local function stat(key, n)
   STATS[key] = (STATS[key] or 0) + (n or 1)

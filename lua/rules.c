@@ -279,7 +279,10 @@ l_hash01(lua_State *L)
 
 // The adaptive model's counts per (business, action, channel): three u64,
 // accepted, rejected, ignored, in the models database, read and written
-// in the event's own transaction.
+// in the event's own transaction. Key: business \0 action \0 channel, where
+// neither the business nor the action name holds a NUL (the rules folder's
+// name; a declared action name is text), so the channel ("*", the
+// request's, or attrs' — text too) is whatever follows the second.
 static size_t
 model_key(ch_biz *b, const char *a, size_t an, const char *c, size_t cn,
     char *key, size_t cap)
@@ -371,7 +374,10 @@ l_model_add(lua_State *L)
 }
 
 // Timers: key = due (8 bytes, big-endian) ‖ business \0 customer \0 name,
-// value = {type, data} packed; the engine fires them (core/engine.c).
+// value = {type, data} packed; the engine fires them (core/engine.c),
+// reading the fields back at the NULs: none of them holds one (the
+// customer is a request's, the name "a:" type, "i:" journey or "s:" case,
+// all text).
 static size_t
 timer_key(ch_biz *b, int64_t due, const char *c, size_t cn, const char *n,
     size_t nn, char *key, size_t cap)
@@ -1311,6 +1317,8 @@ ch_rules_serving(const ch_rules *r, int i)
 
 #define HISTORY_KEEP 10
 
+// meta keys: kind \0 business \0 version; the kind is ours, the business
+// a folder name of [A-Za-z0-9_-], the version hex.
 static size_t
 meta_key(char *buf, size_t cap, const char *kind, const char *biz,
     const char *version)
