@@ -1180,12 +1180,21 @@ end
 -- Entry points (called by the host)
 ------------------------------------------------------------------------
 
--- handler_fault raises msg at the line where the handler fn begins.
-local function handler_fault(fn, etype, msg)
+-- at_handler places msg at the line where the handler fn begins;
+-- handler_fault raises it there.
+local function at_handler(fn, etype, msg)
   local info = getinfo(fn, "S")
-  error(sfmt("%s:%d: %s (left there by this handler for '%s')",
-             ssub(info.source, 2), info.linedefined, msg, etype), 0)
+  return sfmt("%s:%d: %s (left there by this handler for '%s')",
+              ssub(info.source, 2), info.linedefined, msg, etype)
 end
+
+local function handler_fault(fn, etype, msg)
+  error(at_handler(fn, etype, msg), 0)
+end
+
+-- The last handler the event ran, blamed for a state that cannot be
+-- packed (nil for a decision, or an event without handlers).
+local blamed, blamed_type
 
 local function handlers_for(etype)
   local list = B.by_type[etype]
@@ -1241,6 +1250,7 @@ local API = {}
 -- and the reply table.
 function API.event(st, req, now, version)
   reset_stats()
+  blamed = nil
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1268,14 +1278,16 @@ function API.event(st, req, now, version)
     end
   end
   local list = handlers_for(req.type)
-  for i = 1, #list do
+  local n = #list
+  for i = 1, n do
     list[i](c, ev)
     -- what a handler left in the state that cannot be stored is its
-    -- error, reported at the handler (packing, after all of them, could
-    -- not say whose it was)
-    local bad = state_problem(st)
+    -- error, reported where it begins: checked here after each handler
+    -- but the last, whose is found by packing the state (API.blame)
+    local bad = state_problem(st, i < n)
     if bad then handler_fault(list[i], req.type, bad) end
   end
+  blamed, blamed_type = list[n], req.type
   if not req.timer then
     touch_journeys(c)
     -- a timer whose handler failed is gone from the store, but the
@@ -1309,6 +1321,7 @@ end
 -- decide ranks the next best actions without an event.
 function API.decide(st, req, now, version)
   reset_stats()
+  blamed = nil
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1324,6 +1337,14 @@ function API.decide(st, req, now, version)
     return st, reply, STATS
   end
   return nil, reply, STATS -- nothing recorded: the stored state stays as it is
+end
+
+-- blame(msg): the host could not pack the state the event left (msg names
+-- the value, "c.attrs.f: cannot store..."); the last handler did it, since
+-- the ones before were checked after they ran.
+function API.blame(msg)
+  if blamed then return at_handler(blamed, blamed_type, msg) end
+  return msg
 end
 
 -- stats(counters, journey|nil) builds the stats reply from the summed

@@ -126,9 +126,14 @@ disarm(ch_biz *b)
 	lua_sethook(b->L, NULL, 0, 0);
 }
 
+// Set while do_call packs the customer's state: a value there that cannot
+// be stored was left by a handler, and only the prelude knows which.
+static _Thread_local bool packing_state;
+
 // msgh turns any error value into "file:line: message": when the message
 // does not already start with a rule file's position, the innermost frame
-// of a rule file is prefixed.
+// of a rule file is prefixed — or, when none is running because the state
+// is being packed, the prelude's API.blame names the handler.
 static int
 msgh(lua_State *L)
 {
@@ -162,6 +167,15 @@ msgh(lua_State *L)
 		lua_pushfstring(L, "%s:%d: %s", ar.source + 1, ar.currentline,
 		    msg);
 		return (1);
+	}
+	if (packing_state) {
+		packing_state = false;
+		lua_rawgeti(L, LUA_REGISTRYINDEX, ch_biz_of(L)->api);
+		lua_getfield(L, -1, "blame");             /* api, blame */
+		lua_pushstring(L, msg);
+		if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_isstring(L, -1)) {
+			return (1);
+		}
 	}
 	lua_pushstring(L, msg);
 	return (1);
@@ -208,6 +222,7 @@ pcall_rule(ch_biz *b, int nargs, int nres)
 	arm(b);
 	int st = lua_pcall(L, nargs, nres, base);
 	disarm(b);
+	packing_state = false; // a memory error passes msgh by
 	lua_remove(L, base);
 	if (st == LUA_OK) {
 		return (CH_OK);
@@ -500,37 +515,48 @@ l_is_text(lua_State *L)
 	return (1);
 }
 
-// H.state_problem(st) -> nil, or what is wrong with the parts of a
-// customer's state that handlers write: attrs and cases must be storable,
-// and attrs.region, .channel and .product, the circumstance when a
-// request has none, text (they name analytics counters).
+// circ_problem: with the attrs at 2, 1 and the message pushed when
+// attrs.region, .channel or .product holds a string that is not text.
+static int
+circ_problem(lua_State *L)
+{
+	static const char *const circ[] = { "region", "channel", "product" };
+	for (int i = 0; i < 3; i++) {
+		size_t      n = 0;
+		const char *v = lua_getfield(L, 2, circ[i]) ==
+		        LUA_TSTRING
+		    ? lua_tolstring(L, -1, &n)
+		    : NULL;
+		if (v != NULL && !ch_utf8_text(v, n)) {
+			lua_pushfstring(L, "c.attrs.%s is the customer's "
+			                   "%s and must be valid UTF-8 "
+			                   "without NUL bytes",
+			    circ[i], circ[i]);
+			return (1);
+		}
+		lua_pop(L, 1);
+	}
+	return (0);
+}
+
+// H.state_problem(st[, all]) -> nil, or what is wrong with what handlers
+// write in a customer's state: attrs.region, .channel and .product, the
+// circumstance when a request has none, must be text (they name analytics
+// counters); with all, attrs and cases must also be storable (a walk of
+// both, so the prelude asks it only between handlers: packing the state
+// checks after the last).
 static int
 l_state_problem(lua_State *L)
 {
-	static const char *const circ[] = { "region", "channel", "product" };
+	bool all = lua_toboolean(L, 2);
 	lua_settop(L, 1);
 	if (lua_getfield(L, 1, "attrs") == LUA_TTABLE) {      /* st, attrs */
-		if (ch_conv_check(L, 2, "c.attrs")) {
+		if ((all && ch_conv_check(L, 2, "c.attrs")) || circ_problem(L)) {
 			return (1);
 		}
-		for (int i = 0; i < 3; i++) {
-			size_t      n = 0;
-			const char *v = lua_getfield(L, 2, circ[i]) ==
-			        LUA_TSTRING
-			    ? lua_tolstring(L, -1, &n)
-			    : NULL;
-			if (v != NULL && !ch_utf8_text(v, n)) {
-				lua_pushfstring(L, "c.attrs.%s is the customer's "
-				                   "%s and must be valid UTF-8 "
-				                   "without NUL bytes",
-				    circ[i], circ[i]);
-				return (1);
-			}
-			lua_pop(L, 1);
-		}
 	}
-	if (lua_getfield(L, 1, "cases") == LUA_TTABLE &&
-	    ch_conv_check(L, -1, "cases")) {
+	if (all && lua_getfield(L, 1, "cases") == LUA_TTABLE &&
+	    ch_conv_check(L, -1, "c.cases")) {
 		return (1);
 	}
 	lua_pushnil(L);
@@ -2013,7 +2039,9 @@ do_call(lua_State *L)
 	}
 	lua_pop(L, 1);                                 /* state, reply */
 	if (!lua_isnil(L, -2)) {
-		ch_conv_pack(L, -2, a->out->state, "customer state");
+		packing_state = true;
+		ch_conv_pack(L, -2, a->out->state, "c");
+		packing_state = false;
 	}
 	ch_conv_pack(L, -1, a->out->reply, "reply");
 	lua_getfield(L, -1, "actions");

@@ -481,7 +481,7 @@ Test(text, a_value_that_cannot_be_stored_is_a_rule_error_at_its_line)
 	expect_rule_error("fn_timer", "10_text.lua:26:",
 	    "timer data.f: cannot store a value of type function");
 	expect_rule_error("fn_case", "10_text.lua:28:",
-	    "cases.ticket.data.f: cannot store a value of type function");
+	    "c.cases.ticket.data.f: cannot store a value of type function");
 	// a name from the request's data that holds a NUL (valid in data)
 	req_t q;
 	req_init(&q, 4);

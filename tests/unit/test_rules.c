@@ -554,6 +554,43 @@ Test(rules, the_circumstance_falls_back_to_attrs)
 	cr_assert_eq(num_at(last_reply, "actions.0.payload.price"), 8.99);
 }
 
+Test(rules, the_handler_that_left_a_value_that_cannot_be_stored_is_named)
+{
+	write_file("shop", "10.lua",
+	    "on('*', function(c, e)\n"
+	    "  if e.data.first then c.attrs.f = print end\n"
+	    "end)\n"
+	    "on('x', function(c, e)\n"
+	    "  if e.data.second then c.attrs.list = { 1, print } end\n"
+	    "end)\n"
+	    "on('y', function(c, e)\n"
+	    "  c.attrs[e.data.key and {} or 'ok'] = 1\n"
+	    "end)\n");
+	load();
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "x", .data_json = "{\"first\":1}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:1: c.attrs.f: cannot store a "
+	                               "value of type function (left there by "
+	                               "this handler for 'x')"),
+	    "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "x", .data_json = "{\"second\":1}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:4: c.attrs.list[2]: cannot store"),
+	    "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "y", .data_json = "{\"key\":1}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:7: c.attrs: a table key must be"),
+	    "%s", err);
+	// and nothing of it was kept
+	ok("shop", (ev) { .type = "y", .nodecide = true });
+	cr_assert_null(at(last_state, "attrs.f"));
+	cr_assert_eq(num_at(last_state, "attrs.ok"), 1);
+}
+
 static bool has(const char *name);
 
 Test(rules, circumstances_that_join_alike_have_their_own_views)
