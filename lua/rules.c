@@ -1424,9 +1424,13 @@ ch_rules_record_versions(ch_rules *r, ch_store *s)
 		msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
 		msgpack_pack_array(&pk, (size_t) z->nfiles);
 		for (int f = 0; f < z->nfiles; f++) {
+			// byte for byte, as the files are (ch_pack_str would
+			// escape what is not UTF-8): a rollback compiles them
 			msgpack_pack_array(&pk, 2);
-			ch_pack_str(&pk, z->files[f]);
-			ch_pack_strn(&pk, z->srcs[f], z->srclens[f]);
+			msgpack_pack_str_with_body(&pk, z->files[f],
+			    strlen(z->files[f]));
+			msgpack_pack_str_with_body(&pk, z->srcs[f],
+			    z->srclens[f]);
 		}
 		rc = ch_store_put(s, txn, CH_DB_META, key, klen, b.data, b.size);
 		// keep the newest HISTORY_KEEP
