@@ -705,17 +705,30 @@ ch_pack_strn(msgpack_packer *pk, const char *s, size_t n)
 		return;
 	}
 	// a message quoting bytes from elsewhere (a rule's error, a file
-	// name): what is not UTF-8 is written as \xNN
-	size_t e   = ch_utf8_escape(NULL, 0, s, n, false);
-	char  *out = malloc(e + 1);
-	if (out == NULL) {
-		ch_pack_strn(pk, "(text that is not UTF-8)", 24);
-		return;
+	// name): what is not UTF-8 is written as \xNN, in pieces of whole
+	// characters through a buffer on the stack — nothing to allocate, so
+	// an error reply with room for ch_pack_strn_len bytes always packs
+	msgpack_pack_str(pk, ch_utf8_escape(NULL, 0, s, n, false));
+	char   out[4 * 64];
+	size_t i = 0;
+	while (i < n) {
+		size_t end = i;
+		while (end < n && end - i < 60) {
+			size_t q = ch_utf8_seq((const unsigned char *) s + end,
+			    n - end);
+			end += q > 0 ? q : 1;
+		}
+		size_t w = ch_utf8_escape(out, sizeof(out), s + i, end - i, false);
+		msgpack_pack_str_body(pk, out, w);
+		i = end;
 	}
-	ch_utf8_escape(out, e + 1, s, n, false);
-	msgpack_pack_str(pk, e);
-	msgpack_pack_str_body(pk, out, e);
-	free(out);
+}
+
+size_t
+ch_pack_strn_len(const char *s, size_t n)
+{
+	size_t e = ch_utf8_valid(s, n) ? n : ch_utf8_escape(NULL, 0, s, n, false);
+	return (5 + e);
 }
 
 void

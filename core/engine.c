@@ -189,8 +189,9 @@ reply_err(ch_job *j, int err, const char *fmt, ...)
 	j->emits.size = 0;
 	j->err        = err;
 	// the map, its keys and the code take less than 64 bytes: with room
-	// for them and the message, packing cannot fail half-way
-	if (sb_room(&j->reply, 64 + strlen(msg)) != 0) {
+	// for them and the message (escaped where it is not UTF-8), packing
+	// cannot fail half-way
+	if (sb_room(&j->reply, 64 + ch_pack_strn_len(msg, strlen(msg))) != 0) {
 		// no memory for it: the fixed reply, in the room set aside
 		if (sb_room(&j->reply, sizeof(oom_reply)) == 0) {
 			memcpy(j->reply.data, oom_reply, sizeof(oom_reply) - 1);

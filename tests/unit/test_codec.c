@@ -1,5 +1,6 @@
 // The request codec: every way a request can be refused, and the defaults.
 #include <criterion/criterion.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/codec.h"
@@ -626,6 +627,33 @@ Test(codec, packed_strings_are_utf8_whatever_they_quote)
 	cr_assert_eq(up.data.via.str.size, 5);
 	cr_assert_eq(memcmp(up.data.via.str.ptr, "é\0ok", 5), 0);
 	msgpack_unpacked_destroy(&up);
+}
+
+Test(codec, a_long_string_is_escaped_in_pieces_alike)
+{
+	// whole characters across the pieces ch_pack_strn escapes at a time
+	char in[1200];
+	size_t n = 0;
+	for (int i = 0; i < 150; i++) {
+		memcpy(in + n, i % 7 == 3 ? "\xff" : "\xe2\x9c\x93", i % 7 == 3 ? 1 : 3);
+		n += i % 7 == 3 ? 1 : 3;
+		in[n++] = (char) ('a' + i % 26);
+	}
+	ch_pack_strn(&pk, in, n);
+	size_t want = ch_utf8_escape(NULL, 0, in, n, false);
+	char  *all  = malloc(want + 1);
+	ch_utf8_escape(all, want + 1, in, n, false);
+	cr_assert_eq(ch_pack_strn_len(in, n), 5 + want);
+	msgpack_unpacked up;
+	msgpack_unpacked_init(&up);
+	cr_assert_eq(msgpack_unpack_next(&up, buf.data, buf.size, NULL),
+	    MSGPACK_UNPACK_SUCCESS);
+	cr_assert_eq(up.data.type, MSGPACK_OBJECT_STR);
+	cr_assert_eq(up.data.via.str.size, want);
+	cr_assert_eq(memcmp(up.data.via.str.ptr, all, want), 0);
+	cr_assert(ch_utf8_valid(up.data.via.str.ptr, want));
+	msgpack_unpacked_destroy(&up);
+	free(all);
 }
 
 Test(codec, an_unknown_op_is_quoted_as_text)
