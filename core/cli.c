@@ -132,16 +132,24 @@ one(ch_client *cl, json_t *req, bool pretty)
 	int status = 2;
 	if (msgpack_unpack_next(&up, reply, rlen, &off) ==
 	    MSGPACK_UNPACK_SUCCESS) {
+		// a reply that cannot be printed is an error, never "null"
 		json_t *j = ch_msgpack_to_json(&up.data);
-		if (j != NULL) {
-			char *s = json_dumps(j, JSON_REAL_PRECISION(15) |
-			        (pretty ? JSON_INDENT(2) : JSON_COMPACT));
-			printf("%s\n", s ? s : "null");
+		char   *s = j == NULL ? NULL
+		                      : json_dumps(j, JSON_REAL_PRECISION(15) |
+		                            (pretty ? JSON_INDENT(2)
+		                                    : JSON_COMPACT));
+		if (s != NULL) {
+			printf("%s\n", s);
 			fflush(stdout);
-			free(s);
 			status = json_is_true(json_object_get(j, "ok")) ? 0 : 1;
-			json_decref(j);
+		} else {
+			fprintf(stderr, "choreo: the reply (%zu bytes of "
+			                "msgpack) cannot be written as JSON%s\n",
+			    rlen,
+			    j == NULL ? ": it nests too deeply" : "");
 		}
+		free(s);
+		json_decref(j);
 	} else {
 		fprintf(stderr, "choreo: the reply is not msgpack\n");
 	}

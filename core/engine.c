@@ -59,7 +59,9 @@ struct ch_engine {
 	} stats; // the batch's analytics deltas, by stats key
 };
 
-// An analytics counter of the batch: key = business \0 counter name.
+// An analytics counter of the batch: key = business \0 counter name (the
+// business has no NUL, so the first one ends it; the name's own NULs
+// separate its fields, see stat in lua/prelude.lua).
 typedef struct stat_ent {
 	char    *key; // NULL: free slot
 	uint32_t klen;
@@ -187,8 +189,9 @@ reply_err(ch_job *j, int err, const char *fmt, ...)
 	j->emits.size = 0;
 	j->err        = err;
 	// the map, its keys and the code take less than 64 bytes: with room
-	// for them and the message, packing cannot fail half-way
-	if (sb_room(&j->reply, 64 + strlen(msg)) != 0) {
+	// for them and the message (escaped where it is not UTF-8), packing
+	// cannot fail half-way
+	if (sb_room(&j->reply, 64 + ch_pack_strn_len(msg, strlen(msg))) != 0) {
 		// no memory for it: the fixed reply, in the room set aside
 		if (sb_room(&j->reply, sizeof(oom_reply)) == 0) {
 			memcpy(j->reply.data, oom_reply, sizeof(oom_reply) - 1);
@@ -1006,7 +1009,10 @@ timer_done(ch_job *j)
 
 // timer_parse fills t->req from t->key and t->val: business \0 customer \0
 // name, and {type, data}. 1, 0 when the record is damaged, -1 when there
-// was no memory to read it.
+// was no memory to read it. None of the three holds a NUL (the codec
+// refuses one in a business or customer, the prelude in a timer's name),
+// so a key with a third NUL was written before that was so and reads two
+// ways: it is damaged, dropped, never run on a guess.
 static int
 timer_parse(timer_slot *t)
 {
@@ -1014,7 +1020,8 @@ timer_parse(timer_slot *t)
 	const char *z1 = memchr(p, '\0', (size_t) (end - p));
 	const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t) (end - z1 - 1))
 	                    : NULL;
-	if (z2 == NULL || z1 == p || z2 == z1 + 1 || z2 + 1 == end) {
+	if (z2 == NULL || z1 == p || z2 == z1 + 1 || z2 + 1 == end ||
+	    memchr(z2 + 1, '\0', (size_t) (end - z2 - 1)) != NULL) {
 		return (0);
 	}
 	memset(&t->req, 0, sizeof(t->req));

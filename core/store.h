@@ -72,6 +72,13 @@ unsigned ch_store_faults(const ch_store *s);
 // disk, not the map, is full.
 int ch_store_grow(ch_store *s);
 
+// Keys that join fields join them with NUL bytes, and every field but the
+// last is text without NUL (the codec refuses a NUL in a request's fields,
+// the prelude in a rule's names), so each key reads back one way only:
+// business \0 customer, business \0 id, business \0 action \0 channel,
+// due ‖ business \0 customer \0 timer name, business \0 counter name
+// (whose fields are names too). docs/architecture.md, storage layout.
+
 // ch_store_key builds business \0 rest into buf (at least 64+1+256 bytes).
 size_t ch_store_key(char *buf, ch_str business, ch_str rest);
 // Keys that sort by time start with 8 bytes of big-endian milliseconds.

@@ -10,6 +10,9 @@
 
 local H = ...
 local getinfo, array_mt = H.getinfo, H.array_mt
+local storable = H.storable -- nil, or why a value cannot be stored
+local is_text = H.is_text   -- a string of valid UTF-8 without NUL bytes
+local state_problem = H.state_problem -- nil, or what a handler got wrong
 local debug_getmetatable = H.getmetatable
 
 local type, pairs, ipairs, next, error, tostring, select =
@@ -160,6 +163,14 @@ local function duration(v, what)
             what, type(v) == "string" and sfmt("%q", v) or tname(v)))
 end
 
+-- Names end up in the store's keys, in analytics counters and pub topics,
+-- joined with NUL bytes, and in replies: each must be text, valid UTF-8
+-- without NUL, so that every key reads back one way only.
+local NOT_TEXT = "must be valid UTF-8 without NUL bytes"
+local function text_or_fail(v, what)
+  if not is_text(v) then fail(sfmt("%s %s, got %q", what, NOT_TEXT, v)) end
+end
+
 local function is_list_of_strings(v)
   if type(v) ~= "table" then return false end
   local n = 0
@@ -208,7 +219,8 @@ end
 
 -- check validates spec against a schema { field = checker } where a checker
 -- is a type name ("number", "string", "function", "boolean", "table",
--- "strings", "duration") or a function(v, what) returning a message.
+-- "strings", "duration"), "name" or "names" (strings that are text, see
+-- text_or_fail) or a function(v, what) returning a message.
 local check_params -- the params a declaration's references are checked with
 local subst        -- replaces params references (defined with params below)
 
@@ -226,10 +238,18 @@ local function check(kind, name, spec, schema)
       tsort(known)
       fail(sfmt("%s '%s': unknown field '%s' (known fields: %s)", kind, name,
                 tostring(k), tconcat(known, ", ")))
-    elseif want == "strings" then
+    elseif want == "strings" or want == "names" then
       if not is_list_of_strings(v) then
         fail(sfmt("%s must be a list of strings, got %s", what, tname(v)))
       end
+      if want == "names" then
+        for i = 1, #v do text_or_fail(v[i], sfmt("%s: each", what)) end
+      end
+    elseif want == "name" then
+      if type(v) ~= "string" then
+        fail(sfmt("%s must be a string, got %s", what, tname(v)))
+      end
+      text_or_fail(v, what)
     elseif want == "duration" then
       duration(v, what)
     elseif type(want) == "function" then
@@ -257,6 +277,7 @@ local function check_name(kind, name)
     fail(sfmt("%s: a %s's name is at most %d bytes, got %d", kind, kind, MAX_TIMED_NAME,
               #name))
   end
+  text_or_fail(name, sfmt("%s: a name", kind))
 end
 
 ------------------------------------------------------------------------
@@ -373,7 +394,7 @@ local function check_history(v, what)
 end
 
 local JOURNEY = {
-  stages = "strings", goal = "string", inactive_after = "duration",
+  stages = "names", goal = "string", inactive_after = "duration",
   description = "string", history = check_history,
 }
 
@@ -457,7 +478,7 @@ local function check_payload(v, what)
 end
 
 local ACTION = {
-  group = "string", channels = "strings", value = "number", weight = "number",
+  group = "name", channels = "names", value = "number", weight = "number",
   eligible = "function", propensity = "function", prior = prob,
   explore = "boolean", payload = check_payload, description = "string",
   limits = check_limits,
@@ -468,6 +489,8 @@ function D.action(name)
   local into = target()
   return function(spec)
     check("action", name, spec, ACTION)
+    local bad = spec.payload ~= nil and storable(spec.payload, sfmt("action '%s': payload", name))
+    if bad then fail(bad) end
     if into == B and subst(spec, B.params).value == nil then
       fail(sfmt("action '%s': value is required", name))
     end
@@ -600,6 +623,7 @@ function D.on(etype, fn)
   if type(etype) ~= "string" or etype == "" then
     fail(sfmt("on: the event type must be a string, got %s", tname(etype)))
   end
+  text_or_fail(etype, "on: the event type")
   if type(fn) ~= "function" then
     fail(sfmt("on(\"%s\", ...): the handler must be a function, got %s", etype, tname(fn)))
   end
@@ -622,9 +646,10 @@ function D.variation(circ)
     if not CIRCUMSTANCE[k] then
       fail(sfmt("variation: unknown circumstance '%s' (known: channel, product, region)", tostring(k)))
     end
-    if type(v) ~= "string" then
-      fail(sfmt("variation: %s must be a string, got %s", k, tname(v)))
+    if type(v) ~= "string" or v == "" then
+      fail(sfmt("variation: %s must be a string, got %s", k, type(v) == "string" and '""' or tname(v)))
     end
+    text_or_fail(v, sfmt("variation: %s", k))
     keys = keys + 1
   end
   if keys == 0 then fail("variation: name at least one of region, channel, product") end
@@ -660,6 +685,9 @@ local function finish_action(name, spec)
   if type(a.value) ~= "number" then
     fail(sfmt("action '%s': value must be a number, got %s", name, tname(a.value)))
   end
+  -- a param may have brought into the payload what cannot be stored
+  local bad = a.payload ~= nil and storable(a.payload, sfmt("action '%s': payload", name))
+  if bad then error(sfmt("%s: %s", B.where["action:" .. name] or "?", bad), 0) end
   a.weight = a.weight or 1
   a.prior = a.prior or 0.5
   a.alpha0, a.beta0 = 2 * a.prior, 2 * (1 - a.prior)
@@ -779,9 +807,11 @@ local function build_view(ctx)
   }
 end
 
--- resolve costs one table lookup once a circumstance has been seen.
+-- resolve costs one table lookup once a circumstance has been seen. The
+-- key is unambiguous: the parts are text without NUL (or absent, which no
+-- variation tells from "", since a variation's values are not empty).
 local function resolve(ctx)
-  local key = (ctx.region or "") .. "\1" .. (ctx.channel or "") .. "\1" .. (ctx.product or "")
+  local key = (ctx.region or "") .. "\0" .. (ctx.channel or "") .. "\0" .. (ctx.product or "")
   local view = B.views[key]
   if view then return view end
   view = build_view(ctx)
@@ -855,6 +885,10 @@ C.__name = "customer"
 -- ("j\0<journey>\0entered\0<stage>", "a\0<action>\0impressions"...); the
 -- engine sums them per batch into the store's stats database in the
 -- event's transaction, and API.stats builds the stats reply from them.
+-- Every field is a name (journey, stage, action, metric, an action's
+-- channel: text_or_fail) or a circumstance (from the request, or text from
+-- attrs): none holds a NUL, so split0 reads each key back into the fields
+-- it was made of (lua/nba.c builds the impression counters alike).
 local STATS = {}
 local function stat(key, n)
   STATS[key] = (STATS[key] or 0) + (n or 1)
@@ -978,7 +1012,9 @@ function C:count(name, n)
     fail(sfmt("c:count('%s', n): n must be a finite number, got %s", name, got(n)))
   end
   local counters = self._s.counters
-  counters[name] = (counters[name] or 0) + n
+  local old = counters[name]
+  if old == nil then text_or_fail(name, "c:count: the counter name") end
+  counters[name] = (old or 0) + n
   return counters[name]
 end
 
@@ -987,11 +1023,14 @@ function C:emit(name, data)
   if type(name) ~= "string" or name == "" then
     fail(sfmt("c:emit: the name must be a string, got %s", tname(name)))
   end
+  text_or_fail(name, "c:emit: the name")
   if data ~= nil and type(data) ~= "table" then
     fail(sfmt("c:emit('%s', data): data must be a table, got %s", name, tname(data)))
   end
   local e = self._emitted
-  e[#e + 1] = { name = name, data = data or {} }
+  -- packed now: a value that cannot be stored is an error at this line,
+  -- and what is published is the data as it was when emitted
+  e[#e + 1] = { name = name, data = H.pack(data or {}, "c:emit data") }
 end
 
 function C:history(action)
@@ -1041,6 +1080,7 @@ function C:after(d, etype, data)
   if type(etype) ~= "string" or #etype == 0 or #etype > 64 then
     fail(sfmt("c:after: the event type must be a string of 1 to 64 bytes, got %s", tname(etype)))
   end
+  text_or_fail(etype, "c:after: the event type")
   if data ~= nil and type(data) ~= "table" then
     fail(sfmt("c:after('%s', '%s', data): data must be a table, got %s", d, etype, tname(data)))
   end
@@ -1066,6 +1106,7 @@ function C:score(jname, metric, value)
   if type(metric) ~= "string" or metric == "" then
     fail(sfmt("c:score: the metric must be a string, got %s", tname(metric)))
   end
+  text_or_fail(metric, "c:score: the metric")
   if not finite(value) then
     fail(sfmt("c:score('%s', '%s', value): value must be a finite number, got %s", jname,
               metric, got(value)))
@@ -1134,6 +1175,7 @@ function C:cohort(exp, shares)
   end
   local cs = self._s.cohorts
   if cs and cs[exp] then return cs[exp] end
+  text_or_fail(exp, "c:cohort: the experiment name")
   if type(shares) ~= "table" then
     fail(sfmt("c:cohort('%s', shares): shares must be a table such as { control = 0.1, treatment = 0.9 }", exp))
   end
@@ -1173,10 +1215,19 @@ local function new_customer(st, ctx, view, now)
   }, C)
 end
 
--- The circumstance comes from the request, else from the customer's attrs.
+-- The circumstance comes from the request, else from the customer's attrs
+-- when they hold text there: it names analytics counters (joined with NUL
+-- bytes) and the reply's channel, as a request's fields do. A handler that
+-- stores anything else there is told so (state_problem).
+local function from_attrs(v)
+  if type(v) == "string" and is_text(v) then return v end
+  return nil
+end
+
 local function circumstance(req, st)
   local a = st.attrs
-  return req.region or a.region, req.channel or a.channel, req.product or a.product
+  return req.region or from_attrs(a.region), req.channel or from_attrs(a.channel),
+         req.product or from_attrs(a.product)
 end
 
 local function context_of(req, st)
@@ -1343,6 +1394,22 @@ end
 -- Entry points (called by the host)
 ------------------------------------------------------------------------
 
+-- at_handler places msg at the line where the handler fn begins;
+-- handler_fault raises it there.
+local function at_handler(fn, etype, msg)
+  local info = getinfo(fn, "S")
+  return sfmt("%s:%d: %s (left there by this handler for '%s')",
+              ssub(info.source, 2), info.linedefined, msg, etype)
+end
+
+local function handler_fault(fn, etype, msg)
+  error(at_handler(fn, etype, msg), 0)
+end
+
+-- The last handler the event ran, blamed for a state that cannot be
+-- packed (nil for a decision, or an event without handlers).
+local blamed, blamed_type
+
 local function handlers_for(etype)
   local list = B.by_type[etype]
   if not list then
@@ -1398,6 +1465,7 @@ local API = {}
 function API.event(st, req, now, version)
   reset_stats()
   fallback = nil
+  blamed = nil
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1425,11 +1493,18 @@ function API.event(st, req, now, version)
     end
   end
   local list = handlers_for(req.type)
-  for i = 1, #list do
+  local n = #list
+  for i = 1, n do
     fallback = list[i]
     list[i](c, ev)
+    -- what a handler left in the state that cannot be stored is its
+    -- error, reported where it begins: checked here after each handler
+    -- but the last, whose is found by packing the state (API.blame)
+    local bad = state_problem(st, i < n)
+    if bad then handler_fault(list[i], req.type, bad) end
   end
   fallback = nil
+  blamed, blamed_type = list[n], req.type
   if not req.timer then
     touch_journeys(c)
     -- a timer whose handler failed is gone from the store, but the
@@ -1464,6 +1539,7 @@ end
 function API.decide(st, req, now, version)
   reset_stats()
   fallback = nil
+  blamed = nil
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1479,6 +1555,14 @@ function API.decide(st, req, now, version)
     return st, reply, STATS
   end
   return nil, reply, STATS -- nothing recorded: the stored state stays as it is
+end
+
+-- blame(msg): the host could not pack the state the event left (msg names
+-- the value, "c.attrs.f: cannot store..."); the last handler did it, since
+-- the ones before were checked after they ran.
+function API.blame(msg)
+  if blamed then return at_handler(blamed, blamed_type, msg) end
+  return msg
 end
 
 -- stats(counters, journey|nil) builds the stats reply from the summed

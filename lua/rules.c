@@ -17,6 +17,7 @@
 #include "../core/err.h"
 #include "../core/log.h"
 #include "../core/store.h"
+#include "../core/utf8.h"
 #include "conv.h"
 #include "nba.h"
 #include "pattern.h"
@@ -141,9 +142,15 @@ unprelude(const char *msg)
 	return (p[0] == ':' && p[1] == ' ' ? p + 2 : msg);
 }
 
+// Set while do_call packs the customer's state: a value there that cannot
+// be stored was left by a handler, and only the prelude knows which.
+static _Thread_local bool packing_state;
+
 // msgh turns any error value into "file:line: message": when the message
 // does not already start with a rule file's position, the innermost frame
-// of a rule file is prefixed (in place of the prelude's position, if any).
+// of a rule file is prefixed (in place of the prelude's position, if any)
+// — or, when none is running because the state is being packed, the
+// prelude's API.blame names the handler.
 static int
 msgh(lua_State *L)
 {
@@ -177,6 +184,15 @@ msgh(lua_State *L)
 		lua_pushfstring(L, "%s:%d: %s", ar.source + 1, ar.currentline,
 		    unprelude(msg));
 		return (1);
+	}
+	if (packing_state) {
+		packing_state = false;
+		lua_rawgeti(L, LUA_REGISTRYINDEX, ch_biz_of(L)->api);
+		lua_getfield(L, -1, "blame");             /* api, blame */
+		lua_pushstring(L, msg);
+		if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_isstring(L, -1)) {
+			return (1);
+		}
 	}
 	lua_pushstring(L, msg);
 	return (1);
@@ -223,6 +239,7 @@ pcall_rule(ch_biz *b, int nargs, int nres)
 	arm(b);
 	int st = lua_pcall(L, nargs, nres, base);
 	disarm(b);
+	packing_state = false; // a memory error passes msgh by
 	lua_remove(L, base);
 	if (st == LUA_OK) {
 		return (CH_OK);
@@ -294,7 +311,10 @@ l_hash01(lua_State *L)
 
 // The adaptive model's counts per (business, action, channel): three u64,
 // accepted, rejected, ignored, in the models database, read and written
-// in the event's own transaction.
+// in the event's own transaction. Key: business \0 action \0 channel, where
+// neither the business nor the action name holds a NUL (the rules folder's
+// name; a declared action name is text), so the channel ("*", the
+// request's, or attrs' — text too) is whatever follows the second.
 static size_t
 model_key(ch_biz *b, const char *a, size_t an, const char *c, size_t cn,
     char *key, size_t cap)
@@ -386,7 +406,10 @@ l_model_add(lua_State *L)
 }
 
 // Timers: key = due (8 bytes, big-endian) ‖ business \0 customer \0 name,
-// value = {type, data} packed; the engine fires them (core/engine.c).
+// value = {type, data} packed; the engine fires them (core/engine.c),
+// reading the fields back at the NULs: none of them holds one (the
+// customer is a request's, the name "a:" type, "i:" journey or "s:" case,
+// all text).
 static size_t
 timer_key(ch_biz *b, int64_t due, const char *c, size_t cn, const char *n,
     size_t nn, char *key, size_t cap)
@@ -480,6 +503,90 @@ l_model_epoch(lua_State *L)
 {
 	lua_pushinteger(L, (lua_Integer) atomic_load(&model_epoch));
 	return (1);
+}
+
+// H.storable(v, what) -> nil, or why v cannot be stored ("c.attrs.f:
+// cannot store a value of type function"), for the prelude to raise where
+// the value was put.
+static int
+l_storable(lua_State *L)
+{
+	const char *what = luaL_checkstring(L, 2);
+	lua_settop(L, 2);
+	if (ch_conv_check(L, 1, what)) {
+		return (1);
+	}
+	lua_pushnil(L);
+	return (1);
+}
+
+// H.is_text(v) -> whether v is a string of valid UTF-8 without NUL bytes,
+// what a name that goes into a key must be.
+static int
+l_is_text(lua_State *L)
+{
+	size_t      n;
+	const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n)
+	                                             : NULL;
+	lua_pushboolean(L, s != NULL && ch_utf8_text(s, n));
+	return (1);
+}
+
+// circ_problem: with the attrs at 2, 1 and the message pushed when
+// attrs.region, .channel or .product holds a string that is not text.
+static int
+circ_problem(lua_State *L)
+{
+	static const char *const circ[] = { "region", "channel", "product" };
+	for (int i = 0; i < 3; i++) {
+		size_t      n = 0;
+		const char *v = lua_getfield(L, 2, circ[i]) ==
+		        LUA_TSTRING
+		    ? lua_tolstring(L, -1, &n)
+		    : NULL;
+		if (v != NULL && !ch_utf8_text(v, n)) {
+			lua_pushfstring(L, "c.attrs.%s is the customer's "
+			                   "%s and must be valid UTF-8 "
+			                   "without NUL bytes",
+			    circ[i], circ[i]);
+			return (1);
+		}
+		lua_pop(L, 1);
+	}
+	return (0);
+}
+
+// H.state_problem(st[, all]) -> nil, or what is wrong with what handlers
+// write in a customer's state: attrs.region, .channel and .product, the
+// circumstance when a request has none, must be text (they name analytics
+// counters); with all, attrs and cases must also be storable (a walk of
+// both, so the prelude asks it only between handlers: packing the state
+// checks after the last).
+static int
+l_state_problem(lua_State *L)
+{
+	bool all = lua_toboolean(L, 2);
+	lua_settop(L, 1);
+	if (lua_getfield(L, 1, "attrs") == LUA_TTABLE) {      /* st, attrs */
+		if ((all && ch_conv_check(L, 2, "c.attrs")) || circ_problem(L)) {
+			return (1);
+		}
+	}
+	if (all && lua_getfield(L, 1, "cases") == LUA_TTABLE &&
+	    ch_conv_check(L, -1, "c.cases")) {
+		return (1);
+	}
+	lua_pushnil(L);
+	return (1);
+}
+
+// H.pack(v, what) -> v packed now (a value the packer writes as it is);
+// raises, at the caller's line, on a value that cannot be stored.
+static int
+l_pack(lua_State *L)
+{
+	const char *what = luaL_checkstring(L, 2);
+	return (ch_conv_prepack_as(L, 1, what));
 }
 
 static int
@@ -696,6 +803,14 @@ open_state(ch_biz *b)
 	lua_setfield(L, -2, "timer_del");
 	lua_pushcfunction(L, l_model_epoch);
 	lua_setfield(L, -2, "model_epoch");
+	lua_pushcfunction(L, l_storable);
+	lua_setfield(L, -2, "storable");
+	lua_pushcfunction(L, l_is_text);
+	lua_setfield(L, -2, "is_text");
+	lua_pushcfunction(L, l_state_problem);
+	lua_setfield(L, -2, "state_problem");
+	lua_pushcfunction(L, l_pack);
+	lua_setfield(L, -2, "pack");
 	ch_nba_register(L, lua_gettop(L));
 	lua_newtable(L);
 	ch_pattern_install(L, -1);
@@ -1245,6 +1360,8 @@ ch_rules_serving(const ch_rules *r, int i)
 
 #define HISTORY_KEEP 10
 
+// meta keys: kind \0 business \0 version; the kind is ours, the business
+// a folder name of [A-Za-z0-9_-], the version hex.
 static size_t
 meta_key(char *buf, size_t cap, const char *kind, const char *biz,
     const char *version)
@@ -1324,9 +1441,13 @@ ch_rules_record_versions(ch_rules *r, ch_store *s)
 		msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
 		msgpack_pack_array(&pk, (size_t) z->nfiles);
 		for (int f = 0; f < z->nfiles; f++) {
+			// byte for byte, as the files are (ch_pack_str would
+			// escape what is not UTF-8): a rollback compiles them
 			msgpack_pack_array(&pk, 2);
-			ch_pack_str(&pk, z->files[f]);
-			ch_pack_strn(&pk, z->srcs[f], z->srclens[f]);
+			msgpack_pack_str_with_body(&pk, z->files[f],
+			    strlen(z->files[f]));
+			msgpack_pack_str_with_body(&pk, z->srcs[f],
+			    z->srclens[f]);
 		}
 		rc = ch_store_put(s, txn, CH_DB_META, key, klen, b.data, b.size);
 		// keep the newest HISTORY_KEEP
@@ -1939,7 +2060,9 @@ do_call(lua_State *L)
 	}
 	lua_pop(L, 1);                                 /* state, reply */
 	if (!lua_isnil(L, -2)) {
-		ch_conv_pack(L, -2, a->out->state, "customer state");
+		packing_state = true;
+		ch_conv_pack(L, -2, a->out->state, "c");
+		packing_state = false;
 	}
 	ch_conv_pack(L, -1, a->out->reply, "reply");
 	lua_getfield(L, -1, "actions");

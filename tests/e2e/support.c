@@ -784,6 +784,75 @@ req_json(req_t *r, const char *json)
 ** =======================================================
 */
 
+// utf8_strict: the well-formed byte sequences of the Unicode standard
+// (chapter 3, table 3-7), written out range by range — on purpose not the
+// daemon's own checker, which this one checks.
+bool
+utf8_strict(const void *buf, size_t n)
+{
+	static const struct {
+		unsigned char first_lo, first_hi, second_lo, second_hi;
+		int           len;
+	} rows[] = {
+		{ 0x00, 0x7f, 0, 0, 1 },       { 0xc2, 0xdf, 0x80, 0xbf, 2 },
+		{ 0xe0, 0xe0, 0xa0, 0xbf, 3 }, { 0xe1, 0xec, 0x80, 0xbf, 3 },
+		{ 0xed, 0xed, 0x80, 0x9f, 3 }, { 0xee, 0xef, 0x80, 0xbf, 3 },
+		{ 0xf0, 0xf0, 0x90, 0xbf, 4 }, { 0xf1, 0xf3, 0x80, 0xbf, 4 },
+		{ 0xf4, 0xf4, 0x80, 0x8f, 4 },
+	};
+	const unsigned char *p = buf;
+	size_t               i = 0;
+	while (i < n) {
+		size_t r;
+		for (r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+			if (p[i] >= rows[r].first_lo && p[i] <= rows[r].first_hi) {
+				break;
+			}
+		}
+		if (r == sizeof(rows) / sizeof(rows[0]) ||
+		    n - i < (size_t) rows[r].len) {
+			return (false);
+		}
+		if (rows[r].len > 1 && (p[i + 1] < rows[r].second_lo ||
+		                           p[i + 1] > rows[r].second_hi)) {
+			return (false);
+		}
+		for (int k = 2; k < rows[r].len; k++) {
+			if (p[i + k] < 0x80 || p[i + k] > 0xbf) {
+				return (false);
+			}
+		}
+		i += (size_t) rows[r].len;
+	}
+	return (true);
+}
+
+// assert_text: every msgpack str in o is valid UTF-8, or a client that
+// decodes strings could not read the reply at all.
+static void
+assert_text(const msgpack_object *o, const reply_t *r)
+{
+	switch (o->type) {
+	case MSGPACK_OBJECT_STR:
+		cr_assert(utf8_strict(o->via.str.ptr, o->via.str.size),
+		    "a string of the reply is not valid UTF-8: %s", dump(r));
+		break;
+	case MSGPACK_OBJECT_ARRAY:
+		for (uint32_t i = 0; i < o->via.array.size; i++) {
+			assert_text(&o->via.array.ptr[i], r);
+		}
+		break;
+	case MSGPACK_OBJECT_MAP:
+		for (uint32_t i = 0; i < o->via.map.size; i++) {
+			assert_text(&o->via.map.ptr[i].key, r);
+			assert_text(&o->via.map.ptr[i].val, r);
+		}
+		break;
+	default:
+		break;
+	}
+}
+
 static void
 decode(reply_t *out, const void *buf, size_t len)
 {
@@ -801,6 +870,7 @@ decode(reply_t *out, const void *buf, size_t len)
 	    len - off);
 	cr_assert_eq(out->up.data.type, MSGPACK_OBJECT_MAP,
 	    "the reply is not a map: %s", dump(out));
+	assert_text(&out->up.data, out);
 }
 
 void

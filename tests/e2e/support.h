@@ -146,6 +146,9 @@ const char *code(const reply_t *r);  // error.code, or "(none)"
 const char *emsg(const reply_t *r);  // error.message, or ""
 // dump: the reply as text, for failure messages (a static buffer).
 const char *dump(const reply_t *r);
+// utf8_strict: buf[0..n) is well-formed UTF-8. Every reply and pub message
+// the helpers decode is held to it, string by string.
+bool utf8_strict(const void *buf, size_t n);
 
 // The two checks most tests start with.
 #define assert_ok(r) \

@@ -606,6 +606,88 @@ Test(rules, scores_and_counts_are_finite)
 	    "%s", err);
 }
 
+// Names go into the store's keys and analytics counters joined with NUL
+// bytes, so each must be text: valid UTF-8 without NUL.
+Test(rules, declared_names_must_be_text)
+{
+	const struct {
+		const char *src, *msg;
+		int         line;
+	} cases[] = {
+		{ "journey 'a\\0b' { stages = { 'x' } }\n",
+		    "journey: a name must be valid UTF-8 without NUL bytes, got "
+		    "\"a\\0b\"",
+		    1 },
+		{ "\njourney 'j' { stages = { 'x', 'y\\255' } }\n",
+		    "journey 'j': stages: each must be valid UTF-8 without NUL",
+		    2 },
+		{ "action '\\xff' { value = 1 }\n",
+		    "action: a name must be valid UTF-8", 1 },
+		{ "action 'a' { value = 1,\n channels = { 'web\\0' } }\n",
+		    "action 'a': channels: each must be valid UTF-8", 1 },
+		{ "action 'a' { value = 1, group = 'g\\0' }\n",
+		    "action 'a': group must be valid UTF-8 without NUL", 1 },
+		{ "case 'k\\0' { sla = '1h' }\n", "case: a name must be", 1 },
+		{ "on('x\\0y', function(c) end)\n",
+		    "on: the event type must be valid UTF-8", 1 },
+		{ "variation { region = 'EU\\0' } { }\n",
+		    "variation: region must be valid UTF-8", 1 },
+		{ "variation { channel = '' } { }\n",
+		    "variation: channel must be a string, got \"\"", 1 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		expect_load_error(cases[i].src, cases[i].msg, cases[i].line);
+	}
+}
+
+Test(rules, names_given_at_run_time_must_be_text)
+{
+	write_file("shop", "10.lua", BASE);
+	write_file("shop", "20.lua",
+	    "on('timer', function(c) c:after('1h', 'x\\0y') end)\n"
+	    "on('emit', function(c) c:emit('a\\255', {}) end)\n"
+	    "on('score', function(c)\n"
+	    "  c:advance('onboarding', 'visitor')\n"
+	    "  c:score('onboarding', 'csat\\0', 5)\n"
+	    "end)\n"
+	    "on('count', function(c) c:count('n\\0') end)\n"
+	    "on('cohort', function(c) c:cohort('\\xc3', { a = 1 }) end)\n"
+	    "on('region', function(c, e)\n"
+	    "  c.attrs.region = 'EU\\0x'\n"
+	    "end)\n"
+	    "on('channel', function(c, e) c.attrs.channel = '\\xff' end)\n"
+	    "on('fine', function(c, e)\n"
+	    "  c:count('Zoë ✓')\n"
+	    "  c.attrs.region = 'Ελλάδα'\n"
+	    "end)\n");
+	load();
+	const struct {
+		const char *type, *msg;
+	} cases[] = {
+		{ "timer", "20.lua:1: c:after: the event type must be valid UTF-8 "
+		           "without NUL bytes, got \"x\\0y\"" },
+		{ "emit", "20.lua:2: c:emit: the name must be valid UTF-8" },
+		{ "score", "20.lua:5: c:score: the metric must be valid UTF-8" },
+		{ "count", "20.lua:7: c:count: the counter name must be valid" },
+		{ "cohort", "20.lua:8: c:cohort: the experiment name must be" },
+		{ "region", "20.lua:9: c.attrs.region is the customer's region and "
+		            "must be valid UTF-8 without NUL bytes (left there by "
+		            "this handler for 'region')" },
+		{ "channel", "20.lua:12: c.attrs.channel is the customer's channel" },
+	};
+	char err[600];
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cr_assert_eq(run("shop", (ev) { .type = cases[i].type }, err,
+		                 sizeof(err)),
+		    CH_ERULE, "%s", cases[i].type);
+		cr_assert_not_null(strstr(err, cases[i].msg), "%s: '%s' should say "
+		                                              "'%s'",
+		    cases[i].type, err, cases[i].msg);
+	}
+	ok("shop", (ev) { .type = "fine", .nodecide = true });
+	cr_assert_eq(num_at(last_state, "counters.Zoë ✓"), 1);
+}
+
 Test(rules, nba_filters_and_scores)
 {
 	write_file("shop", "10.lua", BASE);
@@ -737,6 +819,63 @@ Test(rules, the_circumstance_falls_back_to_attrs)
 	ok("shop", (ev) { .type = "move", .data_json = "{\"region\":\"EU\"}",
 	                   .channel = "app", .norecord = true });
 	cr_assert_eq(num_at(last_reply, "actions.0.payload.price"), 8.99);
+}
+
+Test(rules, the_handler_that_left_a_value_that_cannot_be_stored_is_named)
+{
+	write_file("shop", "10.lua",
+	    "on('*', function(c, e)\n"
+	    "  if e.data.first then c.attrs.f = print end\n"
+	    "end)\n"
+	    "on('x', function(c, e)\n"
+	    "  if e.data.second then c.attrs.list = { 1, print } end\n"
+	    "end)\n"
+	    "on('y', function(c, e)\n"
+	    "  c.attrs[e.data.key and {} or 'ok'] = 1\n"
+	    "end)\n");
+	load();
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "x", .data_json = "{\"first\":1}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:1: c.attrs.f: cannot store a "
+	                               "value of type function (left there by "
+	                               "this handler for 'x')"),
+	    "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "x", .data_json = "{\"second\":1}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:4: c.attrs.list[2]: cannot store"),
+	    "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "y", .data_json = "{\"key\":1}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:7: c.attrs: a table key must be"),
+	    "%s", err);
+	// and nothing of it was kept
+	ok("shop", (ev) { .type = "y", .nodecide = true });
+	cr_assert_null(at(last_state, "attrs.f"));
+	cr_assert_eq(num_at(last_state, "attrs.ok"), 1);
+}
+
+static bool has(const char *name);
+
+Test(rules, circumstances_that_join_alike_have_their_own_views)
+{
+	// region 'a' with channel 'b\1', and region 'a\1b' alone, once made
+	// the same key of the views' cache
+	write_file("shop", "10.lua",
+	    "action 'base' { value = 1 }\n"
+	    "variation { region = 'a', channel = 'b\\1' } {\n"
+	    "  action 'only_there' { value = 99 },\n"
+	    "}\n");
+	load();
+	ok("shop", (ev) { .type = "x", .region = "a", .channel = "b\1",
+	                   .norecord = true });
+	cr_assert(has("only_there"));
+	ok("shop", (ev) { .type = "x", .region = "a\1" "b", .norecord = true });
+	cr_assert_not(has("only_there"), "the variation of another "
+	                                 "circumstance applied");
 }
 
 static const char LIMITS[] =
