@@ -650,12 +650,14 @@ pub_fit(ch_server *s, size_t len)
 {
 	uint32_t *ring = s->pub_sizes;
 	size_t    want = s->pub_win;
+	// the oldest of the window leaves it: read before its slot is reused
+	// (with the window as large as the ring, it is the very same slot)
+	if (s->pub_count >= s->pub_win) {
+		s->pub_sum -= ring[(s->pub_count - s->pub_win) % PUB_RING];
+	}
 	ring[s->pub_count % PUB_RING] = (uint32_t) (len > UINT32_MAX ? UINT32_MAX : len);
 	s->pub_count++;
 	s->pub_sum += len;
-	if (s->pub_count > s->pub_win) {
-		s->pub_sum -= ring[(s->pub_count - 1 - s->pub_win) % PUB_RING];
-	}
 	if (s->pub_sum > s->o.pub_queue) {
 		while (want > 1 && s->pub_sum > s->o.pub_queue / 4 * 3) {
 			size_t oldest = (size_t) (s->pub_count - want) % PUB_RING;
