@@ -2,6 +2,8 @@
 #   make run    install what is missing, build, serve the bundled rules
 #   make test   install, build, run every test; then again under ASan+UBSan
 #   make fuzz   run every libFuzzer target FUZZ_SECONDS CPU seconds (clang)
+#   make faults-long  the long power-loss, I/O error and memory runs
+#               (docs/reliability.md); TRIALS=200 SEED=1
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
@@ -10,7 +12,7 @@ CMAKE_FLAGS ?=
 SERVE_FLAGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test test-plain test-asan fuzz clean
+.PHONY: all deps build run test test-plain test-asan faults-long fuzz clean
 
 all: build
 
@@ -35,6 +37,9 @@ test-asan: deps
 	@cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:handle_segv=0:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		ctest --output-on-failure -j $(JOBS) --timeout 600
+
+faults-long: deps
+	@./scripts/faults-long $(or $(TRIALS),200) $(or $(SEED),1)
 
 # the libFuzzer targets, each run on its corpus (tests/fuzz/README.md);
 # FUZZ_TARGETS="fuzz_rules ..." picks some

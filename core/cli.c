@@ -89,6 +89,12 @@ usage(FILE *f, const command *c)
 	    "0 when the reply says ok, 1 on an error reply, 2 when the daemon\n"
 	    "cannot be reached or the command line is wrong.\n",
 	    c->summary);
+	fprintf(f,
+	    "\nOver TLS (--url tls+tcp://HOST:PORT, or wss://): --tls-ca FILE\n"
+	    "is the CA that signed the daemon's certificate, which must name\n"
+	    "HOST; --tls-cert FILE and --tls-key FILE are this client's, for a\n"
+	    "daemon that asks for client certificates. A daemon that does not\n"
+	    "verify is not talked to (exit status 2).\n");
 	if (strcmp(c->name, "send") == 0) {
 		fprintf(f,
 		    "\nJSON is one request, e.g.\n"
@@ -132,18 +138,24 @@ one(ch_client *cl, json_t *req, bool pretty)
 	if (ch_mp_prescan(reply, rlen, CH_MP_MAX_DEPTH, &why, NULL) == CH_OK &&
 	    msgpack_unpack_next(&up, reply, rlen, &off) ==
 	        MSGPACK_UNPACK_SUCCESS) {
+		// a reply that cannot be printed is an error, never "null"
 		json_t *j = ch_msgpack_to_json(&up.data);
-		if (j == NULL) {
-			fprintf(stderr, "choreo: the reply cannot be shown as JSON\n");
-		} else {
-			char *s = json_dumps(j, JSON_REAL_PRECISION(15) |
-			        (pretty ? JSON_INDENT(2) : JSON_COMPACT));
-			printf("%s\n", s ? s : "null");
+		char   *s = j == NULL ? NULL
+		                      : json_dumps(j, JSON_REAL_PRECISION(15) |
+		                            (pretty ? JSON_INDENT(2)
+		                                    : JSON_COMPACT));
+		if (s != NULL) {
+			printf("%s\n", s);
 			fflush(stdout);
-			free(s);
 			status = json_is_true(json_object_get(j, "ok")) ? 0 : 1;
-			json_decref(j);
+		} else {
+			fprintf(stderr, "choreo: the reply (%zu bytes of "
+			                "msgpack) cannot be written as JSON%s\n",
+			    rlen,
+			    j == NULL ? ": it nests too deeply" : "");
 		}
+		free(s);
+		json_decref(j);
 	} else {
 		fprintf(stderr, "choreo: the reply is not msgpack\n");
 	}
@@ -219,10 +231,14 @@ ch_cli_main(const char *cmd, int argc, char **argv)
 		{ "token", required_argument, NULL, 'k' },
 		{ "journey", required_argument, NULL, 'j' },
 		{ "history", no_argument, NULL, 'H' },
+		{ "tls-ca", required_argument, NULL, 'A' },
+		{ "tls-cert", required_argument, NULL, 'E' },
+		{ "tls-key", required_argument, NULL, 'K' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *url = "tcp://127.0.0.1:7450";
+	ch_tls_files tls = { NULL, NULL, NULL };
 	int         timeout = 10000;
 	bool        pretty  = false;
 	json_t     *req     = json_object();
@@ -236,6 +252,9 @@ ch_cli_main(const char *cmd, int argc, char **argv)
 		unsigned    need  = 0;
 		switch (opt) {
 		case 'u': url = optarg; continue;
+		case 'A': tls.ca = optarg; continue;
+		case 'E': tls.cert = optarg; continue;
+		case 'K': tls.key = optarg; continue;
 		case 't': timeout = atoi(optarg); continue;
 		case 'P': pretty = true; continue;
 		case 'h': usage(stdout, c); json_decref(req); return (0);
@@ -316,10 +335,10 @@ ch_cli_main(const char *cmd, int argc, char **argv)
 		return (2);
 	}
 	ch_client *cl;
-	int        rv = ch_client_open(&cl, url, timeout);
+	char       why[512];
+	int        rv = ch_client_open(&cl, url, timeout, &tls, why, sizeof(why));
 	if (rv != 0) {
-		fprintf(stderr, "choreo: cannot reach %s: %s\n", url,
-		    ch_client_strerror(rv));
+		fprintf(stderr, "choreo: %s\n", why);
 		json_decref(req);
 		return (2);
 	}

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "utf8.h"
 
 /*
 ** {======================================================
@@ -54,14 +55,14 @@ ch_mp_prescan(const void *buf, size_t len, int max_depth, const char **why,
 	}
 	left[0] = 1; // the one top-level object
 	for (;;) {
+		if (depth == 1 && top_map && left[1] % 2 == 0) {
+			field->n = 0; // a new key: no field is to blame yet
+		}
 		if (pos >= len) {
 			*why = "truncated msgpack";
 			return (CH_EBADREQ);
 		}
 		uint8_t  b     = p[pos];
-		if (depth == 1 && top_map && left[1] % 2 == 0) {
-			field->n = 0; // reading a new key
-		}
 		size_t   hdr   = 1; // header bytes
 		uint64_t body  = 0; // payload bytes after the header
 		uint64_t count = 0; // container elements
@@ -155,7 +156,8 @@ ch_mp_prescan(const void *buf, size_t len, int max_depth, const char **why,
 		}
 	}
 	if (pos != len) {
-		*why = "trailing bytes after the msgpack map";
+		field->n = 0; // past the map: none of its fields
+		*why     = "trailing bytes after the msgpack map";
 		return (CH_EBADREQ);
 	}
 	return (CH_OK);
@@ -259,6 +261,69 @@ mp_size(const msgpack_object *o, size_t cap)
 	}
 }
 
+// data_utf8 looks for a msgpack str in o, key or value, that is not valid
+// UTF-8 (bin is bytes and may hold anything). On finding one it returns
+// false with path[0..len) naming where ("data.a[2].b") and *key telling
+// whether it was a key (of the map at path) or a value (at path).
+static bool
+data_utf8(const msgpack_object *o, char *path, size_t cap, size_t len,
+    bool *key)
+{
+	if (o->type == MSGPACK_OBJECT_STR) {
+		*key = false;
+		return (ch_utf8_valid(o->via.str.ptr, o->via.str.size));
+	}
+	if (o->type == MSGPACK_OBJECT_ARRAY) {
+		for (uint32_t i = 0; i < o->via.array.size; i++) {
+			int n = snprintf(path + len, cap - len, "[%u]", i);
+			size_t l = len + (size_t) n < cap ? len + (size_t) n
+			                                  : cap - 1;
+			if (!data_utf8(&o->via.array.ptr[i], path, cap, l, key)) {
+				return (false);
+			}
+		}
+		path[len] = '\0';
+		return (true);
+	}
+	if (o->type != MSGPACK_OBJECT_MAP) {
+		return (true);
+	}
+	for (uint32_t i = 0; i < o->via.map.size; i++) {
+		const msgpack_object *k = &o->via.map.ptr[i].key;
+		size_t                l = len;
+		if (k->type == MSGPACK_OBJECT_STR) {
+			if (!ch_utf8_valid(k->via.str.ptr, k->via.str.size)) {
+				path[len] = '\0';
+				*key      = true;
+				return (false);
+			}
+			if (len + 1 < cap) {
+				path[l++] = '.';
+				l += ch_utf8_escape(path + l, cap - l,
+				    k->via.str.ptr, k->via.str.size, true);
+				l = l < cap ? l : strlen(path);
+			}
+		} else if (k->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+			int n = snprintf(path + len, cap - len, "[%llu]",
+			    (unsigned long long) k->via.u64);
+			l = len + (size_t) n < cap ? len + (size_t) n : cap - 1;
+		} else {
+			int n = snprintf(path + len, cap - len, "[?]");
+			l = len + (size_t) n < cap ? len + (size_t) n : cap - 1;
+		}
+		if (k->type != MSGPACK_OBJECT_STR &&
+		    !data_utf8(k, path, cap, l, key)) {
+			*key = true; // a str inside a key that is a container
+			return (false);
+		}
+		if (!data_utf8(&o->via.map.ptr[i].val, path, cap, l, key)) {
+			return (false);
+		}
+	}
+	path[len] = '\0';
+	return (true);
+}
+
 static bool
 ident_ok(ch_str s)
 {
@@ -270,6 +335,14 @@ ident_ok(ch_str s)
 		}
 	}
 	return (true);
+}
+
+// quote writes the first bytes of a request's string for a message:
+// what is not UTF-8, and control bytes, as \xNN; cut between characters.
+static void
+quote(char *out, size_t cap, const char *p, size_t n)
+{
+	ch_utf8_escape(out, cap, p, n > 4 * cap ? 4 * cap : n, true);
 }
 
 #define FAIL(...)                                             \
@@ -288,6 +361,13 @@ get_str(const msgpack_object *v, const char *name, uint32_t max, ch_str *out,
 	if (v->via.str.size < 1 || v->via.str.size > max) {
 		FAIL("field '%s' must be 1 to %u bytes long, got %u", name,
 		    max, v->via.str.size);
+	}
+	// Identifiers are joined with \0 into the store's keys (business \0
+	// customer, business \0 id, due ‖ business \0 customer \0 timer):
+	// without NUL in them, each key reads back one way only. And they
+	// are quoted in replies, which must be valid UTF-8.
+	if (!ch_utf8_text(v->via.str.ptr, v->via.str.size)) {
+		FAIL("field '%s' must be valid UTF-8 without NUL bytes", name);
 	}
 	out->p = v->via.str.ptr;
 	out->n = v->via.str.size;
@@ -427,9 +507,9 @@ decode_map(const msgpack_object *o, ch_req *r, bool in_batch, char *msg,
 			}
 		}
 		if (j == sizeof(op_names) / sizeof(op_names[0])) {
-			FAIL("unknown op '%.*s'",
-			    (int) (v->via.str.size > 64 ? 64 : v->via.str.size),
-			    v->via.str.ptr);
+			char q[68];
+			quote(q, sizeof(q), v->via.str.ptr, v->via.str.size);
+			FAIL("unknown op '%s'", q);
 		}
 		r->op = (enum ch_op) j;
 	}
@@ -503,6 +583,18 @@ decode_map(const msgpack_object *o, ch_req *r, bool in_batch, char *msg,
 			if (ch_mp_depth(v) > CH_MP_MAX_DEPTH) {
 				FAIL("field 'data' nests more than 32 levels");
 			}
+			char path[96] = "data";
+			bool key;
+			if (!data_utf8(v, path, sizeof(path), 4, &key)) {
+				if (key) {
+					FAIL("field 'data': a key of %s is not "
+					     "valid UTF-8",
+					    path);
+				}
+				FAIL("field 'data': the string at %s is not "
+				     "valid UTF-8 (bytes go as msgpack bin)",
+				    path);
+			}
 			r->data = v;
 			rv      = CH_OK;
 		} else if (key_is(k, "events") && !in_batch) {
@@ -549,9 +641,10 @@ ch_doc_decode(ch_doc *doc, const void *buf, size_t len)
 	ch_str field;
 	if (ch_mp_prescan(buf, len, CH_MP_MAX_DEPTH, &why, &field) != CH_OK) {
 		if (field.n > 0) {
+			char q[68];
+			quote(q, sizeof(q), field.p, field.n);
 			snprintf(doc->errmsg, sizeof(doc->errmsg),
-			    "field '%.*s': %s", (int) (field.n > 64 ? 64 : field.n),
-			    field.p, why);
+			    "field '%s': %s", q, why);
 		} else {
 			snprintf(doc->errmsg, sizeof(doc->errmsg),
 			    "not a valid msgpack message: %s", why);
@@ -591,10 +684,51 @@ ch_doc_fini(ch_doc *doc)
 */
 
 void
+ch_sbuffer_trim(msgpack_sbuffer *b, size_t keep)
+{
+	b->size = 0;
+	if (b->alloc > keep && keep >= 4096) {
+		char *p = realloc(b->data, 4096);
+		if (p != NULL) { // else it keeps its memory, no harm done
+			b->data  = p;
+			b->alloc = 4096;
+		}
+	}
+}
+
+void
 ch_pack_strn(msgpack_packer *pk, const char *s, size_t n)
 {
-	msgpack_pack_str(pk, n);
-	msgpack_pack_str_body(pk, s, n);
+	if (ch_utf8_valid(s, n)) {
+		msgpack_pack_str(pk, n);
+		msgpack_pack_str_body(pk, s, n);
+		return;
+	}
+	// a message quoting bytes from elsewhere (a rule's error, a file
+	// name): what is not UTF-8 is written as \xNN, in pieces of whole
+	// characters through a buffer on the stack — nothing to allocate, so
+	// an error reply with room for ch_pack_strn_len bytes always packs
+	msgpack_pack_str(pk, ch_utf8_escape(NULL, 0, s, n, false));
+	char   out[4 * 64];
+	size_t i = 0;
+	while (i < n) {
+		size_t end = i;
+		while (end < n && end - i < 60) {
+			size_t q = ch_utf8_seq((const unsigned char *) s + end,
+			    n - end);
+			end += q > 0 ? q : 1;
+		}
+		size_t w = ch_utf8_escape(out, sizeof(out), s + i, end - i, false);
+		msgpack_pack_str_body(pk, out, w);
+		i = end;
+	}
+}
+
+size_t
+ch_pack_strn_len(const char *s, size_t n)
+{
+	size_t e = ch_utf8_valid(s, n) ? n : ch_utf8_escape(NULL, 0, s, n, false);
+	return (5 + e);
 }
 
 void

@@ -84,12 +84,24 @@ void ch_doc_fini(ch_doc *doc);
 // ch_op_name returns the op's wire name.
 const char *ch_op_name(enum ch_op op);
 
-// Packing helpers for replies.
+// Packing helpers for replies. What they write is always valid UTF-8: a
+// byte of s that is not is written as the four characters \xNN (messages
+// may quote bytes from rules, files or requests); they allocate nothing
+// but what the packer's buffer needs, at most ch_pack_strn_len bytes.
+// Records kept byte for byte (rule sources) are packed with msgpack-c.
 void ch_pack_str(msgpack_packer *pk, const char *s);
 void ch_pack_strn(msgpack_packer *pk, const char *s, size_t n);
+size_t ch_pack_strn_len(const char *s, size_t n);
 void ch_pack_kv_str(msgpack_packer *pk, const char *k, const char *v);
 // ch_pack_error writes {ok=false, error={code, message}}.
 void ch_pack_error(msgpack_packer *pk, int err, const char *msg);
+
+// ch_sbuffer_trim shrinks b to 4 KiB when more than keep bytes are
+// allocated (b is left empty; what is left still holds an error reply, so
+// that one needs no allocation): buffers reused for every request keep what
+// the common case needs, not the largest message ever seen.
+#define CH_SBUFFER_KEEP (64 * 1024)
+void ch_sbuffer_trim(msgpack_sbuffer *b, size_t keep);
 
 // ch_mp_depth returns how deeply o nests (a scalar is 0, {} is 1).
 // ch_mp_get: the value of key in a msgpack map when it has that type, or

@@ -2,11 +2,13 @@
 #include "engine.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../lua/conv.h"
 #include "../lua/rules.h"
@@ -14,6 +16,25 @@
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
+
+// How often the engine thread clears the reader slots of dead processes.
+#define CH_READER_CHECK_MS 1000
+
+// Growing a store's map unmaps its memory and maps it again
+// (mdb_env_set_mapsize), which LMDB allows only while no transaction of the
+// process is open on that store — yet the stats op reads every shard's
+// store from shard 0's thread. A growth takes this lock for writing, those
+// reads take it for reading.
+static pthread_rwlock_t grow_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+static int
+grow(ch_store *s)
+{
+	pthread_rwlock_wrlock(&grow_lock);
+	int rc = ch_store_grow(s);
+	pthread_rwlock_unlock(&grow_lock);
+	return (rc);
+}
 
 struct ch_engine {
 	ch_engine_opts  o;
@@ -31,13 +52,17 @@ struct ch_engine {
 	msgpack_sbuffer tmp;   // scratch
 	struct timer_slot *timers; // CH_TIMER_BATCH slots for fire_timers
 	msgpack_sbuffer    ev_stats; // the running event's analytics deltas
+	bool               dead;     // its store is dead: restarting
+	const char        *batch_why; // why the running batch failed, or NULL
 	struct stat_map {
 		struct stat_ent *t;
 		uint32_t         cap, n;
 	} stats; // the batch's analytics deltas, by stats key
 };
 
-// An analytics counter of the batch: key = business \0 counter name.
+// An analytics counter of the batch: key = business \0 counter name (the
+// business has no NUL, so the first one ends it; the name's own NULs
+// separate its fields, see stat in lua/prelude.lua).
 typedef struct stat_ent {
 	char    *key; // NULL: free slot
 	uint32_t klen;
@@ -55,7 +80,7 @@ typedef struct timer_slot {
 	size_t           klen;
 } timer_slot;
 
-static void stat_merge(ch_engine *e, ch_str biz);
+static bool stat_merge(ch_engine *e, ch_str biz);
 static bool stat_add(struct stat_map *m, ch_str biz, const char *name,
     uint32_t nl, double v);
 static int  stat_flush(ch_engine *e, MDB_txn *txn);
@@ -78,12 +103,37 @@ mono_us(void)
 	return ((uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000);
 }
 
+// The reply of a job when even its error cannot be packed for want of
+// memory: {ok = false, error = {code = "internal", message = "out of
+// memory"}}, copied into the room ch_job_init sets aside for it.
+static const char oom_reply[] = "\x82\xa2ok\xc2\xa5" "error\x82\xa4" "code"
+                                "\xa8internal\xa7message\xad" "out of memory";
+#define REPLY_ROOM 64
+
+// sb_room makes room for n more bytes in sb: 0, or -1 out of memory.
+static int
+sb_room(msgpack_sbuffer *sb, size_t n)
+{
+	if (sb->alloc - sb->size >= n) {
+		return (0);
+	}
+	size_t want = sb->size + n;
+	char  *p    = realloc(sb->data, want);
+	if (p == NULL) {
+		return (-1);
+	}
+	sb->data  = p;
+	sb->alloc = want;
+	return (0);
+}
+
 void
 ch_job_init(ch_job *j)
 {
 	memset(j, 0, sizeof(*j));
 	msgpack_sbuffer_init(&j->reply);
 	msgpack_sbuffer_init(&j->emits);
+	sb_room(&j->reply, REPLY_ROOM); // reply_err tries again if need be
 }
 
 void
@@ -139,6 +189,18 @@ reply_err(ch_job *j, int err, const char *fmt, ...)
 	j->reply.size = 0;
 	j->emits.size = 0;
 	j->err        = err;
+	// the map, its keys and the code take less than 64 bytes: with room
+	// for them and the message (escaped where it is not UTF-8), packing
+	// cannot fail half-way
+	if (sb_room(&j->reply, 64 + ch_pack_strn_len(msg, strlen(msg))) != 0) {
+		// no memory for it: the fixed reply, in the room set aside
+		if (sb_room(&j->reply, sizeof(oom_reply)) == 0) {
+			memcpy(j->reply.data, oom_reply, sizeof(oom_reply) - 1);
+			j->reply.size = sizeof(oom_reply) - 1;
+		}
+		j->err = CH_EINTERNAL;
+		return;
+	}
 	msgpack_packer pk;
 	msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
 	ch_pack_error(&pk, err, msg);
@@ -154,6 +216,67 @@ reply_ok(ch_job *j)
 	msgpack_pack_map(&pk, 1);
 	ch_pack_str(&pk, "ok");
 	msgpack_pack_true(&pk);
+}
+
+bool
+ch_job_reply_fits(ch_job *j)
+{
+	size_t n = j->reply.size;
+	if (j->reply_budget == NULL) {
+		return (j->reply_limit == 0 || n <= j->reply_limit);
+	}
+	if (n <= CH_REPLY_RESERVE) {
+		return (true);
+	}
+	size_t need = n - CH_REPLY_RESERVE;
+	size_t have = atomic_load(j->reply_budget);
+	while (have >= need) {
+		if (atomic_compare_exchange_weak(j->reply_budget, &have,
+		        have - need)) {
+			j->reply_taken += need;
+			return (true);
+		}
+	}
+	return (false);
+}
+
+// reply_give_back returns what a job took from its batch's budget, before
+// it runs again (a batch replayed after the map grew takes afresh).
+static void
+reply_give_back(ch_job *j)
+{
+	if (j->reply_budget != NULL && j->reply_taken > 0) {
+		atomic_fetch_add(j->reply_budget, j->reply_taken);
+		j->reply_taken = 0;
+	}
+}
+
+void
+ch_job_reply_too_large(ch_job *j, const char *what, size_t size)
+{
+	reply_err(j, CH_EREPLYTOOLARGE,
+	    "%s would be %zu bytes, more than %s may hold (--max-message): "
+	    "nothing was applied",
+	    what, size,
+	    j->reply_budget != NULL ? "the batch's reply" : "a message");
+}
+
+// emits_fit: whether every message the event emits fits --max-message; if
+// not, *big is the size of the first that does not.
+static bool
+emits_fit(const ch_engine *e, const ch_job *j, size_t *big)
+{
+	size_t off = 0;
+	while (e->o.max_message > 0 && off + 4 <= j->emits.size) {
+		uint32_t len;
+		memcpy(&len, j->emits.data + off, 4);
+		if (len > e->o.max_message) {
+			*big = len;
+			return (false);
+		}
+		off += 4 + len;
+	}
+	return (true);
 }
 
 #define BIZ_FMT "%.*s"
@@ -286,16 +409,29 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	if (rc != CH_OK) {
 		ch_rules_model_rollback();
 	}
-	if (rc == CH_ESTORAGEFULL || rc == CH_EINTERNAL) {
+	if (rc == CH_ESTORAGEFULL ||
+	    (rc == CH_EINTERNAL && out.store_err != CH_OK)) {
 		return (store_failed(j, txn, rc));
 	}
-	if (rc != CH_OK) {
+	if (rc != CH_OK) { // a rule's error, or out of memory
 		ch_store_abort(txn);
 		reply_err(j, rc, "%s", out.errmsg);
 		return (CH_OK);
 	}
 	j->err      = CH_OK;
 	j->nactions = out.nactions;
+	// a reply the client cannot receive would be resent on every
+	// reconnect, and applied each time: it is refused, nothing applied
+	size_t big = 0;
+	if (!emits_fit(e, j, &big) || !ch_job_reply_fits(j)) {
+		const char *what = big > 0 ? "a message the rules emitted"
+		                           : "the reply";
+		size_t      size = big > 0 ? big : j->reply.size;
+		ch_rules_model_rollback();
+		ch_store_abort(txn);
+		ch_job_reply_too_large(j, what, size);
+		return (CH_OK);
+	}
 	if (e->state.size > 0 &&
 	    (rc = ch_store_put(s, txn, CH_DB_CUSTOMERS, ckey, cklen,
 	         e->state.data, e->state.size)) != CH_OK) {
@@ -303,6 +439,15 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	}
 	if (dklen > 0) {
 		e->tmp.size = 0;
+		if (sb_room(&e->tmp, 8 + j->reply.size) != 0) {
+			// no room to copy the reply into the dedup record: the
+			// event is refused rather than stored with half of it
+			ch_rules_model_rollback();
+			ch_store_abort(txn);
+			reply_err(j, CH_EINTERNAL, "the server ran out of memory; "
+			                           "nothing was applied");
+			return (CH_OK);
+		}
 		msgpack_sbuffer_write(&e->tmp, (const char *) &now, 8);
 		msgpack_sbuffer_write(&e->tmp, j->reply.data, j->reply.size);
 		if ((rc = ch_store_put(s, txn, CH_DB_DEDUP, dkey, dklen,
@@ -321,31 +466,33 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
 		return (store_failed(j, NULL, rc));
 	}
-	stat_merge(e, r->business); // only now: the event is in the batch
+	// only now: the event is in the batch. Without its counts the batch
+	// would commit it half: the batch fails whole instead.
+	if (!stat_merge(e, r->business)) {
+		e->batch_why = "the server ran out of memory; nothing was applied";
+		return (CH_EINTERNAL);
+	}
 	return (CH_OK);
 }
 
-// unpack_stored unpacks a value the store holds — which a damaged disk or
-// an old bug may have left in any shape — only once the pre-scan has found
-// it whole and sane (msgpack-c allocates whatever a header claims).
+// prescan_stored: a value the store holds — which a damaged disk or an old
+// bug may have left in any shape — is whole and sane enough for msgpack-c
+// to unpack (which allocates whatever a header claims).
 static bool
-unpack_stored(msgpack_unpacked *up, const void *p, size_t len)
+prescan_stored(const void *p, size_t len)
 {
 	const char *why;
-	return (ch_mp_prescan(p, len, CH_CONV_MAX_DEPTH, &why, NULL) == CH_OK &&
-	    msgpack_unpack_next(up, p, len, NULL) == MSGPACK_UNPACK_SUCCESS);
+	return (ch_mp_prescan(p, len, CH_CONV_MAX_DEPTH, &why, NULL) == CH_OK);
 }
 
 // state_ok: the stored state is one map, as the rules write it.
 static bool
 state_ok(const MDB_val *v)
 {
-	const char          *why;
 	const unsigned char *p = v->mv_data;
 	return (v->mv_size > 0 &&
 	    ((p[0] & 0xf0) == 0x80 || p[0] == 0xde || p[0] == 0xdf) &&
-	    ch_mp_prescan(v->mv_data, v->mv_size, CH_CONV_MAX_DEPTH, &why,
-	        NULL) == CH_OK);
+	    prescan_stored(v->mv_data, v->mv_size));
 }
 
 static int
@@ -381,6 +528,12 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 	}
 	j->reply.size = 0;
 	j->err        = CH_OK;
+	// the map's head takes 16 bytes: with the room made first, no write
+	// below can fail half-way
+	if (sb_room(&j->reply, 16 + v.mv_size) != 0) {
+		reply_err(j, CH_EINTERNAL, "the server ran out of memory");
+		return (CH_OK);
+	}
 	msgpack_packer pk;
 	msgpack_packer_init(&pk, &j->reply, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, 2);
@@ -392,49 +545,71 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 }
 
 // forget_stages takes a forgotten customer out of the analytics' "current"
-// count of each stage it was in (the counts of what happened stay).
-static void
-forget_stages(ch_engine *e, ch_str biz, const msgpack_object *journeys)
+// count of each stage it was in (the counts of what happened stay): the
+// deltas go to e->ev_stats, as an event's do, and into the batch's counts
+// only once the forget has committed. false: out of memory.
+static bool
+forget_stages(ch_engine *e, const msgpack_object *journeys)
 {
+	msgpack_packer pk;
+	uint32_t       n = 0;
 	for (uint32_t x = 0; x < journeys->via.map.size; x++) {
-		const msgpack_object *jn = &journeys->via.map.ptr[x].key;
 		const msgpack_object *js = &journeys->via.map.ptr[x].val;
-		if (jn->type != MSGPACK_OBJECT_STR || js->type != MSGPACK_OBJECT_MAP) {
-			continue;
-		}
-		const msgpack_object *v = ch_mp_get(js, "stage",
-		    MSGPACK_OBJECT_STR);
-		if (v == NULL) {
+		n += journeys->via.map.ptr[x].key.type == MSGPACK_OBJECT_STR &&
+		    ch_mp_get(js, "stage", MSGPACK_OBJECT_STR) != NULL;
+	}
+	e->ev_stats.size = 0;
+	msgpack_packer_init(&pk, &e->ev_stats, msgpack_sbuffer_write);
+	if (n == 0) {
+		return (true);
+	}
+	bool ok = msgpack_pack_array(&pk, (size_t) n * 2) == 0;
+	for (uint32_t x = 0; ok && x < journeys->via.map.size; x++) {
+		const msgpack_object *jn = &journeys->via.map.ptr[x].key;
+		const msgpack_object *v  = ch_mp_get(&journeys->via.map.ptr[x].val,
+		     "stage", MSGPACK_OBJECT_STR);
+		if (jn->type != MSGPACK_OBJECT_STR || v == NULL) {
 			continue;
 		}
 		char     name[400];
-		uint32_t n = (uint32_t) snprintf(name, sizeof(name),
+		uint32_t nl = (uint32_t) snprintf(name, sizeof(name),
 		    "j%c%.*s%ccurrent%c%.*s", 0, (int) jn->via.str.size,
 		    jn->via.str.ptr, 0, 0, (int) v->via.str.size,
 		    v->via.str.ptr);
-		if (n < sizeof(name)) {
-			stat_add(&e->stats, biz, name, n, -1);
-		}
+		// a name that long is not counted, as stat_add would drop it
+		ok = msgpack_pack_str_with_body(&pk, name,
+		         nl < sizeof(name) ? nl : 0) == 0 &&
+		    msgpack_pack_double(&pk, nl < sizeof(name) ? -1 : 0) == 0;
 	}
+	return (ok);
 }
 
 // forget_timers deletes the customer's pending timers, listed in its state
-// as timers = {name = due}.
+// as timers = {name = due}, and readies the analytics' deltas.
 static int
 forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 {
 	msgpack_unpacked up;
 	msgpack_unpacked_init(&up);
 	int rc = CH_OK;
-	if (!unpack_stored(&up, st->mv_data, st->mv_size) ||
-	    up.data.type != MSGPACK_OBJECT_MAP) {
+	e->ev_stats.size = 0;
+	if (!prescan_stored(st->mv_data, st->mv_size)) {
+		msgpack_unpacked_destroy(&up);
+		return (CH_OK); // a damaged state has no timers we can find
+	}
+	int ur = msgpack_unpack_next(&up, st->mv_data, st->mv_size, NULL);
+	if (ur == MSGPACK_UNPACK_NOMEM_ERROR) {
+		msgpack_unpacked_destroy(&up);
+		return (CH_EINTERNAL); // no memory to find its timers
+	}
+	if (ur != MSGPACK_UNPACK_SUCCESS || up.data.type != MSGPACK_OBJECT_MAP) {
 		msgpack_unpacked_destroy(&up);
 		return (CH_OK); // a damaged state has no timers we can find
 	}
 	const msgpack_object *js = ch_mp_get(&up.data, "journeys",
 	    MSGPACK_OBJECT_MAP);
-	if (js != NULL) {
-		forget_stages(e, r->business, js);
+	if (js != NULL && !forget_stages(e, js)) {
+		rc = CH_EINTERNAL;
 	}
 	const msgpack_object *t = ch_mp_get(&up.data, "timers",
 	    MSGPACK_OBJECT_MAP);
@@ -470,22 +645,31 @@ forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 	return (rc);
 }
 
+// run_forget erases the customer in a nested transaction of its own: all
+// of it (state, timers, its stages' current counts) or, on any failure,
+// none of it.
 static int
 run_forget(ch_engine *e, ch_job *j, MDB_txn *parent)
 {
 	const ch_req *r = j->req;
+	ch_store     *s = e->o.store;
 	char          key[64 + 1 + 256];
+	MDB_txn      *txn;
 	if (biz_or_reply(e, j) == NULL) {
 		return (CH_OK);
 	}
+	int rc = ch_store_begin(s, parent, &txn);
+	if (rc != CH_OK) {
+		return (store_failed(j, NULL, rc));
+	}
 	size_t  klen = ch_store_key(key, r->business, r->customer);
 	MDB_val v;
-	int     rc = ch_store_get(e->o.store, parent, CH_DB_CUSTOMERS, key, klen,
-	        &v);
-	if (rc == CH_OK && (rc = forget_timers(e, parent, r, &v)) == CH_OK) {
-		rc = ch_store_del(e->o.store, parent, CH_DB_CUSTOMERS, key, klen);
+	rc = ch_store_get(s, txn, CH_DB_CUSTOMERS, key, klen, &v);
+	if (rc == CH_OK && (rc = forget_timers(e, txn, r, &v)) == CH_OK) {
+		rc = ch_store_del(s, txn, CH_DB_CUSTOMERS, key, klen);
 	}
 	if (rc == CH_ENOTFOUND) {
+		ch_store_abort(txn);
 		reply_err(j, CH_ENOTFOUND,
 		    "business '" BIZ_FMT "' has never seen customer '" BIZ_FMT
 		    "'",
@@ -493,7 +677,15 @@ run_forget(ch_engine *e, ch_job *j, MDB_txn *parent)
 		return (CH_OK);
 	}
 	if (rc != CH_OK) {
+		return (store_failed(j, txn, rc));
+	}
+	if ((rc = ch_store_commit(s, txn)) != CH_OK) {
 		return (store_failed(j, NULL, rc));
+	}
+	// as for an event: without its counts the batch would commit it half
+	if (!stat_merge(e, r->business)) {
+		e->batch_why = "the server ran out of memory; nothing was applied";
+		return (CH_EINTERNAL);
 	}
 	reply_ok(j);
 	return (CH_OK);
@@ -531,30 +723,43 @@ run_rules_info(ch_engine *e, ch_job *j)
 static int
 run_job(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 {
+	int  rc    = CH_OK;
+	bool rules = false; // run_rules checks its own reply's size
 	j->nactions  = 0;
 	j->duplicate = false;
+	reply_give_back(j);
 	switch (j->req->op) {
 	case CH_OP_EVENT:
 	case CH_OP_DECIDE:
-		return (run_rules(e, j, parent, now));
+		rc    = run_rules(e, j, parent, now);
+		rules = true;
+		break;
 	case CH_OP_GET:
-		return (run_get(e, j, parent));
+		rc = run_get(e, j, parent);
+		break;
 	case CH_OP_FORGET:
-		return (run_forget(e, j, parent));
+		rc = run_forget(e, j, parent);
+		break;
 	case CH_OP_RULES:
 		run_rules_info(e, j);
-		return (CH_OK);
+		break;
 	case CH_OP_PING:
 		reply_ok(j);
-		return (CH_OK);
+		break;
 	case CH_OP_STATS:
 		run_stats(e, j);
-		return (CH_OK);
+		break;
 	default:
 		reply_err(j, CH_EBADREQ, "op '%s' is not served by an engine",
 		    ch_op_name(j->req->op));
-		return (CH_OK);
+		break;
 	}
+	// replies that changed nothing: read-only ops, errors, duplicates
+	if (rc == CH_OK && (!rules || j->err != CH_OK || j->duplicate) &&
+	    !ch_job_reply_fits(j)) {
+		ch_job_reply_too_large(j, "the reply", j->reply.size);
+	}
+	return (rc);
 }
 
 /* }====================================================== */
@@ -618,8 +823,10 @@ run_alone(ch_engine *e, ch_job **jobs, int n, int64_t now)
 		}
 		if (rc == CH_ESTORAGEFULL) {
 			reply_err(jobs[i], CH_ESTORAGEFULL,
-			    "the store is full (--max-size); nothing was "
-			    "applied");
+			    (ch_store_faults(e->o.store) & CH_STORE_DISK_FULL)
+			        ? "the disk is full; nothing was applied"
+			        : "the store is full (--max-size); nothing was "
+			          "applied");
 		} else if (rc != CH_OK) {
 			reply_err(jobs[i], CH_EINTERNAL,
 			    "the store failed; see the server log");
@@ -709,29 +916,31 @@ stat_clear(struct stat_map *m)
 	m->n = 0;
 }
 
-// stat_merge adds the event's deltas ([name, delta, ...]) to the batch's.
-static void
+// stat_merge adds the event's deltas ([name, delta, ...]) to the batch's:
+// false when there was no memory to (some may be in, some not).
+static bool
 stat_merge(ch_engine *e, ch_str biz)
 {
 	if (e->ev_stats.size == 0) {
-		return;
+		return (true);
 	}
 	msgpack_unpacked up;
 	msgpack_unpacked_init(&up);
-	if (msgpack_unpack_next(&up, e->ev_stats.data, e->ev_stats.size,
-	        NULL) == MSGPACK_UNPACK_SUCCESS &&
-	    up.data.type == MSGPACK_OBJECT_ARRAY) {
+	bool done = msgpack_unpack_next(&up, e->ev_stats.data,
+	                e->ev_stats.size, NULL) == MSGPACK_UNPACK_SUCCESS;
+	if (done && up.data.type == MSGPACK_OBJECT_ARRAY) {
 		const msgpack_object_array *a = &up.data.via.array;
-		for (uint32_t i = 0; i + 1 < a->size; i += 2) {
+		for (uint32_t i = 0; i + 1 < a->size && done; i += 2) {
 			if (a->ptr[i].type == MSGPACK_OBJECT_STR &&
 			    a->ptr[i + 1].type == MSGPACK_OBJECT_FLOAT64) {
-				stat_add(&e->stats, biz, a->ptr[i].via.str.ptr,
-				    a->ptr[i].via.str.size,
+				done = stat_add(&e->stats, biz,
+				    a->ptr[i].via.str.ptr, a->ptr[i].via.str.size,
 				    a->ptr[i + 1].via.f64);
 			}
 		}
 	}
 	msgpack_unpacked_destroy(&up);
+	return (done);
 }
 
 // stat_flush writes the batch's counters into the stats database.
@@ -783,6 +992,7 @@ run_stats(ch_engine *e, ch_job *j)
 	prefix[r->business.n] = '\0';
 	ch_store **stores  = e->o.all_stores ? e->o.all_stores : &e->o.store;
 	int        nstores = e->o.all_stores ? e->o.nstores : 1;
+	pthread_rwlock_rdlock(&grow_lock); // no map moves under the reads
 	for (int s = 0; s < nstores; s++) {
 		MDB_txn    *txn;
 		MDB_cursor *cur;
@@ -812,6 +1022,7 @@ run_stats(ch_engine *e, ch_job *j)
 		}
 		mdb_txn_abort(txn);
 	}
+	pthread_rwlock_unlock(&grow_lock);
 	msgpack_packer_init(&pk, &flat, msgpack_sbuffer_write);
 	msgpack_pack_array(&pk, (size_t) n * 2);
 	msgpack_sbuffer_write(&flat, items.data, items.size);
@@ -837,16 +1048,21 @@ timer_done(ch_job *j)
 }
 
 // timer_parse fills t->req from t->key and t->val: business \0 customer \0
-// name, and {type, data}. false when the record is damaged.
-static bool
+// name, and {type, data}. 1, 0 when the record is damaged, -1 when there
+// was no memory to read it. None of the three holds a NUL (the codec
+// refuses one in a business or customer, the prelude in a timer's name),
+// so a key with a third NUL was written before that was so and reads two
+// ways: it is damaged, dropped, never run on a guess.
+static int
 timer_parse(timer_slot *t)
 {
 	const char *p = t->key + 8, *end = t->key + t->klen;
 	const char *z1 = memchr(p, '\0', (size_t) (end - p));
 	const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t) (end - z1 - 1))
 	                    : NULL;
-	if (z2 == NULL || z1 == p || z2 == z1 + 1 || z2 + 1 == end) {
-		return (false);
+	if (z2 == NULL || z1 == p || z2 == z1 + 1 || z2 + 1 == end ||
+	    memchr(z2 + 1, '\0', (size_t) (end - z2 - 1)) != NULL) {
+		return (0);
 	}
 	memset(&t->req, 0, sizeof(t->req));
 	t->req.op       = CH_OP_EVENT;
@@ -857,9 +1073,16 @@ timer_parse(timer_slot *t)
 	t->req.limit    = 3;
 	msgpack_unpacked_destroy(&t->up);
 	msgpack_unpacked_init(&t->up);
-	if (!unpack_stored(&t->up, t->val.data, t->val.size) ||
-	    t->up.data.type != MSGPACK_OBJECT_MAP) {
-		return (false);
+	if (!prescan_stored(t->val.data, t->val.size)) {
+		return (0);
+	}
+	msgpack_unpack_return u = msgpack_unpack_next(&t->up, t->val.data,
+	    t->val.size, NULL);
+	if (u == MSGPACK_UNPACK_NOMEM_ERROR) {
+		return (-1);
+	}
+	if (u != MSGPACK_UNPACK_SUCCESS || t->up.data.type != MSGPACK_OBJECT_MAP) {
+		return (0);
 	}
 	const msgpack_object *type = ch_mp_get(&t->up.data, "type",
 	    MSGPACK_OBJECT_STR);
@@ -921,9 +1144,12 @@ ch_engine_fire_timers(ch_engine *e)
 			mdb_cursor_del(cur, 0); // MDB_NEXT then reads what followed
 			continue;
 		}
+		t->val.size = 0;
+		if (sb_room(&t->val, v.mv_size) != 0) {
+			break; // out of memory: this one and the rest wait
+		}
 		memcpy(t->key, k.mv_data, k.mv_size);
-		t->klen      = k.mv_size;
-		t->val.size  = 0;
+		t->klen = k.mv_size;
 		msgpack_sbuffer_write(&t->val, v.mv_data, v.mv_size);
 		n++;
 	}
@@ -942,7 +1168,12 @@ ch_engine_fire_timers(ch_engine *e)
 		if (rc != CH_OK) {
 			break;
 		}
-		if (!timer_parse(t)) {
+		int parsed = timer_parse(t);
+		if (parsed < 0) {
+			rc = CH_EINTERNAL; // out of memory: they stay due
+			break;
+		}
+		if (parsed == 0) {
 			damaged++;
 			continue;
 		}
@@ -950,6 +1181,11 @@ ch_engine_fire_timers(ch_engine *e)
 		t->job.done = timer_done;
 		t->job.err  = CH_OK;
 		rc          = run_job(e, &t->job, txn, now);
+		if (rc == CH_OK && t->job.err == CH_EINTERNAL) {
+			// the server failed, not the rule (the store, or out
+			// of memory): the timers stay due, for the next tick
+			rc = CH_EINTERNAL;
+		}
 		jobs[fired++] = &t->job;
 	}
 	if (rc != CH_OK) {
@@ -957,7 +1193,7 @@ ch_engine_fire_timers(ch_engine *e)
 		ch_store_abort(txn);
 		ch_rules_model_rollback();
 		if (rc == CH_ESTORAGEFULL) {
-			ch_store_grow(s);
+			grow(s);
 		}
 		return (0);
 	}
@@ -1094,6 +1330,8 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 	int64_t  now = e->o.clock ? e->o.clock() : real_clock();
 	MDB_txn *txn;
 	int      rc;
+	bool     retried = false;
+	e->batch_why     = NULL;
 	for (;;) {
 		if ((rc = ch_store_begin(e->o.store, NULL, &txn)) != CH_OK) {
 			break;
@@ -1119,11 +1357,19 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 				ch_rules_model_rollback();
 			}
 		}
+		unsigned f = ch_store_faults(e->o.store);
+		if (rc == CH_OK || (f & CH_STORE_DEAD)) {
+			break;
+		}
+		if ((f & CH_STORE_IO_ERROR) && !retried) {
+			retried = true; // once more: an error may pass
+			continue;
+		}
 		if (rc != CH_ESTORAGEFULL) {
 			break;
 		}
 		// Every transaction of this store is closed: grow and replay.
-		if (ch_store_grow(e->o.store) != CH_OK) {
+		if (grow(e->o.store) != CH_OK) {
 			run_alone(e, jobs, n, now);
 			rc = CH_OK;
 			break;
@@ -1131,14 +1377,38 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 		CH_COUNT(map_grows, 1);
 	}
 	if (rc != CH_OK) {
+		bool full = ch_store_faults(e->o.store) & CH_STORE_DISK_FULL;
 		for (int i = 0; i < n; i++) {
-			reply_err(jobs[i], CH_EINTERNAL,
-			    "the store failed to commit; nothing was applied");
+			reply_err(jobs[i], full ? CH_ESTORAGEFULL : CH_EINTERNAL,
+			    full           ? "the disk is full; nothing was applied"
+			    : e->batch_why ? e->batch_why
+			                   : "the store failed to commit; nothing "
+			                     "was applied");
 		}
 	}
 	CH_COUNT(batches, 1);
 	CH_COUNT(batch_jobs, (uint64_t) n);
 	finish(e, jobs, n);
+	// the scratch keeps what a usual customer needs, not the largest one
+	ch_sbuffer_trim(&e->state, 16 * CH_SBUFFER_KEEP);
+	ch_sbuffer_trim(&e->tmp, 16 * CH_SBUFFER_KEEP);
+}
+
+// check_dead: LMDB refuses every transaction of a store whose meta page
+// failed to write, until the environment is opened again. The engine
+// process stops as on SIGTERM — every queued job answered, every reply
+// sent — and serve then ends it by a signal, so that its supervisor starts
+// a new one (crash-only).
+static void
+check_dead(ch_engine *e)
+{
+	if (!e->dead && (ch_store_faults(e->o.store) & CH_STORE_DEAD)) {
+		e->dead = true;
+		ch_log_error("engine: shard %d's store failed to write its meta "
+		             "page and refuses every transaction: restarting",
+		    e->o.shard);
+		kill(getpid(), SIGTERM);
+	}
 }
 
 // swap puts a freshly loaded rule set in service, between two batches: a
@@ -1203,15 +1473,14 @@ engine_main(void *arg)
 	char       name[16];
 	snprintf(name, sizeof(name), "choreo:eng%d", e->o.shard);
 	pthread_setname_np(pthread_self(), name); // for top -H, perf, gdb
-	if (ch_running_slots != NULL) {
-		ch_running_mine = &ch_running_slots[e->o.shard];
-	}
+	ch_running_enter(e->o.shard);
 	ch_job   **jobs = calloc((size_t) cap, sizeof(ch_job *));
 	if (jobs == NULL) {
 		ch_log_error("engine: out of memory");
 		abort();
 	}
 	uint64_t next_timers = 0; // mono µs of the next look at the timers
+	uint64_t next_readers = 0; // and for readers of dead processes
 	for (;;) {
 		if (mono_us() >= next_timers) {
 			// due timers run as events, between batches; a full round
@@ -1220,6 +1489,21 @@ engine_main(void *arg)
 			next_timers = fired == CH_TIMER_BATCH
 			    ? 0
 			    : mono_us() + CH_TIMER_TICK_MS * 1000;
+			check_dead(e);
+		}
+		if (mono_us() >= next_readers) {
+			// A process killed inside a read transaction (mdb_dump,
+			// a backup) keeps its reader slot, and LMDB reuses no
+			// page its snapshot can see: the file would grow with
+			// every commit until the next start. Clear such slots as
+			// LMDB asks, periodically.
+			int dead = 0;
+			mdb_reader_check(ch_store_env(e->o.store), &dead);
+			if (dead > 0) {
+				ch_log_warn("store: cleared %d stale reader slot(s)",
+				    dead);
+			}
+			next_readers = mono_us() + CH_READER_CHECK_MS * 1000;
 		}
 		pthread_mutex_lock(&e->mu);
 		while (e->head == NULL && !e->stopping && e->pending == NULL) {
@@ -1267,8 +1551,10 @@ engine_main(void *arg)
 		pthread_mutex_unlock(&e->mu);
 		atomic_fetch_sub(&ch_m.queue_depth, n);
 		run_batch(e, jobs, n);
+		check_dead(e);
 	}
 	free(jobs);
+	ch_running_leave();
 	return (NULL);
 }
 

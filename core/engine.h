@@ -11,6 +11,7 @@
 #define CORE_ENGINE_H
 
 #include <msgpack.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -36,7 +37,30 @@ struct ch_job {
 	bool            duplicate; // answered from the dedup window
 	msgpack_sbuffer reply;   // the reply map (engine writes)
 	msgpack_sbuffer emits;   // pub messages: u32 len ‖ topic \0 map
+	// The reply must fit the receiver's --max-message: a job's reply may
+	// be at most reply_limit bytes (0: no limit), and the members of a
+	// batch share reply_budget instead (the batch reply is one message).
+	// A reply that does not fit is replaced by reply_too_large, and the
+	// event is rolled back.
+	size_t          reply_limit;
+	_Atomic size_t *reply_budget;
+	size_t          reply_taken; // what this job took from the budget
 };
+
+// Every member of a batch has this much of the batch's reply set aside for
+// the error that says its own reply did not fit; a longer reply takes the
+// rest from the shared budget. A batch of n events therefore needs
+// CH_BATCH_REPLY_HEAD + n * CH_REPLY_RESERVE bytes at least.
+#define CH_REPLY_RESERVE 256
+#define CH_BATCH_REPLY_HEAD 32
+
+// ch_job_reply_fits: whether j's reply fits, taking from the batch's
+// budget when it has one. Thread-safe across a batch's members.
+bool ch_job_reply_fits(ch_job *j);
+// ch_job_reply_too_large replaces j's reply with reply_too_large: what
+// would not fit, and its size (the message stays within
+// CH_REPLY_RESERVE).
+void ch_job_reply_too_large(ch_job *j, const char *what, size_t size);
 
 // ch_job_init/fini manage the job's buffers.
 void ch_job_init(ch_job *j);
@@ -58,6 +82,7 @@ typedef struct {
 	const char *admin_token;  // forget needs it; NULL: none
 	ch_store  **all_stores;   // every shard's store, for stats; NULL: store
 	int         nstores;
+	size_t      max_message;  // an emit larger than this is refused; 0: none
 } ch_engine_opts;
 
 int  ch_engine_start(ch_engine **out, const ch_engine_opts *o);

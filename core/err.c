@@ -11,6 +11,7 @@ static const char *const codes[CH_NERR] = {
 	"overloaded",
 	"storage_full",
 	"internal",
+	"reply_too_large",
 };
 
 const char *

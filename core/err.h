@@ -16,8 +16,9 @@ enum ch_err {
 	CH_EOVERLOADED      = -7,  // overloaded
 	CH_ESTORAGEFULL     = -8,  // storage_full
 	CH_EINTERNAL        = -9,  // internal
+	CH_EREPLYTOOLARGE   = -10, // reply_too_large
 };
-#define CH_NERR 10
+#define CH_NERR 11
 
 // ch_err_code returns the wire name of an error ("bad_request", ...).
 const char *ch_err_code(int err);

@@ -3,7 +3,10 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "utf8.h"
 
 static int
 to_mp(json_t *j, msgpack_packer *pk, int depth)
@@ -67,12 +70,42 @@ ch_json_to_msgpack(json_t *j, msgpack_packer *pk)
 	return (to_mp(j, pk, 0));
 }
 
-// msgpack-c unpacks an empty str, bin or ext with a NULL pointer, which
-// jansson takes for a failure (and strndup may not be given)
-static const char *
-bytes(const char *p)
+// text: bytes as a JSON string — as they are when valid UTF-8, else with
+// each byte that is not as \xNN. NULL only when out of memory.
+static json_t *
+text(const char *p, size_t n)
 {
-	return (p != NULL ? p : "");
+	if (p == NULL) {
+		p = ""; // msgpack-c's empty str, bin or ext (jansson fails on NULL)
+	}
+	if (ch_utf8_valid(p, n)) {
+		return (json_stringn_nocheck(p, n));
+	}
+	size_t e   = ch_utf8_escape(NULL, 0, p, n, false);
+	char  *out = malloc(e + 1);
+	if (out == NULL) {
+		return (NULL);
+	}
+	ch_utf8_escape(out, e + 1, p, n, false);
+	json_t *j = json_stringn_nocheck(out, e);
+	free(out);
+	return (j);
+}
+
+// set: m[key] = v, the key as text (see text); v is stolen. -1 when out
+// of memory.
+static int
+set(json_t *m, const char *k, size_t n, json_t *v)
+{
+	json_t *key = text(k, n);
+	if (key == NULL) {
+		json_decref(v);
+		return (-1);
+	}
+	int rv = json_object_setn_new_nocheck(m, json_string_value(key),
+	    json_string_length(key), v);
+	json_decref(key);
+	return (rv);
 }
 
 static json_t *
@@ -100,14 +133,11 @@ to_json(const msgpack_object *o, int depth)
 		}
 		return (json_real(o->via.f64));
 	case MSGPACK_OBJECT_STR:
-		return (json_stringn_nocheck(bytes(o->via.str.ptr),
-		    o->via.str.size));
+		return (text(o->via.str.ptr, o->via.str.size));
 	case MSGPACK_OBJECT_BIN:
-		return (json_stringn_nocheck(bytes(o->via.bin.ptr),
-		    o->via.bin.size));
+		return (text(o->via.bin.ptr, o->via.bin.size));
 	case MSGPACK_OBJECT_EXT:
-		return (json_stringn_nocheck(bytes(o->via.ext.ptr),
-		    o->via.ext.size));
+		return (text(o->via.ext.ptr, o->via.ext.size));
 	case MSGPACK_OBJECT_ARRAY: {
 		json_t *a = json_array();
 		for (uint32_t i = 0; i < o->via.array.size; i++) {
@@ -124,11 +154,17 @@ to_json(const msgpack_object *o, int depth)
 		json_t *m = json_object();
 		for (uint32_t i = 0; i < o->via.map.size; i++) {
 			const msgpack_object *k = &o->via.map.ptr[i].key;
-			char                  kbuf[64];
-			char                 *key = kbuf;
-			if (k->type == MSGPACK_OBJECT_STR) {
-				key = strndup(bytes(k->via.str.ptr),
-				    k->via.str.size);
+			char                  kbuf[64] = "";
+			if (k->type == MSGPACK_OBJECT_STR ||
+			    k->type == MSGPACK_OBJECT_BIN) {
+				json_t *v = to_json(&o->via.map.ptr[i].val,
+				    depth + 1);
+				if (v == NULL || set(m, k->via.str.ptr,
+				                     k->via.str.size, v) != 0) {
+					json_decref(m);
+					return (NULL);
+				}
+				continue;
 			} else if (k->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
 				snprintf(kbuf, sizeof(kbuf), "%llu",
 				    (unsigned long long) k->via.u64);
@@ -138,28 +174,21 @@ to_json(const msgpack_object *o, int depth)
 			} else if (k->type == MSGPACK_OBJECT_BOOLEAN) {
 				snprintf(kbuf, sizeof(kbuf), "%s",
 				    k->via.boolean ? "true" : "false");
-			} else {
+			} else if (k->type == MSGPACK_OBJECT_FLOAT32 ||
+			    k->type == MSGPACK_OBJECT_FLOAT64) {
 				snprintf(kbuf, sizeof(kbuf), "%g", k->via.f64);
+			} else {
+				snprintf(kbuf, sizeof(kbuf), "(%s key)",
+				    k->type == MSGPACK_OBJECT_NIL ? "nil"
+				    : k->type == MSGPACK_OBJECT_EXT ? "ext"
+				                                    : "container");
 			}
 			json_t *v = to_json(&o->via.map.ptr[i].val, depth + 1);
-			if (v == NULL || key == NULL) {
-				json_decref(v);
-				json_decref(m);
-				if (key != kbuf) {
-					free(key);
-				}
-				return (NULL);
-			}
-			// checked: jansson dumps a key that is not UTF-8 as a
-			// broken string (it checks only values when dumping)
-			int rc = json_object_set_new(m, key, v);
-			if (key != kbuf) {
-				free(key);
-			}
-			if (rc != 0) {
+			if (v == NULL) {
 				json_decref(m);
 				return (NULL);
 			}
+			json_object_set_new_nocheck(m, kbuf, v);
 		}
 		return (m);
 	}

@@ -13,10 +13,13 @@
 // nests too deeply.
 int ch_json_to_msgpack(json_t *j, msgpack_packer *pk);
 
-// ch_msgpack_to_json builds a new JSON value (the caller decrefs): map keys
-// that are not strings are written as text, bin and ext as strings, an
-// integer above INT64_MAX as a real, NaN and infinities as null. Returns
-// NULL when o nests too deeply or has a map key that is not UTF-8.
+// ch_msgpack_to_json builds a new JSON value (the caller decrefs), always
+// one json_dumps can write: str, bin and ext become strings, as they are
+// when valid UTF-8, else with each byte that is not as the four characters
+// \xNN (a rule's bytes come as bin); map keys likewise, other keys as text
+// ("12", "true"); an integer above INT64_MAX becomes a real, NaN and
+// infinities null. Returns NULL when o nests too deeply (or memory ran
+// out).
 json_t *ch_msgpack_to_json(const msgpack_object *o);
 
 #endif

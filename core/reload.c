@@ -184,9 +184,7 @@ reloader_main(void *arg)
 	ch_reloader *r        = arg;
 	int64_t      deadline = -1; // a change seen: reload at this time
 	pthread_setname_np(pthread_self(), "choreo:reload");
-	if (ch_running_slots != NULL) {
-		ch_running_mine = &ch_running_slots[CH_RUNNING_SLOTS - 1];
-	}
+	ch_running_enter(CH_RUNNING_SLOTS - 1);
 	for (;;) {
 		struct pollfd p[2] = {
 			{ r->pipe[0], POLLIN, 0 },
@@ -255,6 +253,7 @@ reloader_main(void *arg)
 			rewatch(r); // folders may have come or gone
 		}
 	}
+	ch_running_leave();
 	return (NULL);
 }
 

@@ -61,11 +61,17 @@ print_reply(const void *data, size_t len)
 		json_t *j = ch_msgpack_to_json(&up.data);
 		size_t  flags = JSON_SORT_KEYS | JSON_REAL_PRECISION(15) |
 		    (the_ctx->pretty ? JSON_INDENT(2) : JSON_COMPACT);
-		char *s = json_dumps(j, flags);
-		fprintf(the_ctx->out, "%s\n", s ? s : "null");
+		char *s       = j != NULL ? json_dumps(j, flags) : NULL;
+		bool  printed = s != NULL;
+		if (printed) {
+			fprintf(the_ctx->out, "%s\n", s);
+		} else {
+			fprintf(stderr, "choreo replay: a reply cannot be "
+			                "written as JSON: it nests too deeply\n");
+		}
 		free(s);
 		json_t *ok = json_is_object(j) ? json_object_get(j, "ok") : NULL;
-		if (!json_is_true(ok)) {
+		if (!printed || !json_is_true(ok)) {
 			the_ctx->failed++;
 		}
 		json_decref(j);

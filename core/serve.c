@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -29,16 +30,18 @@
 #include "reload.h"
 #include "server.h"
 #include "store.h"
+#include "tls.h"
 
 typedef struct {
 	const char *rules, *data, *rep, *pull, *pub, *http;
 	bool        sync_full;
 	int         shards;
-	size_t      max_size, max_message;
+	size_t      max_size, max_message, pub_queue;
 	int         batch_max, queue_cap;
 	const char *admin_token;
 	bool        supervise;       // fork a supervised engine process
 	int         rule_timeout_ms; // the watchdog's hard limit
+	ch_tls_files tls;            // for every tls+tcp://, wss://, https://
 } serve_opts;
 
 static void
@@ -56,11 +59,19 @@ usage(FILE *f)
 	    "  --pull URL          events without replies (tcp://127.0.0.1:7451)\n"
 	    "  --pub URL           decisions and emits (tcp://127.0.0.1:7452)\n"
 	    "  --http URL          /metrics and /healthz (http://127.0.0.1:7453)\n"
+	    "  --tls-cert FILE     PEM certificate of every tls+tcp://, wss://\n"
+	    "                      and https:// endpoint (needs --tls-key)\n"
+	    "  --tls-key FILE      its PEM private key, unencrypted\n"
+	    "  --tls-ca FILE       PEM CA: TLS clients must present a\n"
+	    "                      certificate it signed\n"
 	    "  --sync full|os      full: a reply means the event is on disk;\n"
 	    "                      os: committed, not fsynced (full)\n"
 	    "  --shards N          engine threads, each with its own store (1)\n"
 	    "  --max-size BYTES    the store never grows past this (64G)\n"
-	    "  --max-message BYTES larger messages are refused by nng (1M)\n"
+	    "  --max-message BYTES larger requests are refused by nng, larger\n"
+	    "                      replies by reply_too_large (1M)\n"
+	    "  --pub-queue BYTES   how far a subscriber may fall behind before\n"
+	    "                      pub drops its oldest messages (32M)\n"
 	    "  --batch N           most events per group commit (64)\n"
 	    "  --queue N           queued requests per shard before\n"
 	    "                      'overloaded' (4096)\n"
@@ -71,6 +82,48 @@ usage(FILE *f)
 	    "  --no-supervisor     run the engine in this process (no restart)\n"
 	    "\n"
 	    "SIGHUP reloads the rules; SIGINT or SIGTERM stop cleanly.\n");
+}
+
+// check_tls: the TLS flags and the endpoints agree, and the files are
+// good — here, before the supervisor forks, so that a wrong file stops
+// the start with a message naming it. -1 when all is well, else 2.
+static int
+check_tls(const serve_opts *o)
+{
+	const struct {
+		const char *flag, *url;
+	} eps[] = { { "--rep", o->rep }, { "--pull", o->pull },
+		{ "--pub", o->pub }, { "--http", o->http } };
+	const char *tls_flag = NULL, *tls_url = NULL;
+	for (size_t i = 0; i < sizeof(eps) / sizeof(eps[0]); i++) {
+		if (tls_url == NULL && ch_tls_url(eps[i].url)) {
+			tls_flag = eps[i].flag;
+			tls_url  = eps[i].url;
+		}
+	}
+	const ch_tls_files *t = &o->tls;
+	if (tls_url != NULL && (t->cert == NULL || t->key == NULL)) {
+		fprintf(stderr, "choreo serve: %s %s needs --tls-cert FILE and "
+		                "--tls-key FILE\n",
+		    tls_flag, tls_url);
+		return (2);
+	}
+	if (tls_url == NULL &&
+	    (t->cert != NULL || t->key != NULL || t->ca != NULL)) {
+		fprintf(stderr, "choreo serve: %s is given but no endpoint is "
+		                "tls+tcp://, wss:// or https:// (nothing would "
+		                "be encrypted)\n",
+		    t->cert != NULL ? "--tls-cert"
+		    : t->key != NULL ? "--tls-key"
+		                     : "--tls-ca");
+		return (2);
+	}
+	char why[512];
+	if (tls_url != NULL && ch_tls_check(t, why, sizeof(why)) != CH_OK) {
+		fprintf(stderr, "choreo serve: %s\n", why);
+		return (2);
+	}
+	return (-1);
 }
 
 static int
@@ -87,11 +140,15 @@ parse(int argc, char **argv, serve_opts *o)
 		{ "shards", required_argument, NULL, 'n' },
 		{ "max-size", required_argument, NULL, 'm' },
 		{ "max-message", required_argument, NULL, 'M' },
+		{ "pub-queue", required_argument, NULL, 'Q' },
 		{ "batch", required_argument, NULL, 'b' },
 		{ "queue", required_argument, NULL, 'q' },
 		{ "admin-token", required_argument, NULL, 'A' },
 		{ "rule-timeout", required_argument, NULL, 'T' },
 		{ "no-supervisor", no_argument, NULL, 'S' },
+		{ "tls-cert", required_argument, NULL, 'C' },
+		{ "tls-key", required_argument, NULL, 'K' },
+		{ "tls-ca", required_argument, NULL, 'Y' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -125,7 +182,8 @@ parse(int argc, char **argv, serve_opts *o)
 			}
 			break;
 		case 'm':
-		case 'M': {
+		case 'M':
+		case 'Q': {
 			size_t v = ch_parse_size(optarg);
 			if (v == 0) {
 				fprintf(stderr, "choreo serve: '%s' is not a "
@@ -135,8 +193,10 @@ parse(int argc, char **argv, serve_opts *o)
 			}
 			if (c == 'm') {
 				o->max_size = v;
-			} else {
+			} else if (c == 'M') {
 				o->max_message = v;
+			} else {
+				o->pub_queue = v;
 			}
 			break;
 		}
@@ -160,6 +220,9 @@ parse(int argc, char **argv, serve_opts *o)
 		case 'S':
 			o->supervise = false;
 			break;
+		case 'C': o->tls.cert = optarg; break;
+		case 'K': o->tls.key = optarg; break;
+		case 'Y': o->tls.ca = optarg; break;
 		case 'h':
 			usage(stdout);
 			return (0);
@@ -173,7 +236,7 @@ parse(int argc, char **argv, serve_opts *o)
 		    argv[optind]);
 		return (2);
 	}
-	return (-1);
+	return (check_tls(o));
 }
 
 /*
@@ -328,6 +391,7 @@ watchdog_main(void *arg)
 				    ch_running_slots[i].version,
 				    ch_running_slots[i].type,
 				    (long long) (now - since));
+				ch_running_convict(i, CH_CAUGHT_WATCHDOG, SIGABRT);
 				abort();
 			}
 		}
@@ -336,8 +400,47 @@ watchdog_main(void *arg)
 	return (NULL);
 }
 
+// convicted reads the verdict the dead engine left (running.h) and sets
+// aside the rule version it names: a line in data/quarantine.log, which the
+// next engine moves into its store. Without a verdict — kill -9 from an
+// operator, the OOM killer, a fault outside any rule — nothing is
+// quarantined: the same versions serve again.
+static void
+convicted(const char *data, int sig)
+{
+	int slot = atomic_load(&ch_running_verdict->slot);
+	if (slot < 0 || slot >= CH_RUNNING_SLOTS) {
+		ch_log_error("serve: the engine died (signal %d, %s) outside any "
+		             "rule: nothing is quarantined; restarting",
+		    sig, strsignal(sig));
+		return;
+	}
+	ch_running *r = &ch_running_slots[slot];
+	char        path[4200];
+	snprintf(path, sizeof(path), "%s/quarantine.log", data);
+	FILE *f = fopen(path, "a");
+	if (f != NULL) {
+		fprintf(f, "%s\t%s\t%s\t%lld\n", r->business, r->version,
+		    r->type, (long long) wall_ms());
+		fclose(f);
+	}
+	if (atomic_load(&ch_running_verdict->caught) == CH_CAUGHT_WATCHDOG) {
+		ch_log_error("serve: the watchdog stopped a rule of '%s' (version "
+		             "%s, event '%s') that overran --rule-timeout: that "
+		             "version is quarantined; restarting",
+		    r->business, r->version, r->type);
+	} else {
+		int fsig = atomic_load(&ch_running_verdict->signo);
+		ch_log_error("serve: the engine crashed (signal %d, %s) inside a "
+		             "rule of '%s' (version %s, event '%s'): that version "
+		             "is quarantined; restarting",
+		    fsig, strsignal(fsig), r->business, r->version, r->type);
+	}
+}
+
 // supervise runs the engine in a child process and restarts it whenever it
-// dies of a signal, quarantining the rule version that was running. To an
+// dies of a signal, quarantining the rule version the evidence convicts
+// (convicted, above). To an
 // operator the pair is one process: signals are passed on, the child dies
 // with the parent (PR_SET_PDEATHSIG), and the parent exits with the
 // child's status once a stop was asked for.
@@ -346,9 +449,9 @@ static int serve(serve_opts *op, const char *version);
 static int
 supervise(serve_opts *o, const char *version)
 {
-	ch_running *slots = mmap(NULL, sizeof(ch_running) * CH_RUNNING_SLOTS,
-	    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (slots == MAP_FAILED) {
+	void *map = mmap(NULL, CH_RUNNING_MAP_SIZE, PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (map == MAP_FAILED) {
 		ch_log_error("serve: cannot map the watchdog's memory: %s",
 		    strerror(errno));
 		return (1);
@@ -363,7 +466,7 @@ supervise(serve_opts *o, const char *version)
 	pid_t   parent   = getpid();
 	int64_t crash_at[3] = { 0, 0, 0 };
 	for (int round = 0;; round++) {
-		memset(slots, 0, sizeof(ch_running) * CH_RUNNING_SLOTS);
+		ch_running_share(map);
 		pid_t pid = fork();
 		if (pid < 0) {
 			ch_log_error("serve: fork: %s", strerror(errno));
@@ -378,8 +481,7 @@ supervise(serve_opts *o, const char *version)
 			sigemptyset(&chld);
 			sigaddset(&chld, SIGCHLD);
 			sigprocmask(SIG_UNBLOCK, &chld, NULL);
-			ch_running_slots = slots;
-			o->supervise     = false;
+			o->supervise = false;
 			_exit(serve(o, version));
 		}
 		bool stopping = false;
@@ -405,33 +507,8 @@ supervise(serve_opts *o, const char *version)
 			// error says why in the log): not a crash
 			return (WIFEXITED(st) ? WEXITSTATUS(st) : 1);
 		}
-		// a crash: set aside what was running, restart at once
-		char path[4200];
-		snprintf(path, sizeof(path), "%s/quarantine.log", o->data);
-		bool any = false;
-		for (int i = 0; i < CH_RUNNING_SLOTS; i++) {
-			if (atomic_load(&slots[i].since) == 0) {
-				continue;
-			}
-			FILE *f = fopen(path, "a");
-			if (f != NULL) {
-				fprintf(f, "%s\t%s\t%s\t%lld\n", slots[i].business,
-				    slots[i].version, slots[i].type,
-				    (long long) wall_ms());
-				fclose(f);
-			}
-			ch_log_error("serve: the engine died (signal %d) in a rule "
-			             "of '%s' (version %s, event '%s'): that "
-			             "version is quarantined; restarting",
-			    WTERMSIG(st), slots[i].business, slots[i].version,
-			    slots[i].type);
-			any = true;
-		}
-		if (!any) {
-			ch_log_error("serve: the engine died (signal %d); "
-			             "restarting",
-			    WTERMSIG(st));
-		}
+		// a crash: quarantine what the evidence convicts, restart
+		convicted(o->data, WTERMSIG(st));
 		// three crashes within ten seconds: slow down a little
 		crash_at[round % 3] = mono_ms();
 		if (round >= 2 && crash_at[round % 3] - crash_at[(round + 1) % 3] <
@@ -458,6 +535,7 @@ ch_serve_main(int argc, char **argv, const char *version)
 		.shards      = 1,
 		.max_size    = (size_t) 64 << 30,
 		.max_message = 1 << 20,
+		.pub_queue   = (size_t) 32 << 20,
 		.batch_max   = 64, // small enough that nng keeps the next batch coming meanwhile
 		.queue_cap   = 4096,
 		.supervise   = true,
@@ -484,6 +562,11 @@ serve(serve_opts *op, const char *version)
 	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	// Large buffers (a big customer's reply, its state) get their own
+	// mappings, returned to the system when freed. A fixed threshold also
+	// stops glibc from raising it after such a free, which would keep the
+	// next ones in the heap for good.
+	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
 	ch_store  *stores[64]  = { 0 };
 	ch_engine *engines[64] = { 0 };
@@ -499,8 +582,9 @@ serve(serve_opts *op, const char *version)
 		pthread_mutex_init(&wd.mu, NULL);
 		pthread_cond_init(&wd.cv, NULL);
 		wd_on = pthread_create(&wd_thread, NULL, watchdog_main, &wd) == 0;
+		ch_running_guard();
 		// start-up loads run on this thread
-		ch_running_mine = &ch_running_slots[CH_RUNNING_SLOTS - 2];
+		ch_running_enter(CH_RUNNING_SLOTS - 2);
 	}
 	for (int i = 0; i < o.shards; i++) {
 		char dir[4096];
@@ -543,23 +627,27 @@ serve(serve_opts *op, const char *version)
 			.admin_token     = o.admin_token,
 			.all_stores      = stores, // filled by the time stats run
 			.nstores         = o.shards,
+			.max_message     = o.max_message,
 		};
 		if (ch_engine_new(&engines[i], &eo) != CH_OK) {
 			ch_rules_free(rules);
 			goto out;
 		}
 	}
+	ch_running_leave(); // the start-up loads are done
 	ch_server_opts sopts = {
 		.rep_url     = o.rep,
 		.pull_url    = o.pull,
 		.pub_url     = o.pub,
 		.http_url    = o.http,
 		.max_message = o.max_message,
+		.pub_queue   = o.pub_queue,
 		.engines     = engines,
 		.stores      = stores,
 		.shards      = o.shards,
 		.version     = version,
 		.admin_token = o.admin_token,
+		.tls         = o.tls,
 	};
 	if (ch_server_start(&srv, &sopts, why, sizeof(why)) != CH_OK) {
 		ch_log_error("serve: cannot listen: %s", why);
@@ -595,8 +683,12 @@ serve(serve_opts *op, const char *version)
 	fflush(stdout);
 
 	for (;;) {
-		int sig;
-		if (sigwait(&sigs, &sig) != 0) {
+		// every few seconds, hand the memory freed meanwhile back to
+		// the system (a burst of large replies, subscribers gone)
+		struct timespec tick = { 5, 0 };
+		int             sig  = sigtimedwait(&sigs, NULL, &tick);
+		if (sig < 0) {
+			malloc_trim(0);
 			continue;
 		}
 		if (sig == SIGHUP) {
@@ -626,9 +718,18 @@ out:
 		pthread_mutex_unlock(&wd.mu);
 		pthread_join(wd_thread, NULL);
 	}
+	bool dead = false;
 	for (int i = 0; i < o.shards; i++) {
 		ch_engine_free(engines[i]);
+		dead |= stores[i] != NULL &&
+		    (ch_store_faults(stores[i]) & CH_STORE_DEAD);
 		ch_store_close(stores[i]);
+	}
+	if (dead) {
+		// an engine stopped us because LMDB gave up on its store: end
+		// by a signal, so that the supervisor starts a new engine
+		ch_log_error("serve: a store must be opened again: restarting");
+		abort();
 	}
 	if (status == 0) {
 		ch_log_info("serve: stopped");

@@ -28,6 +28,7 @@ struct ch_server {
 	bool             rep_open, pull_open, pub_open;
 	nng_http_server *http;
 	nng_url         *http_url;
+	nng_tls_config  *tls;     // shared by every TLS listener; NULL: none
 	rep_work        *works;
 	int              nworks;
 	// pull: a fixed pool of slots; when all are busy, receiving pauses
@@ -46,7 +47,15 @@ struct ch_server {
 	pthread_mutex_t  smu;
 	pthread_cond_t   scv;
 	rep_work        *shead, *stail;
+	// pub: the sizes of the last PUB_RING messages, and how many of the
+	// newest ones a subscriber's queue may hold (pub_fit)
+	pthread_mutex_t  pubmu;
+	uint32_t        *pub_sizes;
+	uint64_t         pub_count;
+	size_t           pub_win, pub_sum;
 };
+
+#define PUB_RING 8192 // nng's most per subscriber
 
 static ch_server *the_server; // for the HTTP handlers, which get no argument
 
@@ -101,6 +110,7 @@ struct rep_work {
 	ch_job     *subs;  // a fanned-out request (batch, reload)
 	uint32_t    nsubs;
 	atomic_uint pending;
+	_Atomic size_t budget; // a batch's reply: bytes its members may share
 	msgpack_sbuffer out;
 	ch_req      rules_req; // a reload answers with the rules it loaded
 	rep_work   *snext;     // the sender's queue
@@ -244,6 +254,22 @@ fan_out(rep_work *w)
 		rep_send(w, w->out.data, w->out.size);
 		return;
 	}
+	// the batch's reply is one message: it must fit --max-message with
+	// room set aside for every member's own error
+	size_t floor = CH_BATCH_REPLY_HEAD + (size_t) n * CH_REPLY_RESERVE;
+	if (s->o.max_message > 0 && s->o.max_message < floor) {
+		char m[200];
+		snprintf(m, sizeof(m),
+		    "a batch of %u events may need a reply of %zu bytes, more "
+		    "than a message may hold (--max-message): send fewer events "
+		    "per batch (nothing applied)",
+		    n, floor);
+		rep_send_error(w, CH_EREPLYTOOLARGE, m);
+		return;
+	}
+	atomic_store(&w->budget, s->o.max_message > 0
+	        ? s->o.max_message - floor
+	        : SIZE_MAX);
 	w->subs = calloc(n, sizeof(ch_job));
 	if (w->subs == NULL) {
 		rep_send_error(w, CH_EINTERNAL, "out of memory");
@@ -258,10 +284,15 @@ fan_out(rep_work *w)
 		j->index = i;
 		j->done  = fan_done;
 		j->req   = &r->events[i];
+		j->reply_budget = &w->budget;
 		if (r->events[i].err != CH_OK) {
 			const char *m = r->events[i].errmsg;
 			pack_error_buf(&j->reply, r->events[i].err,
 			    m ? m : "bad request");
+			if (!ch_job_reply_fits(j)) {
+				ch_job_reply_too_large(j, "this member's error",
+				    j->reply.size);
+			}
 			CH_COUNT(errors[ch_err_index(r->events[i].err)], 1);
 			fan_done(j);
 			continue;
@@ -298,6 +329,7 @@ reload_done(void *arg, int rc, const char *why)
 	w->job.req            = &w->rules_req;
 	w->job.owner          = w;
 	w->job.done           = rep_single_done;
+	w->job.reply_limit    = s->o.max_message;
 	if (ch_engine_submit(s->o.engines[0], &w->job, true) != CH_OK) {
 		rep_send_error(w, CH_EOVERLOADED,
 		    "the server is stopping; the reload may not have happened");
@@ -329,6 +361,11 @@ rep_cleanup(rep_work *w)
 	}
 	w->job.reply.size = 0;
 	w->job.emits.size = 0;
+	// 256 contexts each keeping its largest reply held a gigabyte after
+	// a few hundred gets of a 4 MiB customer
+	ch_sbuffer_trim(&w->job.reply, CH_SBUFFER_KEEP);
+	ch_sbuffer_trim(&w->job.emits, CH_SBUFFER_KEEP);
+	ch_sbuffer_trim(&w->out, CH_SBUFFER_KEEP);
 }
 
 static void
@@ -397,9 +434,10 @@ rep_handle(rep_work *w)
 	if (r->customer.n > 0) {
 		shard = ch_shard_of(r->business, r->customer, s->o.shards);
 	}
-	w->job.req   = r;
-	w->job.owner = w;
-	w->job.done  = rep_single_done;
+	w->job.req         = r;
+	w->job.owner       = w;
+	w->job.done        = rep_single_done;
+	w->job.reply_limit = s->o.max_message;
 	if (ch_engine_submit(s->o.engines[shard], &w->job, false) != CH_OK) {
 		rep_send_error(w, CH_EOVERLOADED,
 		    "the queue is full; retry later (nothing applied)");
@@ -468,6 +506,8 @@ pull_release(ch_server *s, pull_slot *p)
 	ch_doc_fini(&p->doc);
 	nng_msg_free(p->msg);
 	p->msg = NULL;
+	ch_sbuffer_trim(&p->job.reply, CH_SBUFFER_KEEP);
+	ch_sbuffer_trim(&p->job.emits, CH_SBUFFER_KEEP);
 	pthread_mutex_lock(&s->pull_mu);
 	p->next_free  = s->free_slots;
 	s->free_slots = p;
@@ -560,6 +600,11 @@ pull_cb(void *arg)
 	p->job.owner = p;
 	p->job.done  = pull_done;
 	p->job.err   = CH_OK;
+	// the decision goes out on pub with the topic and the event's
+	// identity added (at most 1 KiB): it too must fit --max-message
+	p->job.reply_limit = s->o.max_message > 2048
+	    ? s->o.max_message - 1024
+	    : s->o.max_message / 2;
 	if (ch_engine_submit(s->o.engines[shard], &p->job, true) != CH_OK) {
 		CH_COUNT(pull_failed, 1);
 		pull_release(s, p);
@@ -591,6 +636,51 @@ pull_arm(ch_server *s)
 ** =======================================================
 */
 
+// pub_fit keeps what a slow subscriber can hold within --pub-queue bytes.
+// nng's pub queues messages per subscriber by count (NNG_OPT_SENDBUF, at
+// most 8192) and shares each message between the queues, so a queue that
+// falls behind holds about the newest SENDBUF messages published: the
+// count is set so that the newest SENDBUF messages add up to the budget.
+// It shrinks as soon as they would not fit (to 3/4 of the budget, so that
+// the next large message does not resize the queues again), and grows
+// back, doubling, once twice as many would take half the budget. Called
+// with pubmu held, after len was published.
+static void
+pub_fit(ch_server *s, size_t len)
+{
+	uint32_t *ring = s->pub_sizes;
+	size_t    want = s->pub_win;
+	// the oldest of the window leaves it: read before its slot is reused
+	// (with the window as large as the ring, it is the very same slot)
+	if (s->pub_count >= s->pub_win) {
+		s->pub_sum -= ring[(s->pub_count - s->pub_win) % PUB_RING];
+	}
+	ring[s->pub_count % PUB_RING] = (uint32_t) (len > UINT32_MAX ? UINT32_MAX : len);
+	s->pub_count++;
+	s->pub_sum += len;
+	if (s->pub_sum > s->o.pub_queue) {
+		while (want > 1 && s->pub_sum > s->o.pub_queue / 4 * 3) {
+			size_t oldest = (size_t) (s->pub_count - want) % PUB_RING;
+			s->pub_sum -= ring[oldest];
+			want--;
+		}
+	} else if (s->pub_win < PUB_RING && (s->pub_count & 1023) == 0) {
+		size_t w2  = s->pub_win * 2 > PUB_RING ? PUB_RING : s->pub_win * 2;
+		size_t sum = s->pub_sum;
+		for (size_t k = s->pub_win; k < w2 && k < s->pub_count; k++) {
+			sum += ring[(size_t) (s->pub_count - 1 - k) % PUB_RING];
+		}
+		if (sum <= s->o.pub_queue / 2) {
+			want       = w2;
+			s->pub_sum = sum;
+		}
+	}
+	if (want != s->pub_win) {
+		s->pub_win = want;
+		nng_socket_set_int(s->pub, NNG_OPT_SENDBUF, (int) want);
+	}
+}
+
 void
 ch_server_publish(void *srv, const void *msg, size_t len)
 {
@@ -598,9 +688,12 @@ ch_server_publish(void *srv, const void *msg, size_t len)
 	if (s == NULL || !s->pub_open) {
 		return;
 	}
+	pthread_mutex_lock(&s->pubmu);
 	if (nng_send(s->pub, (void *) msg, len, NNG_FLAG_NONBLOCK) == 0) {
 		CH_COUNT(published, 1);
+		pub_fit(s, len);
 	}
+	pthread_mutex_unlock(&s->pubmu);
 }
 
 static void
@@ -652,7 +745,9 @@ http_start(ch_server *s, char *why, size_t whylen)
 	int               rv;
 	nng_http_handler *h;
 	if ((rv = nng_url_parse(&s->http_url, s->o.http_url)) != 0 ||
-	    (rv = nng_http_server_hold(&s->http, s->http_url)) != 0) {
+	    (rv = nng_http_server_hold(&s->http, s->http_url)) != 0 ||
+	    (ch_tls_url(s->o.http_url) &&
+	        (rv = nng_http_server_set_tls(s->http, s->tls)) != 0)) {
 		snprintf(why, whylen, "http %s: %s", s->o.http_url,
 		    nng_strerror(rv));
 		return (CH_EINTERNAL);
@@ -671,14 +766,57 @@ http_start(ch_server *s, char *why, size_t whylen)
 
 /* }====================================================== */
 
+// tls_start makes the one TLS configuration of every TLS endpoint.
+static int
+tls_start(ch_server *s, char *why, size_t whylen)
+{
+	const ch_server_opts *o = &s->o;
+	if (!ch_tls_url(o->rep_url) && !ch_tls_url(o->pull_url) &&
+	    !ch_tls_url(o->pub_url) && !ch_tls_url(o->http_url)) {
+		return (CH_OK);
+	}
+	if (ch_tls_config(&s->tls, &o->tls, true, NULL, why, whylen) != CH_OK) {
+		return (CH_EINTERNAL);
+	}
+	char cert[512];
+	ch_tls_describe(o->tls.cert, cert, sizeof(cert));
+	ch_log_info("serve: TLS with %s; %s", cert,
+	    o->tls.ca != NULL ? "clients must present a certificate signed "
+	                        "by the CA in --tls-ca"
+	                      : "no client certificates asked for");
+	// nanomsg/nng#1518, not fixed in 1.5.2: see docs/security.md
+	const char *names[] = { "rep", "pull", "pub" };
+	const char *urls[]  = { o->rep_url, o->pull_url, o->pub_url };
+	char        list[32] = "";
+	for (int i = 0; i < 3; i++) {
+		if (strncmp(urls[i], "tls+tcp", 7) == 0) {
+			size_t n = strlen(list);
+			snprintf(list + n, sizeof(list) - n, "%s%s", n ? ", " : "",
+			    names[i]);
+		}
+	}
+	if (list[0] != '\0') {
+		ch_log_warn("serve: a client that abandons a TLS handshake can "
+		            "stop nng 1.5.2 from accepting on a tls+tcp:// "
+		            "endpoint (here: %s); wss:// is not affected "
+		            "(docs/security.md)",
+		    list);
+	}
+	return (CH_OK);
+}
+
+// listen_on: RECVMAXSZ on every listener, and the TLS configuration on a
+// tls+tcp:// or wss:// one, before it starts.
 static int
 listen_on(nng_socket sock, const char *what, const char *url, size_t maxsz,
-    char *why, size_t whylen)
+    nng_tls_config *tls, char *why, size_t whylen)
 {
 	nng_listener l;
 	int          rv;
 	if ((rv = nng_listener_create(&l, sock, url)) != 0 ||
 	    (rv = nng_listener_set_size(l, NNG_OPT_RECVMAXSZ, maxsz)) != 0 ||
+	    (ch_tls_url(url) &&
+	        (rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, tls)) != 0) ||
 	    (rv = nng_listener_start(l, 0)) != 0) {
 		snprintf(why, whylen, "%s %s: %s", what, url, nng_strerror(rv));
 		return (CH_EINTERNAL);
@@ -704,14 +842,27 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 		s->o.pull_slots = 1024;
 	}
 	pthread_mutex_init(&s->pull_mu, NULL);
+	pthread_mutex_init(&s->pubmu, NULL);
 	pthread_mutex_init(&s->smu, NULL);
 	pthread_cond_init(&s->scv, NULL);
+	if (s->o.pub_queue == 0) {
+		s->o.pub_queue = (size_t) 32 << 20;
+	}
+	s->pub_win   = PUB_RING;
+	s->pub_sizes = calloc(PUB_RING, sizeof(uint32_t));
+	if (s->pub_sizes == NULL) {
+		snprintf(why, whylen, "out of memory");
+		goto fail;
+	}
 	if (pthread_create(&s->sender, NULL, sender_main, s) != 0) {
 		snprintf(why, whylen, "cannot start the reply thread");
 		goto fail;
 	}
 	s->sender_on = true;
 	the_server = s;
+	if (tls_start(s, why, whylen) != CH_OK) {
+		goto fail;
+	}
 
 	// pub first: the engines may publish as soon as anything arrives
 	if ((rv = nng_pub0_open(&s->pub)) != 0) {
@@ -720,10 +871,11 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 	}
 	s->pub_open = true;
 	// nng's default queue per subscriber is 16 messages: a subscriber a
-	// moment slow would lose decisions at a few thousand a second
-	nng_socket_set_int(s->pub, NNG_OPT_SENDBUF, 8192);
-	if (listen_on(s->pub, "pub", o->pub_url, o->max_message, why,
-	        whylen) != CH_OK) {
+	// moment slow would lose decisions at a few thousand a second. The
+	// most nng takes, until pub_fit finds them over --pub-queue bytes.
+	nng_socket_set_int(s->pub, NNG_OPT_SENDBUF, PUB_RING);
+	if (listen_on(s->pub, "pub", o->pub_url, o->max_message, s->tls,
+	        why, whylen) != CH_OK) {
 		goto fail;
 	}
 
@@ -733,8 +885,8 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 	}
 	s->rep_open = true;
 	nng_socket_set_size(s->rep, NNG_OPT_RECVMAXSZ, o->max_message);
-	if (listen_on(s->rep, "rep", o->rep_url, o->max_message, why,
-	        whylen) != CH_OK) {
+	if (listen_on(s->rep, "rep", o->rep_url, o->max_message, s->tls,
+	        why, whylen) != CH_OK) {
 		goto fail;
 	}
 	if ((rv = nng_pull0_open(&s->pull)) != 0) {
@@ -743,8 +895,8 @@ ch_server_start(ch_server **out, const ch_server_opts *o, char *why,
 	}
 	s->pull_open = true;
 	nng_socket_set_size(s->pull, NNG_OPT_RECVMAXSZ, o->max_message);
-	if (listen_on(s->pull, "pull", o->pull_url, o->max_message, why,
-	        whylen) != CH_OK) {
+	if (listen_on(s->pull, "pull", o->pull_url, o->max_message, s->tls,
+	        why, whylen) != CH_OK) {
 		goto fail;
 	}
 	if (http_start(s, why, whylen) != CH_OK) {
@@ -865,8 +1017,13 @@ ch_server_close(ch_server *s)
 		nng_close(s->pub);
 	}
 	the_server = NULL;
+	if (s->tls != NULL) {
+		nng_tls_config_free(s->tls);
+	}
 	free(s->works);
 	free(s->slots);
+	free(s->pub_sizes);
 	pthread_mutex_destroy(&s->pull_mu);
+	pthread_mutex_destroy(&s->pubmu);
 	free(s);
 }

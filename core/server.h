@@ -2,19 +2,22 @@
 //
 // Every nng call of the daemon lives here. The aio callbacks only decode a
 // request (codec.h) and submit jobs to the engine of the request's shard;
-// the engine calls back with the reply once it is durable.
+// the engine calls back with the reply once it is durable. The TLS
+// configurations of the endpoints are made in tls.c.
 #ifndef CORE_SERVER_H
 #define CORE_SERVER_H
 
 #include <stddef.h>
 
 #include "engine.h"
+#include "tls.h"
 
 typedef struct ch_server ch_server;
 
 typedef struct {
 	const char *rep_url, *pull_url, *pub_url, *http_url;
 	size_t      max_message;  // NNG_OPT_RECVMAXSZ on every listener
+	size_t      pub_queue;    // bytes a subscriber may fall behind by
 	int         rep_contexts; // concurrent REQ requests served
 	int         pull_slots;   // pulled events in flight before pull waits
 	ch_engine **engines;      // one per shard
@@ -22,6 +25,7 @@ typedef struct {
 	int         shards;
 	const char *version;
 	const char *admin_token;  // reload needs it; NULL: none
+	ch_tls_files tls;         // for every tls+tcp://, wss://, https:// URL
 } ch_server_opts;
 
 // ch_server_start binds every endpoint and starts receiving. Returns CH_OK,

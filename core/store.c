@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "err.h"
 #include "log.h"
@@ -17,6 +18,7 @@ struct ch_store {
 	MDB_dbi       dbi[CH_DB_COUNT];
 	size_t        map_size;
 	ch_store_opts o;
+	unsigned      faults; // CH_STORE_* of the running transaction
 };
 
 static const char *const db_names[CH_DB_COUNT] = {
@@ -172,9 +174,32 @@ ch_store_map_size(ch_store *s)
 	return (s->map_size);
 }
 
-static int
-xlate(int rc, const char *what)
+// Below this much room for it, the disk of a store is full.
+#define MIN_ROOM ((uint64_t) 64 << 20)
+
+// no_room: the filesystem of the store has (almost) no room left. A write
+// that needs more blocks than are free is cut short, and LMDB reports a
+// short write as EIO; written again, it is cut short again.
+static bool
+no_room(ch_store *s)
 {
+	int            fd;
+	struct statvfs v;
+	return (mdb_env_get_fd(s->env, &fd) == 0 && fstatvfs(fd, &v) == 0 &&
+	    (uint64_t) v.f_bavail * v.f_frsize < MIN_ROOM);
+}
+
+// xlate turns an LMDB result into a choreo code and notes in s->faults
+// what a failure means for the engine (see store.h).
+static int
+xlate(ch_store *s, int rc, const char *what)
+{
+	if (rc == EIO && no_room(s)) {
+		ch_log_error("store: %s: %s, with the disk full", what,
+		    mdb_strerror(rc));
+		s->faults |= CH_STORE_DISK_FULL;
+		return (CH_ESTORAGEFULL);
+	}
 	switch (rc) {
 	case 0:
 		return (CH_OK);
@@ -183,6 +208,19 @@ xlate(int rc, const char *what)
 	case MDB_MAP_FULL:
 	case MDB_TXN_FULL:
 		return (CH_ESTORAGEFULL);
+	case ENOSPC:
+	case EDQUOT:
+		ch_log_error("store: %s: %s", what, mdb_strerror(rc));
+		s->faults |= CH_STORE_DISK_FULL;
+		return (CH_ESTORAGEFULL);
+	case MDB_PANIC:
+		ch_log_error("store: %s: %s", what, mdb_strerror(rc));
+		s->faults |= CH_STORE_DEAD;
+		return (CH_EINTERNAL);
+	case EIO:
+		ch_log_error("store: %s: %s", what, mdb_strerror(rc));
+		s->faults |= CH_STORE_IO_ERROR;
+		return (CH_EINTERNAL);
 	default:
 		ch_log_error("store: %s: %s", what, mdb_strerror(rc));
 		return (CH_EINTERNAL);
@@ -192,14 +230,35 @@ xlate(int rc, const char *what)
 int
 ch_store_begin(ch_store *s, MDB_txn *parent, MDB_txn **txn)
 {
-	return (xlate(mdb_txn_begin(s->env, parent, 0, txn), "begin"));
+	if (parent == NULL) {
+		s->faults &= CH_STORE_DEAD; // a new transaction; dead stays dead
+	}
+	return (xlate(s, mdb_txn_begin(s->env, parent, 0, txn), "begin"));
 }
 
 int
 ch_store_commit(ch_store *s, MDB_txn *txn)
 {
-	(void) s;
-	return (xlate(mdb_txn_commit(txn), "commit"));
+	int rc = mdb_txn_commit(txn);
+	if (rc > 0) {
+		// An I/O error. One that hit the meta page leaves LMDB refusing
+		// every transaction until the environment is opened again, which
+		// it says only at the next begin: ask now, so the engine knows.
+		MDB_txn *probe;
+		int      p = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &probe);
+		if (p == MDB_PANIC) {
+			s->faults |= CH_STORE_DEAD;
+		} else if (p == 0) {
+			mdb_txn_abort(probe);
+		}
+	}
+	return (xlate(s, rc, "commit"));
+}
+
+unsigned
+ch_store_faults(const ch_store *s)
+{
+	return (s->faults);
 }
 
 void
@@ -211,7 +270,7 @@ ch_store_abort(MDB_txn *txn)
 int
 ch_store_grow(ch_store *s)
 {
-	if (s->map_size >= s->o.max_size) {
+	if (s->map_size >= s->o.max_size || (s->faults & CH_STORE_DISK_FULL)) {
 		return (CH_ESTORAGEFULL);
 	}
 	size_t next = s->map_size * 2;
@@ -265,7 +324,7 @@ ch_store_get(ch_store *s, MDB_txn *txn, enum ch_db db, const void *key,
     size_t klen, MDB_val *val)
 {
 	MDB_val k = { klen, (void *) key };
-	return (xlate(mdb_get(txn, s->dbi[db], &k, val), "get"));
+	return (xlate(s, mdb_get(txn, s->dbi[db], &k, val), "get"));
 }
 
 int
@@ -274,7 +333,7 @@ ch_store_put(ch_store *s, MDB_txn *txn, enum ch_db db, const void *key,
 {
 	MDB_val k = { klen, (void *) key };
 	MDB_val v = { vlen, (void *) val };
-	return (xlate(mdb_put(txn, s->dbi[db], &k, &v, 0), "put"));
+	return (xlate(s, mdb_put(txn, s->dbi[db], &k, &v, 0), "put"));
 }
 
 int
@@ -282,7 +341,7 @@ ch_store_del(ch_store *s, MDB_txn *txn, enum ch_db db, const void *key,
     size_t klen)
 {
 	MDB_val k = { klen, (void *) key };
-	return (xlate(mdb_del(txn, s->dbi[db], &k, NULL), "del"));
+	return (xlate(s, mdb_del(txn, s->dbi[db], &k, NULL), "del"));
 }
 
 size_t

@@ -4,7 +4,8 @@
 // (business \0 id → u64 time ‖ reply), models, stats, timers and meta
 // (schema version). Write transactions belong to the engine thread that
 // owns the store; MDB_MAP_FULL comes back as CH_ESTORAGEFULL so the engine
-// can abort, ch_store_grow, and replay the batch.
+// can abort, ch_store_grow, and replay the batch; ch_store_faults says
+// when that would not help (a full disk, a dead environment).
 #ifndef CORE_STORE_H
 #define CORE_STORE_H
 
@@ -47,13 +48,36 @@ size_t   ch_store_map_size(ch_store *s);
 // ch_store_begin starts a write transaction, nested in parent when given.
 int ch_store_begin(ch_store *s, MDB_txn *parent, MDB_txn **txn);
 // ch_store_commit commits (and frees) txn: CH_OK, CH_ESTORAGEFULL on
-// MDB_MAP_FULL, CH_EINTERNAL otherwise (logged).
+// MDB_MAP_FULL or a full disk (ENOSPC, EDQUOT), CH_EINTERNAL otherwise
+// (logged). Either way nothing of txn is applied.
 int  ch_store_commit(ch_store *s, MDB_txn *txn);
 void ch_store_abort(MDB_txn *txn);
 
+// What the failures of the running top-level transaction (since its
+// ch_store_begin) mean, for the engine to answer and recover:
+//   CH_STORE_DISK_FULL  the disk is full (ENOSPC, EDQUOT, or EIO with
+//                       less than 64 MiB free: LMDB reports a write the
+//                       filesystem cut short as EIO): growing the map
+//                       will not help;
+//   CH_STORE_IO_ERROR   EIO on a disk with room: worth one replay;
+//   CH_STORE_DEAD       a write of the meta page failed: LMDB refuses
+//                       every transaction (MDB_PANIC) until the
+//                       environment is opened again, by a new process.
+//                       It stays set.
+enum { CH_STORE_DISK_FULL = 1, CH_STORE_IO_ERROR = 2, CH_STORE_DEAD = 4 };
+unsigned ch_store_faults(const ch_store *s);
+
 // ch_store_grow doubles the map, up to max_size. No transaction of the
-// process may be open. CH_OK, or CH_ESTORAGEFULL at the cap.
+// process may be open. CH_OK, or CH_ESTORAGEFULL at the cap or when the
+// disk, not the map, is full.
 int ch_store_grow(ch_store *s);
+
+// Keys that join fields join them with NUL bytes, and every field but the
+// last is text without NUL (the codec refuses a NUL in a request's fields,
+// the prelude in a rule's names), so each key reads back one way only:
+// business \0 customer, business \0 id, business \0 action \0 channel,
+// due ‖ business \0 customer \0 timer name, business \0 counter name
+// (whose fields are names too). docs/architecture.md, storage layout.
 
 // ch_store_key builds business \0 rest into buf (at least 64+1+256 bytes).
 size_t ch_store_key(char *buf, ch_str business, ch_str rest);

@@ -4,6 +4,8 @@
 #include <lauxlib.h>
 #include <string.h>
 
+#include "../core/utf8.h"
+
 static const char ARRAY_MT_KEY = 'a'; // its address keys the registry
 
 // The scratch buffer: one per state, freed with it, for packing that may
@@ -52,9 +54,15 @@ ch_conv_scratch(lua_State *L)
 int
 ch_conv_prepack(lua_State *L, int idx)
 {
+	return (ch_conv_prepack_as(L, idx, "payload"));
+}
+
+int
+ch_conv_prepack_as(lua_State *L, int idx, const char *what)
+{
 	idx = lua_absindex(L, idx);
 	msgpack_sbuffer *b = ch_conv_scratch(L);
-	ch_conv_pack(L, idx, b, "payload");
+	ch_conv_pack(L, idx, b, what);
 	void *p = lua_newuserdatauv(L, b->size, 0);
 	memcpy(p, b->data, b->size);
 	luaL_setmetatable(L, CH_PACKED);
@@ -382,8 +390,9 @@ typedef struct {
 	lua_Number  num[CH_CONV_MAX_DEPTH + 1];
 } packctx;
 
+// push_where pushes "what.path.to[3]: why" for the value at depth.
 static void
-pack_fail(lua_State *L, packctx *pc, int depth, const char *why)
+push_where(lua_State *L, packctx *pc, int depth, const char *why)
 {
 	luaL_Buffer b;
 	luaL_buffinit(L, &b);
@@ -401,8 +410,18 @@ pack_fail(lua_State *L, packctx *pc, int depth, const char *why)
 	luaL_addstring(&b, ": ");
 	luaL_addstring(&b, why);
 	luaL_pushresult(&b);
+}
+
+static void
+pack_fail(lua_State *L, packctx *pc, int depth, const char *why)
+{
+	push_where(L, pc, depth, why);
 	lua_error(L);
 }
+
+static const char BAD_KEY[] = "a table key must be a string, number or "
+                              "boolean";
+static const char TOO_DEEP[] = "tables nested too deeply (or a cycle)";
 
 // is_array: a table with the array metatable, or a non-empty sequence.
 static int
@@ -464,11 +483,25 @@ sb_be(msgpack_sbuffer *sb, uint64_t v, int bytes)
 	}
 }
 
+// sb_str writes a Lua string: as msgpack str when it is valid UTF-8, else
+// as bin — every str choreo writes is text a client can decode, and bytes
+// (string.char(255), a bin value from a request) come back byte for byte.
 static void
 sb_str(lua_State *L, msgpack_sbuffer *sb, const char *s, size_t n)
 {
 	sb_need(L, sb, n + 5);
-	if (n < 32) {
+	if (!ch_utf8_valid(s, n)) {
+		if (n < 256) {
+			sb->data[sb->size++] = (char) 0xc4;
+			sb_be(sb, n, 1);
+		} else if (n < 65536) {
+			sb->data[sb->size++] = (char) 0xc5;
+			sb_be(sb, n, 2);
+		} else {
+			sb->data[sb->size++] = (char) 0xc6;
+			sb_be(sb, n, 4);
+		}
+	} else if (n < 32) {
 		sb->data[sb->size++] = (char) (0xa0 | n);
 	} else if (n < 256) {
 		sb->data[sb->size++] = (char) 0xd9;
@@ -558,8 +591,7 @@ sb_key(lua_State *L, msgpack_sbuffer *sb, packctx *pc, int depth)
 		pc->path[depth + 1] = lua_toboolean(L, -2) ? "[true]" : "[false]";
 		return;
 	default:
-		pack_fail(L, pc, depth,
-		    "a table key must be a string, number or boolean");
+		pack_fail(L, pc, depth, BAD_KEY);
 	}
 }
 
@@ -568,7 +600,7 @@ sb_table(lua_State *L, int idx, msgpack_sbuffer *sb, packctx *pc, int depth)
 {
 	lua_Integer n;
 	if (depth >= CH_CONV_MAX_DEPTH) {
-		pack_fail(L, pc, depth, "tables nested too deeply (or a cycle)");
+		pack_fail(L, pc, depth, TOO_DEEP);
 	}
 	luaL_checkstack(L, 6, "tables nested too deeply");
 	if (is_array(L, idx, &n)) {
@@ -597,10 +629,6 @@ sb_table(lua_State *L, int idx, msgpack_sbuffer *sb, packctx *pc, int depth)
 	size_t count = 0;
 	lua_pushnil(L);
 	while (lua_next(L, idx) != 0) {             /* key, value */
-		if (lua_type(L, -1) == LUA_TFUNCTION) {
-			lua_pop(L, 1); /* functions are behaviour, not data */
-			continue;
-		}
 		sb_key(L, sb, pc, depth);
 		sb_value(L, lua_gettop(L), sb, pc, depth + 1);
 		lua_pop(L, 1);                          /* key */
@@ -669,6 +697,93 @@ sb_value(lua_State *L, int idx, msgpack_sbuffer *sb, packctx *pc, int depth)
 		    lua_pushfstring(L, "cannot store a value of type %s",
 		        luaL_typename(L, idx)));
 	}
+}
+
+/*
+** Checking without packing: the same rules as the packer, for rules that
+** want the error where the value was stored, not where it is packed.
+*/
+
+// check_value returns NULL when the value at idx can be stored, else why
+// not, with pc's path filled up to *at.
+static const char *
+check_value(lua_State *L, int idx, packctx *pc, int depth, int *at)
+{
+	switch (lua_type(L, idx)) {
+	case LUA_TNIL:
+	case LUA_TBOOLEAN:
+	case LUA_TNUMBER:
+	case LUA_TSTRING:
+		return (NULL);
+	case LUA_TUSERDATA:
+		if (luaL_testudata(L, idx, CH_PACKED) != NULL) {
+			return (NULL);
+		}
+		break;
+	case LUA_TTABLE:
+		if (depth >= CH_CONV_MAX_DEPTH) {
+			*at = depth;
+			return (TOO_DEEP);
+		}
+		luaL_checkstack(L, 3, "tables nested too deeply");
+		lua_pushnil(L);
+		while (lua_next(L, idx) != 0) {     /* key, value */
+			const char *why = NULL;
+			switch (lua_type(L, -2)) {
+			case LUA_TSTRING:
+				pc->path[depth + 1] = lua_tostring(L, -2);
+				break;
+			case LUA_TNUMBER:
+				pc->path[depth + 1] = NULL;
+				pc->num[depth + 1]  = lua_tonumber(L, -2);
+				break;
+			case LUA_TBOOLEAN:
+				pc->path[depth + 1] = lua_toboolean(L, -2)
+				    ? "[true]"
+				    : "[false]";
+				break;
+			default:
+				*at = depth;
+				why = BAD_KEY;
+			}
+			if (why == NULL) {
+				why = check_value(L, lua_gettop(L), pc,
+				    depth + 1, at);
+			}
+			if (why != NULL) {
+				lua_pop(L, 2);
+				return (why);
+			}
+			lua_pop(L, 1);                  /* key */
+		}
+		return (NULL);
+	default:
+		break;
+	}
+	*at = depth;
+	switch (lua_type(L, idx)) {
+	case LUA_TFUNCTION:
+		return ("cannot store a value of type function");
+	case LUA_TTHREAD:
+		return ("cannot store a value of type thread");
+	default:
+		return ("cannot store a value of type userdata");
+	}
+}
+
+int
+ch_conv_check(lua_State *L, int idx, const char *what)
+{
+	packctx pc;
+	int     at = 0;
+	pc.what    = what;
+	pc.path[0] = NULL;
+	const char *why = check_value(L, lua_absindex(L, idx), &pc, 0, &at);
+	if (why == NULL) {
+		return (0);
+	}
+	push_where(L, &pc, at, why);
+	return (1);
 }
 
 void

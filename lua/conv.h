@@ -2,7 +2,9 @@
 //
 // Maps become tables; arrays become tables carrying the array metatable
 // (ch_conv_array_mt), so that an empty list packs back as an array and not
-// as a map. Integers stay integers, floats stay floats.
+// as a map. Integers stay integers, floats stay floats. A string is packed
+// as msgpack str when it is valid UTF-8 and as bin when it is not; str,
+// bin and ext all read back as Lua strings.
 #ifndef LUA_CONV_H
 #define LUA_CONV_H
 
@@ -21,6 +23,8 @@ void ch_conv_init(lua_State *L);
 // every request that never change (payloads of a cached view).
 #define CH_PACKED "choreo.packed"
 int ch_conv_prepack(lua_State *L, int idx);
+// ch_conv_prepack_as: the same, with what naming the value in errors.
+int ch_conv_prepack_as(lua_State *L, int idx, const char *what);
 
 // ch_conv_count: how many entries the list at idx has, a table or a packed
 // array; 0 for anything else.
@@ -38,10 +42,18 @@ void ch_conv_push_obj(lua_State *L, const msgpack_object *o);
 int ch_conv_push_bytes(lua_State *L, const void *buf, size_t len);
 
 // ch_conv_pack packs the value at idx. Raises a Lua error naming the path
-// ("c.attrs.x: cannot store a function") on a value msgpack cannot hold.
+// ("c.attrs.x: cannot store a value of type function") on a value msgpack
+// cannot hold — a function, a thread, a userdata, a table key of another
+// type than string, number or boolean — rather than leave it out.
 // what names the root in messages ("payload", "state").
 void ch_conv_pack(lua_State *L, int idx, msgpack_sbuffer *sb,
     const char *what);
+
+// ch_conv_check tells whether ch_conv_pack would accept the value at idx,
+// without packing it: 0, or 1 with the message it would raise pushed
+// ("c.attrs.f: cannot store a value of type function"). Only Lua's own
+// memory errors are raised.
+int ch_conv_check(lua_State *L, int idx, const char *what);
 
 // ch_conv_scratch: the state's own buffer, emptied, for packing that may
 // raise an error without leaking a buffer (valid until the next call).

@@ -23,6 +23,7 @@
 #include "nba.h"
 
 #include <lauxlib.h>
+#include <math.h>
 #include <msgpack.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -505,6 +506,35 @@ drop(decision *d, int i, const char *reason)
 	}
 }
 
+// wrong_answer raises the error for an answer of the wrong kind (on top of
+// the stack) from the analyst's function at keep[ref], named where the
+// function was written. lua_error, not luaL_error: the position of the
+// caller, the prelude, means nothing to the analyst.
+static int
+wrong_answer(decision *d, int ref, const char *what, const char *name,
+    const char *expected)
+{
+	lua_State  *L = d->L;
+	const char *got;
+	char        kind[32];
+	double      v = lua_tonumber(L, -1);
+	if (lua_type(L, -1) == LUA_TNUMBER && !isfinite(v)) {
+		got = isnan(v) ? "NaN" : v > 0 ? "infinity" : "-infinity";
+	} else if (lua_isnil(L, -1)) {
+		got = "nil";
+	} else {
+		snprintf(kind, sizeof(kind), "a %s", luaL_typename(L, -1));
+		got = kind;
+	}
+	lua_Debug ar;
+	lua_rawgeti(L, d->kp, ref);
+	lua_getinfo(L, ">S", &ar);
+	lua_pushfstring(L, "%s:%d: %s of action '%s' returned %s, expected %s",
+	    ar.source[0] == '@' ? ar.source + 1 : ar.short_src, ar.linedefined,
+	    what, name, got, expected);
+	return (lua_error(L));
+}
+
 // ask puts a pending candidate to eligible(c), the limits and, when not
 // known yet, its propensity. Returns false when the action is dropped.
 static bool
@@ -518,6 +548,11 @@ ask(decision *d, cand *x)
 		lua_rawgeti(L, d->kp, a->eligible_ref);
 		lua_pushvalue(L, A_C);
 		lua_call(L, 1, 1);
+		int t = lua_type(L, -1);
+		if (t != LUA_TBOOLEAN && t != LUA_TNIL) {
+			wrong_answer(d, a->eligible_ref, "eligible", a->name,
+			    "true or false");
+		}
 		if (!lua_toboolean(L, -1)) {
 			reason = "ineligible";
 		}
@@ -538,16 +573,10 @@ ask(decision *d, cand *x)
 		lua_rawgeti(L, d->kp, a->propensity_ref);
 		lua_pushvalue(L, A_C);
 		lua_call(L, 1, 1);
-		if (lua_type(L, -1) != LUA_TNUMBER) {
-			// named where the analyst wrote the function
-			lua_Debug ar;
-			lua_rawgeti(L, d->kp, a->propensity_ref);
-			lua_getinfo(L, ">S", &ar);
-			return (luaL_error(L,
-			    "%s:%d: action '%s': propensity(c) must return a "
-			    "number, got %s",
-			    ar.short_src, ar.linedefined, a->name,
-			    luaL_typename(L, -1)));
+		if (lua_type(L, -1) != LUA_TNUMBER ||
+		    !isfinite(lua_tonumber(L, -1))) {
+			wrong_answer(d, a->propensity_ref, "propensity", a->name,
+			    "a number between 0 and 1");
 		}
 		x->src = K_RULE;
 	} else {

@@ -10,6 +10,9 @@
 
 local H = ...
 local getinfo, array_mt = H.getinfo, H.array_mt
+local storable = H.storable -- nil, or why a value cannot be stored
+local is_text = H.is_text   -- a string of valid UTF-8 without NUL bytes
+local state_problem = H.state_problem -- nil, or what a handler got wrong
 local debug_getmetatable = H.getmetatable
 
 local type, pairs, ipairs, next, error, tostring, select =
@@ -17,7 +20,7 @@ local type, pairs, ipairs, next, error, tostring, select =
 local setmetatable, getmetatable, rawget, rawset, pcall =
       setmetatable, getmetatable, rawget, rawset, pcall
 local sfmt, sfind, smatch, ssub = string.format, string.find, string.match, string.sub
-local tsort, tconcat = table.sort, table.concat
+local tsort, tconcat, tmove = table.sort, table.concat, table.move
 local mfloor, mhuge = math.floor, math.huge
 
 local function arr(t)
@@ -50,18 +53,31 @@ local MAX_VIEWS = 4096
 -- Helpers for declaration checks
 ------------------------------------------------------------------------
 
+-- where_of returns "file:line" of the line where fn was written.
+local function where_of(fn)
+  local info = getinfo(fn, "S")
+  local src = ssub(info.source, 1, 1) == "@" and ssub(info.source, 2) or info.short_src
+  return src .. ":" .. info.linedefined
+end
+
+-- fallback says where an error goes when no frame of the analyst's is on
+-- the stack: while a handler runs, the handler (a tail call replaced its
+-- frame); while a view is resolved, "file:line" of the declaration or
+-- variation that made it.
+local fallback = nil
+
 -- fail raises msg at the analyst's line that made the declaration: the
 -- innermost frame whose source is not this prelude.
 local prelude_src
--- decl_at: "file:line" of the declaration being finished with a
--- circumstance's params (build_view), where no rule file is on the stack
-local decl_at
-
 local function fail(msg)
   local level = 2
   while true do
     local info = getinfo(level, "S")
-    if not info then error(decl_at and decl_at .. ": " .. msg or msg, 0) end
+    if not info then
+      local at = fallback
+      if type(at) == "function" then at = where_of(at) end
+      error(at and (at .. ": " .. msg) or msg, 0)
+    end
     if info.source ~= prelude_src and info.what ~= "C" then
       error(msg, level)
     end
@@ -97,17 +113,62 @@ local function tname(v)
   return t
 end
 
+-- finite: a number that is neither NaN nor infinite.
+local function finite(v)
+  return type(v) == "number" and v == v and v > -mhuge and v < mhuge
+end
+
+-- got names a value in a message: a number as itself (NaN and the
+-- infinities in words), anything else by its type.
+local function got(v)
+  if type(v) ~= "number" then return tname(v) end
+  if v ~= v then return "NaN" end
+  if v == mhuge then return "infinity" end
+  if v == -mhuge then return "-infinity" end
+  return tostring(v)
+end
+
+-- nonfinite returns the path and the value of the first NaN or infinite
+-- number in v, a number or a table of them.
+local function nonfinite(v, path, seen)
+  if type(v) == "number" then
+    if not finite(v) then return path, v end
+  elseif type(v) == "table" then
+    seen = seen or {}
+    if seen[v] then return nil end
+    seen[v] = true
+    for k, x in next, v do
+      local p, bad = nonfinite(x, path .. "." .. tostring(k), seen)
+      if p then return p, bad end
+    end
+  end
+  return nil
+end
+
 local DUR = { s = 1000, m = 60000, h = 3600000, d = 86400000, w = 604800000 }
 local DAY = DUR.d
+local MAX_DURATION = 36500 * DAY -- 100 years
 
 -- duration turns "30s", "15m", "48h", "3d", "2w" into milliseconds.
 local function duration(v, what)
   if type(v) == "string" then
     local n, u = smatch(v, "^%s*(%d+%.?%d*)%s*([smhdw])%s*$")
-    if n then return mfloor(tonumber(n) * DUR[u]) end
+    if n then
+      local ms = mfloor(tonumber(n) * DUR[u])
+      if ms <= MAX_DURATION then return ms end
+      fail(sfmt("%s must be a duration of at most 100 years, got %q", what, v))
+    end
   end
   fail(sfmt("%s must be a duration such as \"30s\", \"15m\", \"48h\", \"3d\" or \"2w\", got %s",
             what, type(v) == "string" and sfmt("%q", v) or tname(v)))
+end
+
+-- Names end up in the store's keys, in analytics counters and pub topics,
+-- joined with NUL bytes, and in replies: each must be text, valid UTF-8
+-- without NUL, so that every key reads back one way only.
+local NOT_TEXT = "must be valid UTF-8 without NUL bytes"
+local function text_or_fail(v, what)
+  if not is_text(v) then fail(sfmt("%s %s, got %q", what, NOT_TEXT, v)) end
 end
 
 local function is_list_of_strings(v)
@@ -118,6 +179,13 @@ local function is_list_of_strings(v)
     n = n + 1
   end
   return n == #v
+end
+
+-- REF is the metatable of a params reference (see params below): a
+-- scalar to merge, like the value it stands for.
+local REF = {}
+local function is_ref(v)
+  return type(v) == "table" and rawequal(debug_getmetatable(v), REF)
 end
 
 -- is_list: an array-like table (lists are replaced by a variation, not
@@ -139,7 +207,8 @@ local function merge(base, over)
   if base then for k, v in pairs(base) do out[k] = v end end
   for k, v in pairs(over) do
     local b = out[k]
-    if type(v) == "table" and not is_list(v) and type(b) == "table" and not is_list(b) then
+    if type(v) == "table" and not is_ref(v) and not is_list(v)
+       and type(b) == "table" and not is_ref(b) and not is_list(b) then
       out[k] = merge(b, v)
     else
       out[k] = v
@@ -150,7 +219,8 @@ end
 
 -- check validates spec against a schema { field = checker } where a checker
 -- is a type name ("number", "string", "function", "boolean", "table",
--- "strings", "duration") or a function(v, what) returning a message.
+-- "strings", "duration"), "name" or "names" (strings that are text, see
+-- text_or_fail) or a function(v, what) returning a message.
 local check_params -- the params a declaration's references are checked with
 local subst        -- replaces params references (defined with params below)
 
@@ -168,10 +238,18 @@ local function check(kind, name, spec, schema)
       tsort(known)
       fail(sfmt("%s '%s': unknown field '%s' (known fields: %s)", kind, name,
                 tostring(k), tconcat(known, ", ")))
-    elseif want == "strings" then
+    elseif want == "strings" or want == "names" then
       if not is_list_of_strings(v) then
         fail(sfmt("%s must be a list of strings, got %s", what, tname(v)))
       end
+      if want == "names" then
+        for i = 1, #v do text_or_fail(v[i], sfmt("%s: each", what)) end
+      end
+    elseif want == "name" then
+      if type(v) ~= "string" then
+        fail(sfmt("%s must be a string, got %s", what, tname(v)))
+      end
+      text_or_fail(v, what)
     elseif want == "duration" then
       duration(v, what)
     elseif type(want) == "function" then
@@ -180,6 +258,8 @@ local function check(kind, name, spec, schema)
     elseif want == "number" then
       if type(v) ~= "number" then
         fail(sfmt("%s must be a number, got %s", what, tname(v)))
+      elseif not finite(v) then
+        fail(sfmt("%s must be a finite number, got %s", what, got(v)))
       end
     elseif type(v) ~= want then
       fail(sfmt("%s must be a %s, got %s", what, want, tname(v)))
@@ -187,10 +267,17 @@ local function check(kind, name, spec, schema)
   end
 end
 
+local MAX_TIMED_NAME = 120 -- its timers are named after it (128 bytes)
+
 local function check_name(kind, name)
   if type(name) ~= "string" or name == "" then
     fail(sfmt("%s needs a name: %s \"name\" { ... }", kind, kind))
   end
+  if (kind == "journey" or kind == "case") and #name > MAX_TIMED_NAME then
+    fail(sfmt("%s: a %s's name is at most %d bytes, got %d", kind, kind, MAX_TIMED_NAME,
+              #name))
+  end
+  text_or_fail(name, sfmt("%s: a name", kind))
 end
 
 ------------------------------------------------------------------------
@@ -221,7 +308,6 @@ end
 -- reference resolved per circumstance, so that a variation's params reach
 -- the payloads and SLAs that name them; inside a handler or predicate it is
 -- the value resolved for the customer's circumstance (as c.params.x).
-local REF = {}
 local current_params = nil
 
 local function ref_misuse(r)
@@ -264,6 +350,10 @@ D.params = setmetatable({}, {
     local into = target().params
     for k, v in pairs(t) do
       if type(k) ~= "string" then fail("params: every name must be a string") end
+      local path, bad = nonfinite(v, k)
+      if path then
+        fail(sfmt("params: '%s' must be a finite number, got %s", path, got(bad)))
+      end
       into[k] = v
     end
   end,
@@ -279,12 +369,39 @@ D.params = setmetatable({}, {
   __metatable = false,
 })
 
+-- history = { keep = N, max_age = DURATION }: how much of a customer's
+-- moves in the journey is kept (the counts are kept whatever is trimmed).
+local HISTORY_KEEP, HISTORY_MAX_KEEP = 20, 1000
+
+local function check_history(v, what)
+  if type(v) ~= "table" then
+    return sfmt("%s must be a table such as { keep = 20, max_age = \"180d\" }, got %s",
+                what, tname(v))
+  end
+  for k, x in pairs(v) do
+    if k == "keep" then
+      local n = type(x) == "number" and math.tointeger(x)
+      if not n or n < 1 or n > HISTORY_MAX_KEEP then
+        return sfmt("%s.keep must be a whole number from 1 to %d, got %s", what,
+                    HISTORY_MAX_KEEP, type(x) == "number" and tostring(x) or tname(x))
+      end
+    elseif k == "max_age" then
+      duration(x, what .. ".max_age")
+    else
+      return sfmt("%s: unknown field '%s' (known fields: keep, max_age)", what, tostring(k))
+    end
+  end
+end
+
 local JOURNEY = {
-  stages = "strings", goal = "string", inactive_after = "duration",
-  description = "string",
+  stages = "names", goal = "string", inactive_after = "duration",
+  description = "string", history = check_history,
 }
 
+-- finish_journey: the journey as a view uses it, from its spec resolved for
+-- the circumstance (checked again, as finish_action's).
 local function finish_journey(name, spec)
+  check("journey", name, spec, JOURNEY)
   if spec.stages == nil or #spec.stages == 0 then
     fail(sfmt("journey '%s': stages must list at least one stage", name))
   end
@@ -296,10 +413,13 @@ local function finish_journey(name, spec)
   if spec.goal ~= nil and not set[spec.goal] then
     fail(sfmt("journey '%s': goal '%s' is not one of its stages", name, spec.goal))
   end
+  local h = spec.history or {}
   return {
     name = name, stages = spec.stages, stage_set = set, goal = spec.goal,
     inactive_after = spec.inactive_after
       and duration(spec.inactive_after, sfmt("journey '%s': inactive_after", name)),
+    keep = h.keep and math.tointeger(h.keep) or HISTORY_KEEP,
+    max_age = h.max_age and duration(h.max_age, sfmt("journey '%s': history.max_age", name)),
     description = spec.description, spec = spec,
   }
 end
@@ -309,9 +429,9 @@ function D.journey(name)
   local into = target()
   return function(spec)
     check("journey", name, spec, JOURNEY)
-    B.where["journey:" .. name] = B.where["journey:" .. name] or here()
     if into == B then
       if B.journeys[name] == nil then B.jorder[#B.jorder + 1] = name end
+      B.where["journey:" .. name] = B.where["journey:" .. name] or here()
       B.journeys[name] = finish_journey(name, subst(spec, B.params))
       B.journeys[name].spec = spec
     else
@@ -338,23 +458,29 @@ local function check_limits(v, what)
                   what, tostring(k))
     elseif k == "cooldown" then
       duration(x, what .. ".cooldown")
-    elseif type(x) ~= "number" or x < 0 then
-      return sfmt("%s.%s must be a non-negative number, got %s", what, k, tname(x))
+    elseif not finite(x) or x < 0 then
+      return sfmt("%s.%s must be a finite number of 0 or more, got %s", what, k, got(x))
     end
   end
 end
 
 local function prob(v, what)
-  if type(v) ~= "number" or v < 0 or v > 1 then
-    return sfmt("%s must be a number between 0 and 1, got %s", what,
-                type(v) == "number" and tostring(v) or tname(v))
+  if not finite(v) or v < 0 or v > 1 then
+    return sfmt("%s must be a number between 0 and 1, got %s", what, got(v))
   end
 end
 
+-- a payload's numbers must be finite too: they are sent to the channel
+local function check_payload(v, what)
+  if type(v) ~= "table" then return sfmt("%s must be a table, got %s", what, tname(v)) end
+  local path, bad = nonfinite(v, what)
+  if path then return sfmt("%s must be a finite number, got %s", path, got(bad)) end
+end
+
 local ACTION = {
-  group = "string", channels = "strings", value = "number", weight = "number",
+  group = "name", channels = "names", value = "number", weight = "number",
   eligible = "function", propensity = "function", prior = prob,
-  explore = "boolean", payload = "table", description = "string",
+  explore = "boolean", payload = check_payload, description = "string",
   limits = check_limits,
 }
 
@@ -363,6 +489,8 @@ function D.action(name)
   local into = target()
   return function(spec)
     check("action", name, spec, ACTION)
+    local bad = spec.payload ~= nil and storable(spec.payload, sfmt("action '%s': payload", name))
+    if bad then fail(bad) end
     if into == B and subst(spec, B.params).value == nil then
       fail(sfmt("action '%s': value is required", name))
     end
@@ -380,9 +508,9 @@ function D.case(name)
   local into = target()
   return function(spec)
     check("case", name, spec, CASE)
-    B.where["case:" .. name] = B.where["case:" .. name] or here()
     if into == B then
       local v = subst(spec, B.params)
+      B.where["case:" .. name] = B.where["case:" .. name] or here()
       B.cases[name] = { name = name, sla = v.sla and duration(v.sla, sfmt("case '%s': sla", name)),
                         spec = spec }
     else
@@ -401,8 +529,8 @@ function D.levers(t)
   local at = here()
   for k, v in pairs(t) do
     if type(k) ~= "string" then fail("levers: every key must be an action or group name") end
-    if type(v) ~= "number" or v < 0 then
-      fail(sfmt("levers: '%s' must be a non-negative number, got %s", k, tname(v)))
+    if not finite(v) or v < 0 then
+      fail(sfmt("levers: '%s' must be a finite number of 0 or more, got %s", k, got(v)))
     end
     into[k] = v
     B.where["lever:" .. k] = at
@@ -414,8 +542,10 @@ local POLICY = {
   per_channel = function(v, what)
     if type(v) ~= "table" then return sfmt("%s must be a table, got %s", what, tname(v)) end
     for ch, n in pairs(v) do
-      if type(ch) ~= "string" or type(n) ~= "number" or n < 0 then
+      if type(ch) ~= "string" then
         return sfmt("%s: every entry must be channel = number", what)
+      elseif not finite(n) or n < 0 then
+        return sfmt("%s: '%s' must be a finite number of 0 or more, got %s", what, ch, got(n))
       end
     end
   end,
@@ -426,12 +556,13 @@ local POLICY = {
 function D.contact_policy(t)
   check("contact_policy", "business", t, POLICY)
   local into = target()
+  if into == B then B.where.policy = B.where.policy or here() end
   into.policy = merge(into.policy, t)
 end
 
 function D.max_per_group(n)
-  if type(n) ~= "number" or n < 1 then
-    fail(sfmt("max_per_group: expected a number of at least 1, got %s", tname(n)))
+  if not finite(n) or n < 1 then
+    fail(sfmt("max_per_group: expected a finite number of at least 1, got %s", got(n)))
   end
   target().max_per_group = n
 end
@@ -492,6 +623,7 @@ function D.on(etype, fn)
   if type(etype) ~= "string" or etype == "" then
     fail(sfmt("on: the event type must be a string, got %s", tname(etype)))
   end
+  text_or_fail(etype, "on: the event type")
   if type(fn) ~= "function" then
     fail(sfmt("on(\"%s\", ...): the handler must be a function, got %s", etype, tname(fn)))
   end
@@ -514,15 +646,16 @@ function D.variation(circ)
     if not CIRCUMSTANCE[k] then
       fail(sfmt("variation: unknown circumstance '%s' (known: channel, product, region)", tostring(k)))
     end
-    if type(v) ~= "string" then
-      fail(sfmt("variation: %s must be a string, got %s", k, tname(v)))
+    if type(v) ~= "string" or v == "" then
+      fail(sfmt("variation: %s must be a string, got %s", k, type(v) == "string" and '""' or tname(v)))
     end
+    text_or_fail(v, sfmt("variation: %s", k))
     keys = keys + 1
   end
   if keys == 0 then fail("variation: name at least one of region, channel, product") end
   local v = {
     circ = { region = circ.region, channel = circ.channel, product = circ.product },
-    keys = keys, order = #B.variations + 1,
+    keys = keys, order = #B.variations + 1, line = here(),
     params = {}, action_specs = {}, aorder = {}, cases = {}, journeys = {},
     levers = {},
   }
@@ -542,12 +675,19 @@ end
 -- Resolution: the view of the declarations for one circumstance
 ------------------------------------------------------------------------
 
+-- finish_action: the action as a view uses it, from its spec resolved
+-- for the circumstance (checked again: another variation's params may
+-- have changed a field).
 local function finish_action(name, spec)
+  check("action", name, spec, ACTION)
   local a = { name = name }
   for k, v in pairs(spec) do a[k] = v end
   if type(a.value) ~= "number" then
     fail(sfmt("action '%s': value must be a number, got %s", name, tname(a.value)))
   end
+  -- a param may have brought into the payload what cannot be stored
+  local bad = a.payload ~= nil and storable(a.payload, sfmt("action '%s': payload", name))
+  if bad then error(sfmt("%s: %s", B.where["action:" .. name] or "?", bad), 0) end
   a.weight = a.weight or 1
   a.prior = a.prior or 0.5
   a.alpha0, a.beta0 = 2 * a.prior, 2 * (1 - a.prior)
@@ -558,7 +698,7 @@ local function finish_action(name, spec)
   end
   local l = a.limits
   if l then
-    a.cooldown_ms = l.cooldown and duration(l.cooldown)
+    a.cooldown_ms = l.cooldown and duration(l.cooldown, sfmt("action '%s': limits.cooldown", name))
   end
   return a
 end
@@ -578,7 +718,6 @@ end
 -- build_view merges every matching variation into the base, least specific
 -- first, later declarations winning ties.
 local function build_view(ctx)
-  decl_at = nil
   local list = {}
   for _, v in ipairs(B.variations) do
     if matches(v, ctx) then list[#list + 1] = v end
@@ -595,41 +734,71 @@ local function build_view(ctx)
   for name, k in pairs(B.cases) do case_specs[name] = k.spec end
   for name, j in pairs(B.journeys) do journey_specs[name] = j.spec end
   local applied = arr()
-  for _, v in ipairs(list) do
+  -- what a declaration's errors are blamed on: the last variation that
+  -- changed it (or every declaration, through params or levers), else
+  -- the declaration itself
+  local touched, all = {}, 0
+  for i, v in ipairs(list) do
     applied[#applied + 1] = v.circ
     params = merge(params, v.params)
     for _, name in ipairs(v.aorder) do
       specs[name] = merge(specs[name], v.action_specs[name])
       if not seen[name] then aorder[#aorder + 1] = name; seen[name] = true end
+      touched["action:" .. name] = i
     end
     levers = merge(levers, v.levers)
-    if v.policy then policy = merge(policy, v.policy) end
+    if v.policy then
+      policy = merge(policy, v.policy)
+      touched.policy = i
+    end
     max_per_group = v.max_per_group or max_per_group
     arbitrate = v.arbitrate or arbitrate
-    for name, spec in pairs(v.cases) do case_specs[name] = merge(case_specs[name], spec) end
-    for name, spec in pairs(v.journeys) do journey_specs[name] = merge(journey_specs[name], spec) end
+    for name, spec in pairs(v.cases) do
+      case_specs[name] = merge(case_specs[name], spec)
+      touched["case:" .. name] = i
+    end
+    for name, spec in pairs(v.journeys) do
+      journey_specs[name] = merge(journey_specs[name], spec)
+      touched["journey:" .. name] = i
+    end
+    if next(v.params) ~= nil or next(v.levers) ~= nil then all = i end
+  end
+  local saved = fallback
+  local function blame(key)
+    local i = touched[key] or 0
+    if all > i then i = all end
+    fallback = i > 0 and list[i].line or B.where[key]
   end
   -- every declaration finished with this circumstance's params
   local cases, journeys = {}, {}
   for name, spec in pairs(case_specs) do
-    decl_at = B.where["case:" .. name]
+    blame("case:" .. name)
     local k = subst(spec, params)
     cases[name] = { name = name, sla = k.sla and duration(k.sla, sfmt("case '%s': sla", name)),
                     spec = spec }
   end
   for name, spec in pairs(journey_specs) do
-    decl_at = B.where["journey:" .. name]
+    blame("journey:" .. name)
     journeys[name] = finish_journey(name, subst(spec, params))
+  end
+  if policy then
+    blame("policy")
+    policy = subst(policy, params)
+    check("contact_policy", "business", policy, POLICY)
   end
   local actions, alist, explores = {}, {}, false
   for i, name in ipairs(aorder) do
-    decl_at = B.where["action:" .. name]
+    blame("action:" .. name)
     local a = finish_action(name, subst(specs[name], params))
     a.lever = (levers[name] or 1) * (a.group and levers[a.group] or 1)
+    local top = a.value * a.weight * a.lever
+    if not finite(top) then
+      fail(sfmt("action '%s': value × weight × levers is too large to score", name))
+    end
     actions[name], alist[i] = a, a
     explores = explores or (a.explore == true)
   end
-  decl_at = nil
+  fallback = saved
   return {
     params = params, actions = actions, aorder = aorder, levers = levers,
     cnba = H.nba_compile(alist, ctx.channel, policy, max_per_group), explores = explores,
@@ -638,9 +807,11 @@ local function build_view(ctx)
   }
 end
 
--- resolve costs one table lookup once a circumstance has been seen.
+-- resolve costs one table lookup once a circumstance has been seen. The
+-- key is unambiguous: the parts are text without NUL (or absent, which no
+-- variation tells from "", since a variation's values are not empty).
 local function resolve(ctx)
-  local key = (ctx.region or "") .. "\1" .. (ctx.channel or "") .. "\1" .. (ctx.product or "")
+  local key = (ctx.region or "") .. "\0" .. (ctx.channel or "") .. "\0" .. (ctx.product or "")
   local view = B.views[key]
   if view then return view end
   view = build_view(ctx)
@@ -697,9 +868,6 @@ local function check_all()
                    B.where["action:" .. name] or "?", where, name), 0)
       end
     end
-  end
-  -- only once every variation is checked: a view merges several of them
-  for _, v in ipairs(B.variations) do
     build_view(v.circ)
   end
   build_view({})
@@ -717,6 +885,10 @@ C.__name = "customer"
 -- ("j\0<journey>\0entered\0<stage>", "a\0<action>\0impressions"...); the
 -- engine sums them per batch into the store's stats database in the
 -- event's transaction, and API.stats builds the stats reply from them.
+-- Every field is a name (journey, stage, action, metric, an action's
+-- channel: text_or_fail) or a circumstance (from the request, or text from
+-- attrs): none holds a NUL, so split0 reads each key back into the fields
+-- it was made of (lua/nba.c builds the impression counters alike).
 local STATS = {}
 local function stat(key, n)
   STATS[key] = (STATS[key] or 0) + (n or 1)
@@ -728,6 +900,13 @@ local function reset_stats()
 end
 local ELAPSED_STEPS = 4 -- histogram buckets per doubling of the time to goal
 
+-- dot: a method called with a dot, c.advance(...), gets the wrong self;
+-- each method checks for self._s (a field lookup, no call) before it
+-- uses self
+local function dot(m)
+  fail(sfmt("c.%s(...): call it with a colon, c:%s(...)", m, m))
+end
+
 local function journey_of(c, name)
   local j = c._view.journeys[name]
   if not j then
@@ -737,6 +916,7 @@ local function journey_of(c, name)
 end
 
 function C:stage(jname)
+  if self._s == nil then dot("stage") end
   journey_of(self, jname)
   local js = self._s.journeys[jname]
   return js and js.stage
@@ -750,7 +930,43 @@ local function stat_by(c, pre, what)
   end
 end
 
+-- count_moves gives a journey's state stored before the counts were kept
+-- its counts, from its history (never trimmed then).
+local function count_moves(js, now)
+  local h = js.history
+  if type(h) ~= "table" then h = arr(); js.history = h end
+  local entered = {}
+  for i = 1, #h do
+    local s = type(h[i]) == "table" and h[i].stage
+    if type(s) == "string" then entered[s] = (entered[s] or 0) + 1 end
+  end
+  local first = type(h[1]) == "table" and h[1].at
+  js.moves, js.entered = #h, entered
+  js.started_at = type(first) == "number" and first or js.since or now
+end
+
+-- trim keeps the newest j.keep entries of a journey's history and drops
+-- those older than j.max_age; the newest entry always stays.
+local function trim(h, j, now)
+  local n = #h
+  local first = n > j.keep and n - j.keep + 1 or 1
+  if j.max_age then
+    local cutoff = now - j.max_age
+    while first < n do
+      local e = h[first]
+      local at = type(e) == "table" and e.at
+      if type(at) == "number" and at >= cutoff then break end
+      first = first + 1
+    end
+  end
+  if first > 1 then
+    tmove(h, first, n, 1)
+    for i = n - first + 2, n do h[i] = nil end
+  end
+end
+
 function C:advance(jname, stage)
+  if self._s == nil then dot("advance") end
   local j = journey_of(self, jname)
   if not j.stage_set[stage] then
     fail(sfmt("journey '%s' has no stage '%s'", jname, tostring(stage)))
@@ -758,7 +974,7 @@ function C:advance(jname, stage)
   local js = self._s.journeys[jname]
   local pre = "j\0" .. jname .. "\0"
   if not js then
-    js = { history = arr() }
+    js = { history = arr(), moves = 0, entered = {}, started_at = self.now }
     self._s.journeys[jname] = js
     stat(pre .. "customers")
     stat_by(self, pre, "customers")
@@ -767,12 +983,17 @@ function C:advance(jname, stage)
     if js.stage then stat(pre .. "current\0" .. js.stage, -1) end
     stat(pre .. "current\0" .. stage)
     stat(pre .. "entered\0" .. stage)
+    if not js.moves then count_moves(js, self.now) end
     js.stage, js.since = stage, self.now
-    js.history[#js.history + 1] = { stage = stage, at = self.now }
+    local h = js.history
+    h[#h + 1] = { stage = stage, at = self.now }
+    trim(h, j, self.now)
+    js.moves = js.moves + 1
+    js.entered[stage] = (js.entered[stage] or 0) + 1
     if stage == j.goal and not js.converted_at then
       js.converted_at = self.now
       stat(pre .. "converted")
-      local ms = self.now - js.history[1].at
+      local ms = self.now - js.started_at
       local b = ms >= 1 and mfloor(math.log(ms, 2) * ELAPSED_STEPS) or 0
       stat(pre .. "elapsed\0" .. b)
       stat_by(self, pre, "converted")
@@ -782,30 +1003,38 @@ function C:advance(jname, stage)
 end
 
 function C:count(name, n)
+  if self._s == nil then dot("count") end
   if type(name) ~= "string" then
     fail(sfmt("c:count: the counter name must be a string, got %s", tname(name)))
   end
   n = n or 1
-  if type(n) ~= "number" then
-    fail(sfmt("c:count('%s', n): n must be a number, got %s", name, tname(n)))
+  if not finite(n) then
+    fail(sfmt("c:count('%s', n): n must be a finite number, got %s", name, got(n)))
   end
   local counters = self._s.counters
-  counters[name] = (counters[name] or 0) + n
+  local old = counters[name]
+  if old == nil then text_or_fail(name, "c:count: the counter name") end
+  counters[name] = (old or 0) + n
   return counters[name]
 end
 
 function C:emit(name, data)
+  if self._s == nil then dot("emit") end
   if type(name) ~= "string" or name == "" then
     fail(sfmt("c:emit: the name must be a string, got %s", tname(name)))
   end
+  text_or_fail(name, "c:emit: the name")
   if data ~= nil and type(data) ~= "table" then
     fail(sfmt("c:emit('%s', data): data must be a table, got %s", name, tname(data)))
   end
   local e = self._emitted
-  e[#e + 1] = { name = name, data = data or {} }
+  -- packed now: a value that cannot be stored is an error at this line,
+  -- and what is published is the data as it was when emitted
+  e[#e + 1] = { name = name, data = H.pack(data or {}, "c:emit data") }
 end
 
 function C:history(action)
+  if self._s == nil then dot("history") end
   return self._s.actions[action]
 end
 
@@ -846,10 +1075,12 @@ end
 -- c:after(duration, type[, data]): an event of that type for this customer
 -- once the duration has passed (one per type: a second call moves it).
 function C:after(d, etype, data)
+  if self._s == nil then dot("after") end
   local ms = duration(d, "c:after: the delay")
   if type(etype) ~= "string" or #etype == 0 or #etype > 64 then
     fail(sfmt("c:after: the event type must be a string of 1 to 64 bytes, got %s", tname(etype)))
   end
+  text_or_fail(etype, "c:after: the event type")
   if data ~= nil and type(data) ~= "table" then
     fail(sfmt("c:after('%s', '%s', data): data must be a table, got %s", d, etype, tname(data)))
   end
@@ -860,6 +1091,7 @@ end
 
 -- c:cancel(type): the pending c:after of that type, if any; true if there was one.
 function C:cancel(etype)
+  if self._s == nil then dot("cancel") end
   if type(etype) ~= "string" then
     fail(sfmt("c:cancel: the event type must be a string, got %s", tname(etype)))
   end
@@ -869,12 +1101,15 @@ end
 -- c:score(journey, metric, value): a measure of the journey (CSAT, NPS,
 -- effort...), kept per customer as the last value and a running count/sum.
 function C:score(jname, metric, value)
+  if self._s == nil then dot("score") end
   journey_of(self, jname)
   if type(metric) ~= "string" or metric == "" then
     fail(sfmt("c:score: the metric must be a string, got %s", tname(metric)))
   end
-  if type(value) ~= "number" then
-    fail(sfmt("c:score('%s', '%s', value): value must be a number, got %s", jname, metric, tname(value)))
+  text_or_fail(metric, "c:score: the metric")
+  if not finite(value) then
+    fail(sfmt("c:score('%s', '%s', value): value must be a finite number, got %s", jname,
+              metric, got(value)))
   end
   local js = self._s.journeys[jname]
   if not js then
@@ -892,6 +1127,7 @@ function C:score(jname, metric, value)
 end
 
 function C:open_case(name, data)
+  if self._s == nil then dot("open_case") end
   local k = self._view.cases[name]
   if not k then fail(sfmt("unknown case '%s'", tostring(name))) end
   local cs = { status = "open", opened_at = self.now, data = data }
@@ -903,6 +1139,7 @@ function C:open_case(name, data)
 end
 
 function C:close_case(name, outcome)
+  if self._s == nil then dot("close_case") end
   local cs = self._s.cases[name]
   if not cs or cs.status ~= "open" then
     fail(sfmt("case '%s' is not open for this customer", tostring(name)))
@@ -932,18 +1169,21 @@ end
 -- hash of business, experiment and customer, kept in the customer's state
 -- so that later changes of the shares do not move anyone.
 function C:cohort(exp, shares)
+  if self._s == nil then dot("cohort") end
   if type(exp) ~= "string" or exp == "" then
     fail(sfmt("c:cohort: the experiment name must be a string, got %s", tname(exp)))
   end
   local cs = self._s.cohorts
   if cs and cs[exp] then return cs[exp] end
+  text_or_fail(exp, "c:cohort: the experiment name")
   if type(shares) ~= "table" then
     fail(sfmt("c:cohort('%s', shares): shares must be a table such as { control = 0.1, treatment = 0.9 }", exp))
   end
   local names, total = {}, 0
   for k, v in pairs(shares) do
-    if type(k) ~= "string" or type(v) ~= "number" or v < 0 then
-      fail(sfmt("c:cohort('%s', shares): every share must be name = number", exp))
+    if type(k) ~= "string" or not finite(v) or v < 0 then
+      fail(sfmt("c:cohort('%s', shares): every share must be name = a finite number of 0 or more",
+                exp))
     end
     names[#names + 1] = k
     total = total + v
@@ -975,10 +1215,19 @@ local function new_customer(st, ctx, view, now)
   }, C)
 end
 
--- The circumstance comes from the request, else from the customer's attrs.
+-- The circumstance comes from the request, else from the customer's attrs
+-- when they hold text there: it names analytics counters (joined with NUL
+-- bytes) and the reply's channel, as a request's fields do. A handler that
+-- stores anything else there is told so (state_problem).
+local function from_attrs(v)
+  if type(v) == "string" and is_text(v) then return v end
+  return nil
+end
+
 local function circumstance(req, st)
   local a = st.attrs
-  return req.region or a.region, req.channel or a.channel, req.product or a.product
+  return req.region or from_attrs(a.region), req.channel or from_attrs(a.channel),
+         req.product or from_attrs(a.product)
 end
 
 local function context_of(req, st)
@@ -1071,8 +1320,7 @@ end
 
 -- A wrong answer from arbitrate is reported where the analyst wrote it.
 local function arbitrate_wrong(fn, msg)
-  local info = getinfo(fn, "S")
-  error(sfmt("%s:%d: arbitrate: %s", ssub(info.source, 2), info.linedefined, msg), 0)
+  error(sfmt("%s: arbitrate: %s", where_of(fn), msg), 0)
 end
 
 -- arbitrated: the analyst's arbitrate sees the ranked candidates, each
@@ -1146,6 +1394,22 @@ end
 -- Entry points (called by the host)
 ------------------------------------------------------------------------
 
+-- at_handler places msg at the line where the handler fn begins;
+-- handler_fault raises it there.
+local function at_handler(fn, etype, msg)
+  local info = getinfo(fn, "S")
+  return sfmt("%s:%d: %s (left there by this handler for '%s')",
+              ssub(info.source, 2), info.linedefined, msg, etype)
+end
+
+local function handler_fault(fn, etype, msg)
+  error(at_handler(fn, etype, msg), 0)
+end
+
+-- The last handler the event ran, blamed for a state that cannot be
+-- packed (nil for a decision, or an event without handlers).
+local blamed, blamed_type
+
 local function handlers_for(etype)
   local list = B.by_type[etype]
   if not list then
@@ -1200,6 +1464,8 @@ local API = {}
 -- and the reply table.
 function API.event(st, req, now, version)
   reset_stats()
+  fallback = nil
+  blamed = nil
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1227,9 +1493,18 @@ function API.event(st, req, now, version)
     end
   end
   local list = handlers_for(req.type)
-  for i = 1, #list do
+  local n = #list
+  for i = 1, n do
+    fallback = list[i]
     list[i](c, ev)
+    -- what a handler left in the state that cannot be stored is its
+    -- error, reported where it begins: checked here after each handler
+    -- but the last, whose is found by packing the state (API.blame)
+    local bad = state_problem(st, i < n)
+    if bad then handler_fault(list[i], req.type, bad) end
   end
+  fallback = nil
+  blamed, blamed_type = list[n], req.type
   if not req.timer then
     touch_journeys(c)
     -- a timer whose handler failed is gone from the store, but the
@@ -1263,6 +1538,8 @@ end
 -- decide ranks the next best actions without an event.
 function API.decide(st, req, now, version)
   reset_stats()
+  fallback = nil
+  blamed = nil
   st = st or new_state(req.customer, now)
   local ctx = context_of(req, st)
   local view = resolve(ctx)
@@ -1278,6 +1555,14 @@ function API.decide(st, req, now, version)
     return st, reply, STATS
   end
   return nil, reply, STATS -- nothing recorded: the stored state stays as it is
+end
+
+-- blame(msg): the host could not pack the state the event left (msg names
+-- the value, "c.attrs.f: cannot store..."); the last handler did it, since
+-- the ones before were checked after they ran.
+function API.blame(msg)
+  if blamed then return at_handler(blamed, blamed_type, msg) end
+  return msg
 end
 
 -- stats(counters, journey|nil) builds the stats reply from the summed

@@ -1,6 +1,7 @@
 // choreo — business rule sets. See rules.h.
 #include "rules.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <stdatomic.h>
 #include <errno.h>
@@ -16,6 +17,7 @@
 #include "../core/err.h"
 #include "../core/log.h"
 #include "../core/store.h"
+#include "../core/utf8.h"
 #include "conv.h"
 #include "nba.h"
 #include "pattern.h"
@@ -124,9 +126,31 @@ disarm(ch_biz *b)
 	lua_sethook(b->L, NULL, 0, 0);
 }
 
+// unprelude skips the position of the prelude ("prelude:123: ") at the
+// start of an error raised by the prelude's own code: it means nothing to
+// the analyst, whose line msgh puts there instead.
+static const char *
+unprelude(const char *msg)
+{
+	const char *p = msg + 8;
+	if (strncmp(msg, "prelude:", 8) != 0 || *p < '0' || *p > '9') {
+		return (msg);
+	}
+	while (*p >= '0' && *p <= '9') {
+		p++;
+	}
+	return (p[0] == ':' && p[1] == ' ' ? p + 2 : msg);
+}
+
+// Set while do_call packs the customer's state: a value there that cannot
+// be stored was left by a handler, and only the prelude knows which.
+static _Thread_local bool packing_state;
+
 // msgh turns any error value into "file:line: message": when the message
 // does not already start with a rule file's position, the innermost frame
-// of a rule file is prefixed.
+// of a rule file is prefixed (in place of the prelude's position, if any)
+// — or, when none is running because the state is being packed, the
+// prelude's API.blame names the handler.
 static int
 msgh(lua_State *L)
 {
@@ -158,15 +182,21 @@ msgh(lua_State *L)
 			return (1); // already located in a rule file
 		}
 		lua_pushfstring(L, "%s:%d: %s", ar.source + 1, ar.currentline,
-		    msg);
+		    unprelude(msg));
 		return (1);
+	}
+	if (packing_state) {
+		packing_state = false;
+		lua_rawgeti(L, LUA_REGISTRYINDEX, ch_biz_of(L)->api);
+		lua_getfield(L, -1, "blame");             /* api, blame */
+		lua_pushstring(L, msg);
+		if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_isstring(L, -1)) {
+			return (1);
+		}
 	}
 	lua_pushstring(L, msg);
 	return (1);
 }
-
-ch_running             *ch_running_slots;
-_Thread_local ch_running *ch_running_mine;
 
 static int64_t
 mono_ms(void)
@@ -196,8 +226,9 @@ mark(ch_biz *b, const char *type, size_t tlen)
 }
 
 // pcall_rule calls the function below nargs arguments with the budget armed
-// and returns CH_OK, CH_ERULE or CH_ERULELIMIT, leaving the error message
-// (or the nres results) on the stack.
+// and returns CH_OK, CH_ERULE or CH_ERULELIMIT, or CH_EINTERNAL when the
+// process ran out of memory, leaving the error message (or the nres
+// results) on the stack.
 static int
 pcall_rule(ch_biz *b, int nargs, int nres)
 {
@@ -208,9 +239,16 @@ pcall_rule(ch_biz *b, int nargs, int nres)
 	arm(b);
 	int st = lua_pcall(L, nargs, nres, base);
 	disarm(b);
+	packing_state = false; // a memory error passes msgh by
 	lua_remove(L, base);
 	if (st == LUA_OK) {
 		return (CH_OK);
+	}
+	if (st == LUA_ERRMEM && !b->limit_hit) {
+		// The process, not the rule, is out of memory. Lua's own message
+		// (made when the state was) stays: a string pushed here could
+		// fail too, outside any protected call, and Lua would abort.
+		return (CH_EINTERNAL);
 	}
 	if (st == LUA_ERRMEM) {
 		lua_pop(L, 1);
@@ -273,7 +311,10 @@ l_hash01(lua_State *L)
 
 // The adaptive model's counts per (business, action, channel): three u64,
 // accepted, rejected, ignored, in the models database, read and written
-// in the event's own transaction.
+// in the event's own transaction. Key: business \0 action \0 channel, where
+// neither the business nor the action name holds a NUL (the rules folder's
+// name; a declared action name is text), so the channel ("*", the
+// request's, or attrs' — text too) is whatever follows the second.
 static size_t
 model_key(ch_biz *b, const char *a, size_t an, const char *c, size_t cn,
     char *key, size_t cap)
@@ -365,7 +406,10 @@ l_model_add(lua_State *L)
 }
 
 // Timers: key = due (8 bytes, big-endian) ‖ business \0 customer \0 name,
-// value = {type, data} packed; the engine fires them (core/engine.c).
+// value = {type, data} packed; the engine fires them (core/engine.c),
+// reading the fields back at the NULs: none of them holds one (the
+// customer is a request's, the name "a:" type, "i:" journey or "s:" case,
+// all text).
 static size_t
 timer_key(ch_biz *b, int64_t due, const char *c, size_t cn, const char *n,
     size_t nn, char *key, size_t cap)
@@ -459,6 +503,90 @@ l_model_epoch(lua_State *L)
 {
 	lua_pushinteger(L, (lua_Integer) atomic_load(&model_epoch));
 	return (1);
+}
+
+// H.storable(v, what) -> nil, or why v cannot be stored ("c.attrs.f:
+// cannot store a value of type function"), for the prelude to raise where
+// the value was put.
+static int
+l_storable(lua_State *L)
+{
+	const char *what = luaL_checkstring(L, 2);
+	lua_settop(L, 2);
+	if (ch_conv_check(L, 1, what)) {
+		return (1);
+	}
+	lua_pushnil(L);
+	return (1);
+}
+
+// H.is_text(v) -> whether v is a string of valid UTF-8 without NUL bytes,
+// what a name that goes into a key must be.
+static int
+l_is_text(lua_State *L)
+{
+	size_t      n;
+	const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n)
+	                                             : NULL;
+	lua_pushboolean(L, s != NULL && ch_utf8_text(s, n));
+	return (1);
+}
+
+// circ_problem: with the attrs at 2, 1 and the message pushed when
+// attrs.region, .channel or .product holds a string that is not text.
+static int
+circ_problem(lua_State *L)
+{
+	static const char *const circ[] = { "region", "channel", "product" };
+	for (int i = 0; i < 3; i++) {
+		size_t      n = 0;
+		const char *v = lua_getfield(L, 2, circ[i]) ==
+		        LUA_TSTRING
+		    ? lua_tolstring(L, -1, &n)
+		    : NULL;
+		if (v != NULL && !ch_utf8_text(v, n)) {
+			lua_pushfstring(L, "c.attrs.%s is the customer's "
+			                   "%s and must be valid UTF-8 "
+			                   "without NUL bytes",
+			    circ[i], circ[i]);
+			return (1);
+		}
+		lua_pop(L, 1);
+	}
+	return (0);
+}
+
+// H.state_problem(st[, all]) -> nil, or what is wrong with what handlers
+// write in a customer's state: attrs.region, .channel and .product, the
+// circumstance when a request has none, must be text (they name analytics
+// counters); with all, attrs and cases must also be storable (a walk of
+// both, so the prelude asks it only between handlers: packing the state
+// checks after the last).
+static int
+l_state_problem(lua_State *L)
+{
+	bool all = lua_toboolean(L, 2);
+	lua_settop(L, 1);
+	if (lua_getfield(L, 1, "attrs") == LUA_TTABLE) {      /* st, attrs */
+		if ((all && ch_conv_check(L, 2, "c.attrs")) || circ_problem(L)) {
+			return (1);
+		}
+	}
+	if (all && lua_getfield(L, 1, "cases") == LUA_TTABLE &&
+	    ch_conv_check(L, -1, "c.cases")) {
+		return (1);
+	}
+	lua_pushnil(L);
+	return (1);
+}
+
+// H.pack(v, what) -> v packed now (a value the packer writes as it is);
+// raises, at the caller's line, on a value that cannot be stored.
+static int
+l_pack(lua_State *L)
+{
+	const char *what = luaL_checkstring(L, 2);
+	return (ch_conv_prepack_as(L, 1, what));
 }
 
 static int
@@ -697,6 +825,14 @@ open_state(ch_biz *b)
 	lua_setfield(L, -2, "timer_del");
 	lua_pushcfunction(L, l_model_epoch);
 	lua_setfield(L, -2, "model_epoch");
+	lua_pushcfunction(L, l_storable);
+	lua_setfield(L, -2, "storable");
+	lua_pushcfunction(L, l_is_text);
+	lua_setfield(L, -2, "is_text");
+	lua_pushcfunction(L, l_state_problem);
+	lua_setfield(L, -2, "state_problem");
+	lua_pushcfunction(L, l_pack);
+	lua_setfield(L, -2, "pack");
 	ch_nba_register(L, lua_gettop(L));
 	lua_newtable(L);
 	ch_pattern_install(L, -1);
@@ -873,6 +1009,77 @@ unplaced_load_error(ch_biz *b, int i)
 	set_error(b, m, b->files[i]);
 }
 
+// read_token_file reads rules/<b>/token: *tok is the token, or NULL when
+// there is no such file. A file that is there but unreadable, empty, only
+// whitespace, shorter than a declared token may be (8), or more than one
+// line would switch authentication off or weaken it without a word: it
+// refuses the version instead (-1, the error set with file:line).
+static int
+read_token_file(ch_biz *b, const char *path, char **tok)
+{
+	size_t len;
+	char  *t = ch_rules_read_file(path, &len);
+	char   msg[4400];
+	size_t line = 1;
+	*tok        = NULL;
+	if (t == NULL) {
+		if (errno == ENOENT) {
+			return (0);
+		}
+		snprintf(msg, sizeof(msg), "%s:1: the token file cannot be read: "
+		                           "%s",
+		    path, strerror(errno));
+		goto refuse;
+	}
+	size_t lo = 0, hi = len;
+	while (lo < hi && isspace((unsigned char) t[lo])) {
+		lo++;
+	}
+	while (hi > lo && isspace((unsigned char) t[hi - 1])) {
+		hi--;
+	}
+	for (size_t i = 0; i < lo; i++) {
+		line += t[i] == '\n';
+	}
+	if (hi == lo) {
+		snprintf(msg, sizeof(msg),
+		    "%s:1: the token file is empty: write the business's token "
+		    "in it (at least 8 characters), or remove the file",
+		    path);
+		goto refuse;
+	}
+	for (size_t i = lo; i < hi; i++) {
+		unsigned char c = (unsigned char) t[i];
+		if (c < 0x21 || c == 0x7f) {
+			snprintf(msg, sizeof(msg),
+			    "%s:%zu: the token file must hold one token: no "
+			    "spaces, line breaks or control characters inside it",
+			    path, line);
+			goto refuse;
+		}
+	}
+	if (hi - lo < 8) {
+		snprintf(msg, sizeof(msg),
+		    "%s:%zu: the token is %zu characters long: it needs at "
+		    "least 8",
+		    path, line, hi - lo);
+		goto refuse;
+	}
+	memmove(t, t + lo, hi - lo);
+	t[hi - lo] = '\0';
+	*tok       = t;
+	return (0);
+refuse:
+	free(t);
+	set_error(b, msg, path);
+	b->err.line = (int) line;
+	if (b->L != NULL) {
+		lua_close(b->L);
+		b->L = NULL;
+	}
+	return (-1);
+}
+
 // biz_compile runs the files already read into a fresh sandboxed state.
 static void
 biz_compile(ch_biz *b, const char *dir)
@@ -950,22 +1157,13 @@ biz_compile(ch_biz *b, const char *dir)
 	}
 	lua_settop(b->L, 0);
 	// the token: a file next to the rules wins over a declaration
-	char   tpath[4200];
-	size_t tlen;
+	char tpath[4200];
 	snprintf(tpath, sizeof(tpath), "%s/token", dir);
-	char *tok = ch_rules_read_file(tpath, &tlen);
-	if (tok != NULL) {
-		while (tlen > 0 && (tok[tlen - 1] == '\n' ||
-		                       tok[tlen - 1] == '\r' ||
-		                       tok[tlen - 1] == ' ')) {
-			tlen--;
-		}
-		tok[tlen] = '\0';
-		if (tlen == 0) {
-			free(tok);
-			tok = NULL;
-		}
-	} else {
+	char *tok = NULL;
+	if (read_token_file(b, tpath, &tok) != 0) {
+		return; // refused: the version does not load
+	}
+	if (tok == NULL) {
 		lua_rawgeti(b->L, LUA_REGISTRYINDEX, b->api);
 		lua_getfield(b->L, -1, "token");
 		lua_remove(b->L, -2);
@@ -1237,6 +1435,8 @@ ch_rules_serving(const ch_rules *r, int i)
 
 #define HISTORY_KEEP 10
 
+// meta keys: kind \0 business \0 version; the kind is ours, the business
+// a folder name of [A-Za-z0-9_-], the version hex.
 static size_t
 meta_key(char *buf, size_t cap, const char *kind, const char *biz,
     const char *version)
@@ -1316,9 +1516,13 @@ ch_rules_record_versions(ch_rules *r, ch_store *s)
 		msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
 		msgpack_pack_array(&pk, (size_t) z->nfiles);
 		for (int f = 0; f < z->nfiles; f++) {
+			// byte for byte, as the files are (ch_pack_str would
+			// escape what is not UTF-8): a rollback compiles them
 			msgpack_pack_array(&pk, 2);
-			ch_pack_str(&pk, z->files[f]);
-			ch_pack_strn(&pk, z->srcs[f], z->srclens[f]);
+			msgpack_pack_str_with_body(&pk, z->files[f],
+			    strlen(z->files[f]));
+			msgpack_pack_str_with_body(&pk, z->srcs[f],
+			    z->srclens[f]);
 		}
 		rc = ch_store_put(s, txn, CH_DB_META, key, klen, b.data, b.size);
 		// keep the newest HISTORY_KEEP
@@ -1505,6 +1709,53 @@ ch_rules_quarantine(ch_store *s, const char *business, const char *version,
 	return (ch_store_commit(s, txn));
 }
 
+// last_resort: z's version is quarantined and no earlier good version is
+// kept. A quarantine must never leave a business with nothing to serve, so
+// z serves anyway — compiled again if its load was refused — except for
+// requests of the event type it stopped the engine on, and the rules op,
+// the log and the rules topic say so.
+static void
+last_resort(ch_biz *z, const char *rules_dir, const char *qtype)
+{
+	// (one that stopped the engine while loading would stop it again)
+	if (z->L == NULL && z->quarantined[0] != '\0' && z->nfiles > 0 &&
+	    strcmp(qtype, "load") != 0) {
+		char dir[4200];
+		snprintf(dir, sizeof(dir), "%s/%s", rules_dir, z->name);
+		free(z->err.message);
+		free(z->err.file);
+		memset(&z->err, 0, sizeof(z->err));
+		bool (*q)(void *, const char *, const char *) = z->opts.quarantined;
+		z->opts.quarantined = NULL;
+		biz_compile(z, dir);
+		z->opts.quarantined = q;
+		if (z->err.message != NULL && z->L != NULL) {
+			lua_close(z->L);
+			z->L = NULL;
+		}
+	}
+	char msg[400];
+	if (z->L == NULL) {
+		snprintf(msg, sizeof(msg),
+		    "version %s is quarantined: it stopped the engine on a '%s' "
+		    "event, no earlier good version is kept, and it does not "
+		    "load again%s%s",
+		    z->version, qtype, z->err.message ? ": " : "",
+		    z->err.message ? z->err.message : "");
+		set_error(z, msg, NULL);
+		ch_log_error("rules[%s]: %s", z->name, msg);
+		return;
+	}
+	snprintf(z->refused_type, sizeof(z->refused_type), "%s", qtype);
+	snprintf(msg, sizeof(msg),
+	    "version %s is quarantined: it stopped the engine on a '%s' event. "
+	    "No earlier good version is kept, so it still serves, refusing "
+	    "'%s' events; fix the rules",
+	    z->version, qtype, qtype);
+	set_error(z, msg, NULL);
+	ch_log_error("rules[%s]: %s", z->name, msg);
+}
+
 void
 ch_rules_apply_quarantine(ch_rules *r, ch_store *s, const char *rules_dir)
 {
@@ -1570,17 +1821,8 @@ ch_rules_apply_quarantine(ch_rules *r, ch_store *s, const char *rules_dir)
 				good = NULL;
 			}
 		}
-		char msg[300];
 		if (good == NULL) {
-			snprintf(msg, sizeof(msg),
-			    "version %s is quarantined: it stopped the engine on "
-			    "a '%s' event, and no earlier good version is kept",
-			    qver, qtype);
-			set_error(z, msg, NULL);
-			if (z->L != NULL) {
-				lua_close(z->L);
-				z->L = NULL;
-			}
+			last_resort(z, rules_dir, qtype);
 			good = z;
 		} else {
 			ch_log_warn("rules[%s]: version %s is quarantined; "
@@ -1648,12 +1890,17 @@ pack_biz(const ch_biz *b, msgpack_packer *pk)
 	ch_pack_str(pk, b->name);
 	msgpack_pack_map(pk, (b->err.message ? 4 : 3) + (b->quarantined[0] != 0));
 	if (b->quarantined[0] != 0) {
+		bool refusing = b->refused_type[0] != '\0';
 		ch_pack_str(pk, "quarantine");
-		msgpack_pack_map(pk, 3);
+		msgpack_pack_map(pk, 3 + refusing);
 		ch_pack_kv_str(pk, "version", b->quarantined);
 		ch_pack_kv_str(pk, "event_type", b->quarantine_type);
 		ch_pack_str(pk, "at");
 		msgpack_pack_int64(pk, b->quarantine_at);
+		if (refusing) {
+			// the quarantined version itself still serves
+			ch_pack_kv_str(pk, "refused", b->refused_type);
+		}
 	}
 	ch_pack_str(pk, "version");
 	if (b->L == NULL) {
@@ -1762,7 +2009,25 @@ typedef struct {
 	size_t          slen;
 	int64_t         now;
 	ch_rule_out    *out;
+	bool            oom;   // packing the results ran out of memory
 } call_args;
+
+// room makes room for n more bytes in sb, or raises (a->oom set): the
+// msgpack-c writes that follow cannot then fail half-way.
+static void
+room(lua_State *L, call_args *a, msgpack_sbuffer *sb, size_t n)
+{
+	if (sb->alloc - sb->size >= n) {
+		return;
+	}
+	char *p = realloc(sb->data, sb->size + n);
+	if (p == NULL) {
+		a->oom = true;
+		luaL_error(L, "out of memory");
+	}
+	sb->data  = p;
+	sb->alloc = sb->size + n;
+}
 
 // pack_emits turns the reply's emitted list into pub messages.
 static void
@@ -1789,6 +2054,10 @@ pack_emits(lua_State *L, int reply, call_args *a)
 		int tl = snprintf(topic, sizeof(topic), "choreo/%s/emit/%.*s",
 		    a->b->name, (int) (nl > 128 ? 128 : nl), name);
 		one->size = 0;
+		// the topic and every field but data (ch_conv_pack checks its
+		// own writes)
+		room(L, a, one, (size_t) tl + 1 + 96 + strlen(a->b->name) +
+		        a->req->customer.n + nl);
 		msgpack_sbuffer_write(one, topic, (size_t) tl + 1);
 		msgpack_pack_map(&pk, 5);
 		ch_pack_kv_str(&pk, "business", a->b->name);
@@ -1803,6 +2072,7 @@ pack_emits(lua_State *L, int reply, call_args *a)
 		ch_conv_pack(L, -1, one, "emit data");
 		lua_pop(L, 3);
 		uint32_t len = (uint32_t) one->size;
+		room(L, a, a->out->emits, 4 + one->size);
 		msgpack_sbuffer_write(a->out->emits, (const char *) &len, 4);
 		msgpack_sbuffer_write(a->out->emits, one->data, one->size);
 	}
@@ -1839,11 +2109,13 @@ do_call(lua_State *L)
 		}
 		if (n > 0) {
 			msgpack_packer_init(&pk, a->out->stats, msgpack_sbuffer_write);
+			room(L, a, a->out->stats, 5);
 			msgpack_pack_array(&pk, (size_t) n * 2);
 			lua_pushnil(L);
 			while (lua_next(L, -2) != 0) {
 				size_t      kl;
 				const char *k = lua_tolstring(L, -2, &kl);
+				room(L, a, a->out->stats, 5 + kl + 9);
 				msgpack_pack_str_with_body(&pk, k, kl);
 				msgpack_pack_double(&pk, lua_tonumber(L, -1));
 				lua_pop(L, 1);
@@ -1863,7 +2135,9 @@ do_call(lua_State *L)
 	}
 	lua_pop(L, 1);                                 /* state, reply */
 	if (!lua_isnil(L, -2)) {
-		ch_conv_pack(L, -2, a->out->state, "customer state");
+		packing_state = true;
+		ch_conv_pack(L, -2, a->out->state, "c");
+		packing_state = false;
 	}
 	ch_conv_pack(L, -1, a->out->reply, "reply");
 	lua_getfield(L, -1, "actions");
@@ -1877,8 +2151,21 @@ static int
 run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
     size_t slen, int64_t now, ch_rule_out *out)
 {
-	call_args  a = { b, entry, req, state, slen, now, out };
+	call_args  a = { b, entry, req, state, slen, now, out, false };
 	lua_State *L = b->L;
+	if (b->refused_type[0] != '\0') {
+		const char *t  = req->type.n > 0 ? req->type.p : entry;
+		size_t      tn = req->type.n > 0 ? req->type.n : strlen(entry);
+		if (tn == strlen(b->refused_type) &&
+		    memcmp(t, b->refused_type, tn) == 0) {
+			snprintf(out->errmsg, sizeof(out->errmsg),
+			    "version %s of '%s' is quarantined: it stopped the "
+			    "engine on a '%s' event, so these are refused until "
+			    "the rules change",
+			    b->version, b->name, b->refused_type);
+			return (CH_ERULE);
+		}
+	}
 	lua_settop(L, 0);
 	if (req->type.n > 0) {
 		mark(b, req->type.p, req->type.n);
@@ -1894,10 +2181,16 @@ run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
 	mark(b, NULL, 0);
 	if (rv != CH_OK && out->store_err != CH_OK) {
 		rv = out->store_err; // the store, not the rule, failed
+	} else if (rv != CH_OK && a.oom) {
+		rv = CH_EINTERNAL; // nor when the server ran out of memory
 	}
 	if (rv != CH_OK) {
+		const char *m = lua_tostring(L, -1);
+		if (rv == CH_EINTERNAL && out->store_err == CH_OK) {
+			m = "the server ran out of memory; nothing was applied";
+		}
 		snprintf(out->errmsg, sizeof(out->errmsg), "%s",
-		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "rule failed");
+		    m ? m : "rule failed");
 		out->state->size = 0;
 		out->reply->size = 0;
 		out->emits->size = 0;
@@ -1906,56 +2199,78 @@ run(ch_biz *b, const char *entry, const ch_req *req, const void *state,
 	return (rv);
 }
 
-int
-ch_biz_stats(ch_biz *b, const void *counters, size_t len, ch_str journey,
-    msgpack_sbuffer *reply, char *errmsg, size_t errlen)
+// do_stats, under protection: a failed allocation or a bad value raises
+// into pcall_rule instead of panicking the state. Argument: stats_args.
+typedef struct {
+	ch_biz                     *b;
+	const msgpack_object_array *counters; // NULL: none
+	ch_str                      journey;
+	msgpack_sbuffer            *reply;
+} stats_args;
+
+static int
+do_stats(lua_State *L)
 {
-	lua_State *L = b->L;
+	stats_args *a = lua_touserdata(L, 1);
 	lua_settop(L, 0);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, b->api);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, a->b->api);
 	lua_getfield(L, -1, "stats");
 	lua_remove(L, -2);
 	// the counters, summed (a key comes once per shard)
 	lua_newtable(L);
-	msgpack_unpacked up;
-	msgpack_unpacked_init(&up);
-	if (len > 0 && msgpack_unpack_next(&up, counters, len, NULL) ==
-	        MSGPACK_UNPACK_SUCCESS && up.data.type == MSGPACK_OBJECT_ARRAY) {
-		const msgpack_object_array *a = &up.data.via.array;
-		for (uint32_t i = 0; i + 1 < a->size; i += 2) {
-			const msgpack_object *k = &a->ptr[i], *v = &a->ptr[i + 1];
-			if (k->type != MSGPACK_OBJECT_STR ||
-			    v->type != MSGPACK_OBJECT_FLOAT64) {
-				continue;
-			}
-			lua_pushlstring(L, k->via.str.ptr, k->via.str.size);
-			lua_pushvalue(L, -1);
-			lua_rawget(L, -3);
-			lua_Number sum = lua_tonumber(L, -1) + v->via.f64;
-			lua_pop(L, 1);
-			if (sum == (lua_Number) (lua_Integer) sum) {
-				lua_pushinteger(L, (lua_Integer) sum);
-			} else {
-				lua_pushnumber(L, sum);
-			}
-			lua_rawset(L, -3);
+	for (uint32_t i = 0; a->counters != NULL && i + 1 < a->counters->size;
+	     i += 2) {
+		const msgpack_object *k = &a->counters->ptr[i];
+		const msgpack_object *v = &a->counters->ptr[i + 1];
+		if (k->type != MSGPACK_OBJECT_STR ||
+		    v->type != MSGPACK_OBJECT_FLOAT64) {
+			continue;
 		}
+		lua_pushlstring(L, k->via.str.ptr, k->via.str.size);
+		lua_pushvalue(L, -1);
+		lua_rawget(L, -3);
+		lua_Number sum = lua_tonumber(L, -1) + v->via.f64;
+		lua_pop(L, 1);
+		if (sum == (lua_Number) (lua_Integer) sum) {
+			lua_pushinteger(L, (lua_Integer) sum);
+		} else {
+			lua_pushnumber(L, sum);
+		}
+		lua_rawset(L, -3);
 	}
-	msgpack_unpacked_destroy(&up);
-	if (journey.n > 0) {
-		lua_pushlstring(L, journey.p, journey.n);
+	if (a->journey.n > 0) {
+		lua_pushlstring(L, a->journey.p, a->journey.n);
 	} else {
 		lua_pushnil(L);
 	}
-	int rc = pcall_rule(b, 2, 1);
+	lua_call(L, 2, 1);
+	ch_conv_pack(L, -1, a->reply, "stats");
+	return (0);
+}
+
+int
+ch_biz_stats(ch_biz *b, const void *counters, size_t len, ch_str journey,
+    msgpack_sbuffer *reply, char *errmsg, size_t errlen)
+{
+	lua_State       *L = b->L;
+	msgpack_unpacked up;
+	msgpack_unpacked_init(&up);
+	stats_args a = { b, NULL, journey, reply };
+	if (len > 0 && msgpack_unpack_next(&up, counters, len, NULL) ==
+	        MSGPACK_UNPACK_SUCCESS && up.data.type == MSGPACK_OBJECT_ARRAY) {
+		a.counters = &up.data.via.array;
+	}
+	lua_settop(L, 0);
+	lua_pushcfunction(L, do_stats);
+	lua_pushlightuserdata(L, &a);
+	int rc = pcall_rule(b, 1, 0);
 	if (rc != CH_OK) {
 		snprintf(errmsg, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "stats failed");
-		lua_settop(L, 0);
-		return (rc);
+		reply->size = 0;
 	}
-	ch_conv_pack(L, -1, reply, "stats");
 	lua_settop(L, 0);
-	return (CH_OK);
+	msgpack_unpacked_destroy(&up);
+	return (rc);
 }
 
 int

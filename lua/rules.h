@@ -127,7 +127,10 @@ typedef struct {
 // action. state/slen is the stored customer (NULL for a new one). Returns
 // CH_OK, CH_ERULE or CH_ERULELIMIT (errmsg says why, with file:line),
 // CH_EBADREQ for a malformed response event, or the store's error
-// (CH_ESTORAGEFULL, CH_EINTERNAL) when the model could not be written.
+// (CH_ESTORAGEFULL, CH_EINTERNAL) when the model could not be written
+// (out->store_err says which), or CH_EINTERNAL when the server ran out of
+// memory (errmsg says so). A failed call leaves out's state, reply and
+// emits empty.
 int ch_biz_event(ch_biz *b, const ch_req *req, const void *state, size_t slen,
     int64_t now, ch_rule_out *out);
 

@@ -28,6 +28,10 @@ struct ch_biz {
 	char       quarantined[17]; // the version set aside, "" if none
 	char       quarantine_type[65];
 	int64_t    quarantine_at;
+	// the quarantined version serves anyway, as the last one there is:
+	// requests of this event type (the one it stopped the engine on) are
+	// refused; "" when the version is not quarantined
+	char       refused_type[65];
 	load_error err;   // err.message != NULL: failed, serves nothing
 	int        api;   // registry ref of the prelude's API table
 	// the sandbox's budgets

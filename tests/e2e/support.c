@@ -11,6 +11,8 @@
 #include <nng/protocol/pipeline0/push.h>
 #include <nng/protocol/pubsub0/sub.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/http/http.h>
+#include <nng/supplemental/tls/tls.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -247,10 +249,19 @@ spawn(daemon_t *d, char *buf, size_t blen, bool *eofp)
 	d->pull_port = p[1];
 	d->pub_port  = p[2];
 	d->http_port = p[3];
-	snprintf(d->rep, sizeof(d->rep), "tcp://127.0.0.1:%d", p[0]);
-	snprintf(d->pull, sizeof(d->pull), "tcp://127.0.0.1:%d", p[1]);
-	snprintf(d->pub, sizeof(d->pub), "tcp://127.0.0.1:%d", p[2]);
-	snprintf(d->http, sizeof(d->http), "http://127.0.0.1:%d", p[3]);
+#define SCHEME(bit, secure, plain) ((d->tls & (bit)) ? (secure) : (plain))
+	snprintf(d->rep, sizeof(d->rep), "%s://127.0.0.1:%d",
+	    SCHEME(E2E_TLS_REP, "tls+tcp", "tcp"), p[0]);
+	if (d->tls & E2E_WSS_REP) {
+		snprintf(d->rep, sizeof(d->rep), "wss://localhost:%d/", p[0]);
+	}
+	snprintf(d->pull, sizeof(d->pull), "%s://127.0.0.1:%d",
+	    SCHEME(E2E_TLS_PULL, "tls+tcp", "tcp"), p[1]);
+	snprintf(d->pub, sizeof(d->pub), "%s://127.0.0.1:%d",
+	    SCHEME(E2E_TLS_PUB, "tls+tcp", "tcp"), p[2]);
+	snprintf(d->http, sizeof(d->http), "%s://127.0.0.1:%d",
+	    SCHEME(E2E_TLS_HTTP, "https", "http"), p[3]);
+#undef SCHEME
 
 	const char *argv[32];
 	int         n = 0;
@@ -407,6 +418,48 @@ d_start(daemon_t *d, const char *rules, bool keep_data)
 	cr_assert_str_eq(buf, want, "stdout should list exactly the four "
 	                            "endpoints");
 	d->engine = engine_of(d->pid);
+}
+
+void
+d_kill_engine(daemon_t *d, int sig)
+{
+	pid_t old = d->engine;
+	cr_assert_gt(old, 0, "the daemon has no engine child to kill");
+	cr_assert_eq(kill(old, sig), 0, "cannot signal the engine (pid %d)",
+	    (int) old);
+	int64_t end = now_ms() + 10000;
+	pid_t   now = 0;
+	while (now_ms() < end) {
+		now = engine_of(d->pid);
+		if (now > 0 && now != old) {
+			break;
+		}
+		sleep_ms(10);
+	}
+	cr_assert(now > 0 && now != old,
+	    "no new engine within 10 s of signal %d to the old one; log: %s",
+	    sig, d_log_tail(d));
+	d->engine = now;
+	// it serves once it answers
+	nng_socket s;
+	cr_assert_eq(nng_req0_open(&s), 0);
+	nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 500);
+	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 500);
+	nng_dial(s, d->rep, NULL, NNG_FLAG_NONBLOCK);
+	static const char ping[] = "\x81\xa2op\xa4ping"; // {op: "ping"}
+	bool served = false;
+	while (!served && now_ms() < end) {
+		nng_msg *m;
+		if (nng_send(s, (void *) ping, sizeof(ping) - 1, 0) == 0 &&
+		    nng_recvmsg(s, &m, 0) == 0) {
+			served = true;
+			nng_msg_free(m);
+		}
+	}
+	nng_close(s);
+	cr_assert(served, "the new engine did not answer ping within 10 s; "
+	                  "log: %s",
+	    d_log_tail(d));
 }
 
 void
@@ -571,7 +624,7 @@ closer_main(void *arg)
 	return (NULL);
 }
 
-static void
+void
 close_bounded(nng_socket s)
 {
 	closer_t *c = calloc(1, sizeof(*c)); // leaked if the close hangs
@@ -731,6 +784,75 @@ req_json(req_t *r, const char *json)
 ** =======================================================
 */
 
+// utf8_strict: the well-formed byte sequences of the Unicode standard
+// (chapter 3, table 3-7), written out range by range — on purpose not the
+// daemon's own checker, which this one checks.
+bool
+utf8_strict(const void *buf, size_t n)
+{
+	static const struct {
+		unsigned char first_lo, first_hi, second_lo, second_hi;
+		int           len;
+	} rows[] = {
+		{ 0x00, 0x7f, 0, 0, 1 },       { 0xc2, 0xdf, 0x80, 0xbf, 2 },
+		{ 0xe0, 0xe0, 0xa0, 0xbf, 3 }, { 0xe1, 0xec, 0x80, 0xbf, 3 },
+		{ 0xed, 0xed, 0x80, 0x9f, 3 }, { 0xee, 0xef, 0x80, 0xbf, 3 },
+		{ 0xf0, 0xf0, 0x90, 0xbf, 4 }, { 0xf1, 0xf3, 0x80, 0xbf, 4 },
+		{ 0xf4, 0xf4, 0x80, 0x8f, 4 },
+	};
+	const unsigned char *p = buf;
+	size_t               i = 0;
+	while (i < n) {
+		size_t r;
+		for (r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+			if (p[i] >= rows[r].first_lo && p[i] <= rows[r].first_hi) {
+				break;
+			}
+		}
+		if (r == sizeof(rows) / sizeof(rows[0]) ||
+		    n - i < (size_t) rows[r].len) {
+			return (false);
+		}
+		if (rows[r].len > 1 && (p[i + 1] < rows[r].second_lo ||
+		                           p[i + 1] > rows[r].second_hi)) {
+			return (false);
+		}
+		for (int k = 2; k < rows[r].len; k++) {
+			if (p[i + k] < 0x80 || p[i + k] > 0xbf) {
+				return (false);
+			}
+		}
+		i += (size_t) rows[r].len;
+	}
+	return (true);
+}
+
+// assert_text: every msgpack str in o is valid UTF-8, or a client that
+// decodes strings could not read the reply at all.
+static void
+assert_text(const msgpack_object *o, const reply_t *r)
+{
+	switch (o->type) {
+	case MSGPACK_OBJECT_STR:
+		cr_assert(utf8_strict(o->via.str.ptr, o->via.str.size),
+		    "a string of the reply is not valid UTF-8: %s", dump(r));
+		break;
+	case MSGPACK_OBJECT_ARRAY:
+		for (uint32_t i = 0; i < o->via.array.size; i++) {
+			assert_text(&o->via.array.ptr[i], r);
+		}
+		break;
+	case MSGPACK_OBJECT_MAP:
+		for (uint32_t i = 0; i < o->via.map.size; i++) {
+			assert_text(&o->via.map.ptr[i].key, r);
+			assert_text(&o->via.map.ptr[i].val, r);
+		}
+		break;
+	default:
+		break;
+	}
+}
+
 static void
 decode(reply_t *out, const void *buf, size_t len)
 {
@@ -748,6 +870,7 @@ decode(reply_t *out, const void *buf, size_t len)
 	    len - off);
 	cr_assert_eq(out->up.data.type, MSGPACK_OBJECT_MAP,
 	    "the reply is not a map: %s", dump(out));
+	assert_text(&out->up.data, out);
 }
 
 void
@@ -1219,6 +1342,9 @@ sub_close(sub_t *s)
 	}
 }
 
+static int dial_with(nng_socket s, const char *listen_url, const tls_id_t *id,
+    int flags);
+
 // One PUSH socket per process, kept open while its daemon lives: closing a
 // PUSH socket right after a send may drop what is still queued.
 static nng_socket push_sock;
@@ -1235,8 +1361,8 @@ close_push(daemon_t *d)
 	}
 }
 
-void
-push_raw(daemon_t *d, const void *buf, size_t len)
+static void
+push_with(daemon_t *d, const void *buf, size_t len, const tls_id_t *id)
 {
 	int rv;
 	if (push_open && strcmp(push_url, d->pull) != 0) {
@@ -1248,11 +1374,17 @@ push_raw(daemon_t *d, const void *buf, size_t len)
 		push_open = true;
 		snprintf(push_url, sizeof(push_url), "%s", d->pull);
 		nng_socket_set_ms(push_sock, NNG_OPT_SENDTIMEO, E2E_REQ_MS);
-		rv = nng_dial(push_sock, d->pull, NULL, 0);
+		rv = dial_with(push_sock, d->pull, id, 0);
 		cr_assert_eq(rv, 0, "dial %s: %s", d->pull, nng_strerror(rv));
 	}
 	rv = nng_send(push_sock, (void *) buf, len, 0);
 	cr_assert_eq(rv, 0, "push: %s", nng_strerror(rv));
+}
+
+void
+push_raw(daemon_t *d, const void *buf, size_t len)
+{
+	push_with(d, buf, len, NULL);
 }
 
 void
@@ -1319,14 +1451,13 @@ http_get(daemon_t *d, const char *path, char *body, size_t len)
 	return (status);
 }
 
-int
-run_cli(const char *args, char *out, size_t len)
+static int
+run_cli_to(const char *args, const char *err, char *out, size_t len)
 {
 	char cmd[4096];
 	// coreutils' timeout: a hung client fails the test instead of
 	// hanging it
-	snprintf(cmd, sizeof(cmd), "timeout 20 '%s' %s 2>/dev/null", bin(),
-	    args);
+	snprintf(cmd, sizeof(cmd), "timeout 20 '%s' %s %s", bin(), args, err);
 	fflush(NULL);
 	FILE *p = popen(cmd, "r");
 	cr_assert_not_null(p, "popen: %s", strerror(errno));
@@ -1334,6 +1465,279 @@ run_cli(const char *args, char *out, size_t len)
 	out[n]   = '\0';
 	int st   = pclose(p);
 	return (WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
+int
+run_cli(const char *args, char *out, size_t len)
+{
+	return (run_cli_to(args, "2>/dev/null", out, len));
+}
+
+int
+run_cli_all(const char *args, char *out, size_t len)
+{
+	return (run_cli_to(args, "2>&1", out, len));
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** TLS
+** =======================================================
+*/
+
+// The certificates: a CA, the daemon's (DNS:localhost, for servers), two
+// clients' from the CA (one then revoked in the CA's CRL), another CA and
+// a client of it. P-256 keys: the whole set takes about 0.15 s.
+static const char tls_script[] =
+    "set -e\n"
+    "cd \"$1\"\n"
+    "ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n"
+    "openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 "
+    "-subj '/CN=choreo test CA'\n"
+    "openssl req -x509 $ec -keyout other-ca.key -out other-ca.pem -days 2 "
+    "-subj '/CN=choreo other CA'\n"
+    "printf 'subjectAltName=DNS:localhost\\nextendedKeyUsage=serverAuth\\n' "
+    "> server.ext\n"
+    "printf 'extendedKeyUsage=clientAuth\\n' > client.ext\n"
+    "leaf() {\n"
+    "  openssl req $ec -keyout $1.key -out $1.csr -subj /CN=$1\n"
+    "  openssl x509 -req -in $1.csr -CA $2.pem -CAkey $2.key "
+    "-set_serial $4 -days 2 -extfile $3 -out $1.pem\n"
+    "}\n"
+    "leaf server ca server.ext 1\n"
+    "leaf client ca client.ext 2\n"
+    "leaf revoked ca client.ext 3\n"
+    "leaf other other-ca client.ext 4\n"
+    "printf '[ca]\\ndefault_ca=d\\n[d]\\ndatabase=index.txt\\n"
+    "crlnumber=crlnumber\\ndefault_md=sha256\\ndefault_crl_days=2\\n' "
+    "> ca.cnf\n"
+    ": > index.txt\n"
+    "echo 01 > crlnumber\n"
+    "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem "
+    "-revoke revoked.pem\n"
+    "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem -gencrl "
+    "-out crl.pem\n"
+    "cat ca.pem crl.pem > ca-crl.pem\n";
+
+static void
+tls_paths(tls_files_t *t)
+{
+#define P(field, name) snprintf(t->field, sizeof(t->field), "%s/%s", t->dir, name)
+	P(ca, "ca.pem");
+	P(cert, "server.pem");
+	P(key, "server.key");
+	P(client_cert, "client.pem");
+	P(client_key, "client.key");
+	P(revoked_cert, "revoked.pem");
+	P(revoked_key, "revoked.key");
+	P(ca_crl, "ca-crl.pem");
+	P(other_ca, "other-ca.pem");
+	P(other_cert, "other.pem");
+	P(other_key, "other.key");
+#undef P
+}
+
+bool
+tls_make(tls_files_t *t)
+{
+	snprintf(t->dir, sizeof(t->dir), "/tmp/choreo-e2e-tls-XXXXXX");
+	if (mkdtemp(t->dir) == NULL) {
+		fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
+		t->dir[0] = '\0';
+		return (false);
+	}
+	tls_paths(t);
+	char script[128], cmd[512];
+	snprintf(script, sizeof(script), "%s/make.sh", t->dir);
+	FILE *f = fopen(script, "w");
+	if (f == NULL || fputs(tls_script, f) < 0 || fclose(f) != 0) {
+		fprintf(stderr, "%s: %s\n", script, strerror(errno));
+		return (false);
+	}
+	snprintf(cmd, sizeof(cmd), "sh '%s' '%s' > '%s/make.log' 2>&1 || "
+	                           "{ cat '%s/make.log' >&2; exit 1; }",
+	    script, t->dir, t->dir, t->dir);
+	fflush(NULL);
+	return (system(cmd) == 0);
+}
+
+void
+tls_remove(tls_files_t *t)
+{
+	if (t->dir[0] != '\0' && getenv("CHOREO_E2E_KEEP") == NULL) {
+		char cmd[128];
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", t->dir);
+		if (system(cmd) != 0) {
+			fprintf(stderr, "cannot remove %s\n", t->dir);
+		}
+	}
+	t->dir[0] = '\0';
+}
+
+void
+tls_dial_url(const char *listen_url, char *out, size_t len)
+{
+	const char *host = strstr(listen_url, "://127.0.0.1:");
+	if (host == NULL) {
+		snprintf(out, len, "%s", listen_url);
+		return;
+	}
+	snprintf(out, len, "%.*s://localhost:%s", (int) (host - listen_url),
+	    listen_url, host + strlen("://127.0.0.1:"));
+}
+
+// tls_config_of: a client configuration verifying the daemon by name
+// (the dialed URL's host) against id->ca, presenting id's certificate.
+static nng_tls_config *
+tls_config_of(const tls_id_t *id, const char *host)
+{
+	nng_tls_config *cfg;
+	int             rv;
+	cr_assert_eq(rv = nng_tls_config_alloc(&cfg, NNG_TLS_MODE_CLIENT), 0,
+	    "tls config: %s", nng_strerror(rv));
+	cr_assert_eq(rv = nng_tls_config_ca_file(cfg, id->ca), 0, "%s: %s",
+	    id->ca, nng_strerror(rv));
+	cr_assert_eq(rv = nng_tls_config_server_name(cfg, host), 0);
+	cr_assert_eq(rv = nng_tls_config_auth_mode(cfg,
+	                 NNG_TLS_AUTH_MODE_REQUIRED),
+	    0);
+	if (id->cert != NULL) {
+		// cert and key in one PEM text, as nng's file helper wants
+		char both[160], cmd[512];
+		snprintf(both, sizeof(both), "%s.both", id->cert);
+		snprintf(cmd, sizeof(cmd), "cat '%s' '%s' > '%s'", id->cert,
+		    id->key, both);
+		cr_assert_eq(system(cmd), 0, "%s", cmd);
+		cr_assert_eq(rv = nng_tls_config_cert_key_file(cfg, both, NULL),
+		    0, "%s: %s", both, nng_strerror(rv));
+	}
+	return (cfg);
+}
+
+// dial_with dials the endpoint listening on listen_url: plainly when id
+// is NULL, else with TLS as id says, at the name localhost.
+static int
+dial_with(nng_socket s, const char *listen_url, const tls_id_t *id,
+    int flags)
+{
+	char url[128];
+	if (id == NULL) {
+		return (nng_dial(s, listen_url, NULL, flags));
+	}
+	tls_dial_url(listen_url, url, sizeof(url));
+	nng_url *u;
+	int      rv = nng_url_parse(&u, url);
+	cr_assert_eq(rv, 0, "%s: %s", url, nng_strerror(rv));
+	nng_tls_config *cfg = tls_config_of(id, u->u_hostname);
+	nng_url_free(u);
+	nng_dialer dl;
+	if ((rv = nng_dialer_create(&dl, s, url)) == 0 &&
+	    (rv = nng_dialer_set_ptr(dl, NNG_OPT_TLS_CONFIG, cfg)) == 0) {
+		rv = nng_dialer_start(dl, flags);
+	}
+	nng_tls_config_free(cfg);
+	return (rv);
+}
+
+int
+tls_client_try(daemon_t *d, client_t *c, const tls_id_t *id)
+{
+	int rv;
+	cr_assert_eq(rv = nng_req0_open(&c->s), 0, "req0: %s",
+	    nng_strerror(rv));
+	c->open = true;
+	nng_socket_set_ms(c->s, NNG_OPT_SENDTIMEO, E2E_REQ_MS);
+	nng_socket_set_ms(c->s, NNG_OPT_RECVTIMEO, E2E_REQ_MS);
+	if ((rv = dial_with(c->s, d->rep, id, 0)) != 0) {
+		client_close(c);
+	}
+	return (rv);
+}
+
+void
+tls_client_open(daemon_t *d, client_t *c, const tls_id_t *id)
+{
+	int rv = tls_client_try(d, c, id);
+	cr_assert_eq(rv, 0, "TLS dial of %s (CA %s): %s; log: %s", d->rep,
+	    id != NULL ? id->ca : "none", nng_strerror(rv), d_log_tail(d));
+}
+
+int
+tls_sub_try(daemon_t *d, sub_t *s, const char *prefix, const tls_id_t *id)
+{
+	int rv;
+	cr_assert_eq(rv = nng_sub0_open(&s->s), 0, "sub0: %s",
+	    nng_strerror(rv));
+	s->open = true;
+	rv      = nng_socket_set(s->s, NNG_OPT_SUB_SUBSCRIBE, prefix,
+	         strlen(prefix));
+	cr_assert_eq(rv, 0, "subscribe: %s", nng_strerror(rv));
+	if ((rv = dial_with(s->s, d->pub, id, 0)) != 0) {
+		sub_close(s);
+		return (rv);
+	}
+	sleep_ms(200); // the publisher's side of the pipe comes up
+	return (0);
+}
+
+void
+tls_sub_open(daemon_t *d, sub_t *s, const char *prefix, const tls_id_t *id)
+{
+	int rv = tls_sub_try(d, s, prefix, id);
+	cr_assert_eq(rv, 0, "TLS dial %s: %s", d->pub, nng_strerror(rv));
+}
+
+void
+tls_push_json(daemon_t *d, const char *json, const tls_id_t *id)
+{
+	req_t r;
+	req_json(&r, json);
+	push_with(d, r.buf.data, r.buf.size, id);
+	req_free(&r);
+}
+
+int
+https_get(daemon_t *d, const char *path, const tls_id_t *id, char *body,
+    size_t len)
+{
+	char base[128], full[256];
+	tls_dial_url(d->http, base, sizeof(base));
+	snprintf(full, sizeof(full), "%s%s", base, path);
+	nng_url             *u;
+	nng_http_client     *hc;
+	nng_http_req        *req;
+	nng_http_res        *res;
+	nng_aio             *aio;
+	int                  rv;
+	cr_assert_eq(rv = nng_url_parse(&u, full), 0, "%s: %s", full,
+	    nng_strerror(rv));
+	nng_tls_config *cfg = tls_config_of(id, u->u_hostname);
+	cr_assert_eq(nng_http_client_alloc(&hc, u), 0);
+	cr_assert_eq(nng_http_client_set_tls(hc, cfg), 0);
+	cr_assert_eq(nng_http_req_alloc(&req, u), 0);
+	cr_assert_eq(nng_http_res_alloc(&res), 0);
+	cr_assert_eq(nng_aio_alloc(&aio, NULL, NULL), 0);
+	nng_aio_set_timeout(aio, E2E_REQ_MS);
+	nng_http_client_transact(hc, req, res, aio);
+	nng_aio_wait(aio);
+	int status = 0;
+	body[0]    = '\0';
+	if ((rv = nng_aio_result(aio)) == 0) {
+		void  *data;
+		size_t n;
+		status = nng_http_res_get_status(res);
+		nng_http_res_get_data(res, &data, &n);
+		snprintf(body, len, "%.*s", (int) n, (const char *) data);
+	}
+	nng_aio_free(aio);
+	nng_http_res_free(res);
+	nng_http_req_free(req);
+	nng_http_client_free(hc);
+	nng_tls_config_free(cfg);
+	nng_url_free(u);
+	return (status);
 }
 
 /* }====================================================== */

@@ -30,8 +30,20 @@ typedef struct {
 	char  rep[64], pull[64], pub[64], http[64];
 	int   rep_port, pull_port, pub_port, http_port;
 	char  log[96];      // the daemon's stderr (data dir + ".log")
-	char  extra[256];   // extra flags for serve, separated by spaces
+	char  extra[512];   // extra flags for serve, separated by spaces
+	unsigned tls;       // E2E_TLS_* bits: which endpoints use TLS
 } daemon_t;
+
+// The endpoints d->tls puts on TLS: tls+tcp://127.0.0.1:PORT (https://
+// for http), or for E2E_WSS_REP the rep endpoint on wss://localhost:PORT/
+// (a ws listener wants the Host header to match its own host). The flags
+// for the certificate go in d->extra.
+#define E2E_TLS_REP  1u
+#define E2E_TLS_PULL 2u
+#define E2E_TLS_PUB  4u
+#define E2E_TLS_HTTP 8u
+#define E2E_TLS_ALL  15u
+#define E2E_WSS_REP  16u
 
 // d_start starts `$CHOREO_BIN serve` on four free ports with a fresh data
 // dir (or the one already in d->data when keep_data) and waits, at most
@@ -46,6 +58,11 @@ void d_stop(daemon_t *d);
 // d_kill9 kills the daemon with SIGKILL and asserts that its engine child
 // dies with it (so nothing keeps the store or the ports).
 void d_kill9(daemon_t *d);
+// d_kill_engine sends sig to the engine child alone (as an operator's kill
+// or the OOM killer would), waits for the supervisor to start a new one and
+// for it to answer ping, and sets d->engine to it. Asserts it did, within
+// 10 s.
+void d_kill_engine(daemon_t *d, int sig);
 // d_cleanup kills whatever still runs and removes the data dir and log: for
 // a suite's .fini, so that a failed test leaves nothing behind.
 void d_cleanup(daemon_t *d);
@@ -104,6 +121,9 @@ void client_call(client_t *c, const void *buf, size_t len, reply_t *out);
 // asserting (0: a reply, decoded; anything else: no reply).
 int  client_try(client_t *c, const void *buf, size_t len, reply_t *out);
 void client_close(client_t *c);
+// close_bounded closes any nng socket, giving up after 5 s: nng 1.5.2's
+// nng_close can hang when it races a connection going away (nng#1543).
+void close_bounded(nng_socket s);
 
 // One request on a fresh connection.
 void call_raw(daemon_t *d, const void *buf, size_t len, reply_t *out);
@@ -126,6 +146,9 @@ const char *code(const reply_t *r);  // error.code, or "(none)"
 const char *emsg(const reply_t *r);  // error.message, or ""
 // dump: the reply as text, for failure messages (a static buffer).
 const char *dump(const reply_t *r);
+// utf8_strict: buf[0..n) is well-formed UTF-8. Every reply and pub message
+// the helpers decode is held to it, string by string.
+bool utf8_strict(const void *buf, size_t n);
 
 // The two checks most tests start with.
 #define assert_ok(r) \
@@ -190,5 +213,55 @@ int http_get(daemon_t *d, const char *path, char *body, size_t len);
 // run_cli runs `$CHOREO_BIN args` (a shell word list) and returns its exit
 // status, with its standard output in out.
 int run_cli(const char *args, char *out, size_t len);
+// run_cli_all: as run_cli, with standard error in out too.
+int run_cli_all(const char *args, char *out, size_t len);
+
+/*
+** TLS: throwaway certificates made with openssl, and clients that verify
+** the daemon by its DNS name (tls+tcp://localhost:PORT: mbed TLS 2.28
+** does not verify IP addresses).
+*/
+
+typedef struct {
+	char dir[64];
+	char ca[128];                         // the test CA
+	char cert[128], key[128];             // the daemon's: DNS:localhost
+	char client_cert[128], client_key[128]; // a client's, from the CA
+	char revoked_cert[128], revoked_key[128]; // another, then revoked
+	char ca_crl[128];                     // the CA and its CRL
+	char other_ca[128];                   // another CA, which signed:
+	char other_cert[128], other_key[128]; // a client's
+} tls_files_t;
+
+// tls_make makes every file of t in a new temp dir with openssl (about
+// 0.15 s): true, or false with openssl's complaint on stderr.
+bool tls_make(tls_files_t *t);
+void tls_remove(tls_files_t *t);
+
+// What a TLS client presents: the CA to verify the daemon with (NULL: none
+// at all, not even TLS — a plain client), its certificate and key.
+typedef struct {
+	const char *ca, *cert, *key;
+} tls_id_t;
+
+// tls_dial_url: the URL a client dials for a daemon's endpoint URL (the
+// daemon's 127.0.0.1 becomes localhost).
+void tls_dial_url(const char *listen_url, char *out, size_t len);
+// tls_client_try: a REQ client dialled (synchronously) to the rep endpoint
+// with id; 0, or the nng error of the dial (then c is closed).
+int  tls_client_try(daemon_t *d, client_t *c, const tls_id_t *id);
+void tls_client_open(daemon_t *d, client_t *c, const tls_id_t *id);
+// tls_sub_try: a SUB socket dialled (synchronously) to the pub endpoint
+// with id and subscribed to prefix; 0, or the dial's error (s closed).
+int  tls_sub_try(daemon_t *d, sub_t *s, const char *prefix,
+     const tls_id_t *id);
+// tls_sub_open, tls_push_json: sub_open and push_json over TLS.
+void tls_sub_open(daemon_t *d, sub_t *s, const char *prefix,
+    const tls_id_t *id);
+void tls_push_json(daemon_t *d, const char *json, const tls_id_t *id);
+// https_get: GET path over https with id; the status (0 when the request
+// failed: no TLS, no verification), the body in body.
+int https_get(daemon_t *d, const char *path, const tls_id_t *id, char *body,
+    size_t len);
 
 #endif

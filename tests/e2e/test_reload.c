@@ -4,6 +4,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -328,6 +329,72 @@ Test(reload, tokens)
 	reply_free(&r);
 }
 
+// wait_for_error waits (up to 5 s) for business's load error to mention
+// what, and returns it.
+static const char *
+wait_for_error(const char *business, const char *what)
+{
+	for (int i = 0; i < 100 && strstr(error_of(business), what) == NULL;
+	     i++) {
+		usleep(50 * 1000);
+	}
+	return (error_of(business));
+}
+
+Test(reload, a_bad_token_file_refuses_the_version)
+{
+	// the file wins over the declaration
+	rules_write(rules, "shop", "10.lua", "token 'declared-token-1'\non('x', function(c) end)\n");
+	rules_write(rules, "shop", "token", "file-token-456\n");
+	d_start(&d, rules, false);
+	reply_t r;
+	call_json(&d, "{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\"}", &r);
+	cr_assert_str_eq(code(&r), "unauthorized");
+	reply_free(&r);
+	send_ok("{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\",\"token\":\"file-token-456\"}");
+	// an empty, a blank, a short and a two-line file: each refuses the
+	// version with file:line, and the version serving keeps its token
+	static const char *const bad[][2] = {
+		{ "", "token:1: the token file is empty" },
+		{ "  \n\t\n", "token:1: the token file is empty" },
+		{ "short\n", "token:1: the token is 5 characters long: it needs at least 8" },
+		{ "\nfile-token-456\nsecond-line\n", "token:2: the token file must hold one token" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		rules_write(rules, "shop", "token", bad[i][0]);
+		cr_assert_not_null(strstr(wait_for_error("shop", bad[i][1]), bad[i][1]),
+		    "case %zu: %s", i, error_of("shop"));
+		call_json(&d, "{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\"}", &r);
+		cr_assert_str_eq(code(&r), "unauthorized", "case %zu: authentication is off", i);
+		reply_free(&r);
+		call_json(&d, "{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\",\"token\":\"declared-token-1\"}", &r);
+		cr_assert_str_eq(code(&r), "unauthorized", "case %zu", i);
+		reply_free(&r);
+		// a line number in the rules op too
+		char want[512];
+		snprintf(want, sizeof(want), "%s/shop/token", rules);
+		call_json(&d, "{\"op\":\"rules\",\"business\":\"shop\"}", &r);
+		cr_assert_str_eq(str_at(&r, "businesses.shop.error.file"), want);
+		cr_assert_gt(int_at(&r, "businesses.shop.error.line"), 0);
+		reply_free(&r);
+		// back to a good file between cases
+		rules_write(rules, "shop", "token", "file-token-456\n");
+		for (int k = 0; k < 100 && error_of("shop")[0] != '\0'; k++) {
+			usleep(50 * 1000);
+		}
+		cr_assert_str_eq(error_of("shop"), "");
+	}
+	// at start-up, with nothing older to serve: the business serves
+	// nothing rather than serving without its token
+	d_stop(&d);
+	rules_write(rules, "shop", "token", "\n");
+	d_restart(&d);
+	call_json(&d, "{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\"}", &r);
+	cr_assert(!ok(&r), "authentication is off with an empty token file");
+	reply_free(&r);
+	cr_assert_not_null(strstr(error_of("shop"), "the token file is empty"));
+}
+
 static const char SANDBOX[] =
     "on('io', function(c) return io.open('/etc/passwd') end)\n"
     "on('exec', function(c) return os.execute('touch /tmp/choreo-pwned') end)\n"
@@ -420,11 +487,140 @@ Test(reload, a_rule_stuck_in_c_is_quarantined_and_the_daemon_lives)
 	reply_free(&r);
 	call_json(&d, "{\"op\":\"rules\",\"business\":\"stuck\"}", &r);
 	cr_assert_str_eq(str_at(&r, "businesses.stuck.quarantine.event_type"), "hang");
+	// it is the only version there is: a quarantine must not leave the
+	// business with nothing to serve. It serves on, refusing only 'hang'
+	// events, and says so.
+	cr_assert_str_eq(str_at(&r, "businesses.stuck.quarantine.refused"), "hang");
+	cr_assert_not_null(strstr(str_at(&r, "businesses.stuck.error.message"),
+	    "still serves, refusing 'hang' events"));
 	reply_free(&r);
-	call_json(&d, "{\"op\":\"ping\"}", &r);
-	cr_assert(ok(&r));
+	call_json(&d, "{\"business\":\"stuck\",\"customer\":\"s\",\"type\":\"hang\"}", &r);
+	cr_assert_str_eq(code(&r), "rule_error");
+	cr_assert_not_null(strstr(str_at(&r, "error.message"), "quarantined"));
 	reply_free(&r);
-	// the acknowledged event before the crash is still there
+	send_ok("{\"business\":\"stuck\",\"customer\":\"s\",\"type\":\"ok\"}");
+	// the acknowledged events, before the crash and after, are there
 	call_json(&d, "{\"op\":\"get\",\"business\":\"stuck\",\"customer\":\"s\"}", &r);
+	cr_assert_eq(int_at(&r, "customer.counters.ok"), 2);
 	reply_free(&r);
+	// and so it stays across a restart
+	d_stop(&d);
+	d_restart(&d);
+	send_ok("{\"business\":\"stuck\",\"customer\":\"s\",\"type\":\"ok\"}");
+}
+
+Test(reload, a_quarantine_falls_back_to_the_last_good_version)
+{
+	rules_write(rules, "stuck", "10.lua",
+	    "on('ok', function(c) c:count('ok') end)\n");
+	snprintf(d.extra, sizeof(d.extra), "--rule-timeout 500");
+	d_start(&d, rules, false);
+	char good[32];
+	snprintf(good, sizeof(good), "%s", version_of("stuck"));
+	rules_write(rules, "stuck", "10.lua",
+	    "on('ok', function(c) c:count('ok') end)\n"
+	    "on('hang', function(c) local s = ('a'):rep(1000000) while true do local x = s:rep(1) end end)\n");
+	char bad[32];
+	snprintf(bad, sizeof(bad), "%s", wait_for_change("stuck", good));
+	cr_assert_neq(bad[0], '\0');
+	reply_t r;
+	call_json(&d, "{\"business\":\"stuck\",\"customer\":\"s\",\"type\":\"hang\"}", &r);
+	reply_free(&r);
+	cr_assert_str_eq(version_of("stuck"), good);
+	call_json(&d, "{\"op\":\"rules\",\"business\":\"stuck\"}", &r);
+	cr_assert_str_eq(str_at(&r, "businesses.stuck.quarantine.version"), bad);
+	cr_assert(!has(&r, "businesses.stuck.quarantine.refused"));
+	reply_free(&r);
+	send_ok("{\"business\":\"stuck\",\"customer\":\"s\",\"type\":\"ok\"}");
+}
+
+// A loader for the kill tests: page views that may fail while the engine
+// is down, never for another reason.
+typedef struct {
+	daemon_t   *d;
+	atomic_int *stop;
+	int         ok, other;
+	char        last[256];
+} viewer_t;
+
+static void *
+viewer_main(void *arg)
+{
+	viewer_t *v = arg;
+	client_t  c;
+	client_open(v->d, &c);
+	nng_socket_set_ms(c.s, NNG_OPT_RECVTIMEO, 2000);
+	for (int i = 0; !atomic_load(v->stop); i++) {
+		req_t   q;
+		reply_t r;
+		char    cust[32];
+		snprintf(cust, sizeof(cust), "v%d", i % 50);
+		req_init(&q, 3);
+		req_str(&q, "business", "shop");
+		req_str(&q, "customer", cust);
+		req_str(&q, "type", "page_view");
+		if (client_try(&c, q.buf.data, q.buf.size, &r) == 0) {
+			if (ok(&r)) {
+				v->ok++;
+			} else {
+				v->other++;
+				snprintf(v->last, sizeof(v->last), "%s: %s", code(&r),
+				    str_at(&r, "error.message"));
+			}
+			reply_free(&r);
+		}
+		req_free(&q);
+	}
+	client_close(&c);
+	return (NULL);
+}
+
+Test(reload, the_engine_killed_from_outside_quarantines_nothing)
+{
+	// the report: six kill -9 of the engine under page_view load
+	// quarantined the only version, and the business answered
+	// unknown_business until a file changed
+	// a handler that takes a few ms, so that the engine is inside a rule
+	// most of the time the load keeps it busy
+	rules_write(rules, "shop", "10.lua",
+	    "on('page_view', function(c)\n"
+	    "  local x = 0 for i = 1, 200000 do x = x + i end\n"
+	    "  c:count('views')\n"
+	    "end)\n");
+	d_start(&d, rules, false);
+	char v[32];
+	snprintf(v, sizeof(v), "%s", version_of("shop"));
+	atomic_int stop = 0;
+	viewer_t   l    = { .d = &d, .stop = &stop };
+	viewer_t   l2   = { .d = &d, .stop = &stop };
+	pthread_t  th, th2;
+	pthread_create(&th, NULL, viewer_main, &l);
+	pthread_create(&th2, NULL, viewer_main, &l2);
+	// kill -9 (an operator, the OOM killer), and signals that look like
+	// faults but come from outside: none of them is evidence against a rule
+	const int sigs[] = { SIGKILL, SIGKILL, SIGKILL, SIGSEGV, SIGKILL,
+		SIGABRT, SIGKILL, SIGBUS, SIGKILL };
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+		usleep(150 * 1000); // mid-stream
+		d_kill_engine(&d, sigs[i]);
+		send_ok("{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"page_view\"}");
+	}
+	atomic_store(&stop, 1);
+	pthread_join(th, NULL);
+	pthread_join(th2, NULL);
+	cr_assert_eq(l.other + l2.other, 0,
+	    "a page view failed other than by the kill: %s%s", l.last, l2.last);
+	cr_assert_gt(l.ok + l2.ok, 0);
+	reply_t r;
+	call_json(&d, "{\"op\":\"rules\",\"business\":\"shop\"}", &r);
+	cr_assert(!has(&r, "businesses.shop.quarantine"),
+	    "a version was quarantined; log: %s", d_log_tail(&d));
+	cr_assert(!has(&r, "businesses.shop.error"));
+	cr_assert_str_eq(str_at(&r, "businesses.shop.version"), v);
+	reply_free(&r);
+	// and across a restart of the whole service
+	d_stop(&d);
+	d_restart(&d);
+	send_ok("{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"page_view\"}");
+	cr_assert_str_eq(version_of("shop"), v);
 }

@@ -3,8 +3,8 @@
 //  - as a request line: JSON text → a JSON object → msgpack, which must be
 //    one well-formed msgpack value that decodes back to the same JSON, and
 //    which the server's request decoder then reads;
-//  - as a reply: msgpack bytes → JSON → the printed text, which must parse
-//    again as JSON.
+//  - as a reply: msgpack bytes → JSON → the printed text, which must be
+//    there for any map or array and parse again as JSON.
 #include <jansson.h>
 #include <msgpack.h>
 #include <stdint.h>
@@ -78,16 +78,24 @@ as_reply(const uint8_t *data, size_t size)
 		for (int pretty = 0; pretty < 2; pretty++) {
 			char *s = json_dumps(j, JSON_REAL_PRECISION(15) |
 			        (pretty ? JSON_INDENT(2) : JSON_COMPACT));
-			if (s != NULL) {
-				json_error_t err;
-				// what is printed is JSON (with \u0000 in strings, which
-				// jansson refuses unless asked)
-				json_t *again = json_loads(s,
-				    JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
-				FUZZ_ASSERT(again != NULL);
-				json_decref(again);
-				free(s);
+			// whatever the map or array, it prints (json_dumps
+			// writes nothing else, and a reply is a map)
+			if (s == NULL) {
+				FUZZ_ASSERT(!json_is_object(j) && !json_is_array(j));
+				continue;
 			}
+			// and what is printed is JSON. jansson reads \u0000 back
+			// in a string only when asked, and never in a key: every
+			// \u0000 becomes \u0001 (as the text of an escaped
+			// backslash, "\\u0000" stays as valid as it was)
+			for (char *z = s; (z = strstr(z, "\\u0000")) != NULL;) {
+				z[5] = '1';
+			}
+			json_error_t err;
+			json_t *again = json_loads(s, JSON_DECODE_ANY, &err);
+			FUZZ_ASSERT(again != NULL);
+			json_decref(again);
+			free(s);
 		}
 		(void) json_is_true(json_object_get(j, "ok"));
 		json_decref(j);

@@ -1,9 +1,11 @@
 // The request codec: every way a request can be refused, and the defaults.
 #include <criterion/criterion.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/codec.h"
 #include "core/err.h"
+#include "core/utf8.h"
 
 static msgpack_sbuffer buf;
 static msgpack_packer  pk;
@@ -140,6 +142,28 @@ Test(codec, trailing_bytes)
 	event3(0);
 	msgpack_pack_int(&pk, 1);
 	REFUSED("trailing");
+	// they follow the map: no field of it is to blame
+	cr_assert_null(strstr(doc.errmsg, "field"), "%s", doc.errmsg);
+	cr_assert_str_eq(doc.errmsg, "not a valid msgpack message: trailing "
+	                             "bytes after the msgpack map");
+}
+
+Test(codec, the_field_whose_value_is_cut_short_is_named)
+{
+	// the last value truncated: that field; a key cut short: no field
+	event3(1);
+	key("data");
+	msgpack_pack_map(&pk, 2);
+	kv("a", "b");
+	cr_assert_eq(decode(), CH_EBADREQ);
+	cr_assert_not_null(strstr(doc.errmsg, "field 'data': truncated"), "%s",
+	    doc.errmsg);
+	ch_doc_fini(&doc);
+	msgpack_sbuffer_clear(&buf);
+	event3(1);
+	cr_assert_eq(decode(), CH_EBADREQ);
+	cr_assert_str_eq(doc.errmsg, "not a valid msgpack message: truncated "
+	                             "msgpack");
 }
 
 Test(codec, truncated)
@@ -314,6 +338,138 @@ Test(codec, field_lengths)
 	msgpack_unpacked_init(&doc.up);
 }
 
+// with: an event whose field f holds v[0..n) (a fourth field, or one of
+// the three replaced).
+static void
+with(const char *f, const char *v, size_t n)
+{
+	const char *req[] = { "business", "customer", "type" };
+	const char *val[] = { "shop", "c1", "t" };
+	bool        own   = true;
+	for (int i = 0; i < 3; i++) {
+		own = own && strcmp(req[i], f) != 0;
+	}
+	msgpack_pack_map(&pk, own ? 4 : 3);
+	for (int i = 0; i < 3; i++) {
+		key(req[i]);
+		bool here = strcmp(req[i], f) == 0;
+		msgpack_pack_str(&pk, here ? n : strlen(val[i]));
+		msgpack_pack_str_body(&pk, here ? v : val[i],
+		    here ? n : strlen(val[i]));
+	}
+	if (own) {
+		key(f);
+		msgpack_pack_str(&pk, n);
+		msgpack_pack_str_body(&pk, v, n);
+	}
+}
+
+Test(codec, identifiers_are_utf8_without_nul)
+{
+	const char *fields[] = { "business", "customer", "type", "id",
+		"channel", "region", "product", "token", "journey", "version" };
+	const struct {
+		const char *v;
+		size_t      n;
+	} bad[] = { { "a\0b", 3 }, { "\0", 1 }, { "ab\0", 3 }, { "\xff", 1 },
+		{ "a\xc3", 2 }, { "\xc0\xaf", 2 }, { "\xed\xa0\x80", 3 },
+		{ "\xf4\x90\x80\x80", 4 }, { "\x80" "abc", 4 } };
+	for (size_t f = 0; f < sizeof(fields) / sizeof(fields[0]); f++) {
+		for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+			msgpack_sbuffer_clear(&buf);
+			with(fields[f], bad[b].v, bad[b].n);
+			cr_assert_eq(decode(), CH_EBADREQ, "%s, bad[%zu]",
+			    fields[f], b);
+			char want[64];
+			snprintf(want, sizeof(want), "field '%s'", fields[f]);
+			cr_assert_not_null(strstr(doc.errmsg, want), "%s",
+			    doc.errmsg);
+			ch_doc_fini(&doc);
+		}
+		if (strcmp(fields[f], "business") != 0) {
+			msgpack_sbuffer_clear(&buf);
+			with(fields[f], "Zoë ✓ 顧客", strlen("Zoë ✓ 顧客"));
+			cr_assert_eq(decode(), CH_OK, "%s: %s", fields[f],
+			    doc.errmsg);
+			ch_doc_fini(&doc);
+		}
+	}
+	memset(&doc, 0, sizeof(doc));
+	msgpack_unpacked_init(&doc.up);
+}
+
+Test(codec, a_nul_in_a_customer_is_named)
+{
+	with("customer", "victim\0zz", 9);
+	REFUSED("field 'customer' must be valid UTF-8 without NUL bytes");
+}
+
+// data_event: an event whose data is the map packed by the caller next.
+static void
+data_event(void)
+{
+	event3(1);
+	key("data");
+}
+
+Test(codec, strings_in_data_are_utf8_and_the_path_is_named)
+{
+	data_event();
+	msgpack_pack_map(&pk, 2);
+	kv("ok", "Zoë");
+	key("list");
+	msgpack_pack_array(&pk, 3);
+	msgpack_pack_int(&pk, 1);
+	msgpack_pack_map(&pk, 1);
+	key("note");
+	msgpack_pack_str(&pk, 2);
+	msgpack_pack_str_body(&pk, "a\xff", 2);
+	msgpack_pack_nil(&pk);
+	REFUSED("field 'data': the string at data.list[1].note is not valid "
+	        "UTF-8");
+}
+
+Test(codec, a_key_in_data_that_is_not_utf8_is_named)
+{
+	data_event();
+	msgpack_pack_map(&pk, 1);
+	key("profile");
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 2);
+	msgpack_pack_str_body(&pk, "\xc3(", 2);
+	msgpack_pack_int(&pk, 1);
+	REFUSED("field 'data': a key of data.profile is not valid UTF-8");
+}
+
+Test(codec, bin_in_data_is_bytes_and_nul_in_a_data_string_is_text)
+{
+	data_event();
+	msgpack_pack_map(&pk, 2);
+	key("blob");
+	msgpack_pack_bin(&pk, 3);
+	msgpack_pack_bin_body(&pk, "\xff\0\xc3", 3);
+	key("text");
+	msgpack_pack_str(&pk, 3);
+	msgpack_pack_str_body(&pk, "a\0b", 3);
+	cr_assert_eq(decode(), CH_OK, "%s", doc.errmsg);
+}
+
+Test(codec, a_long_path_is_cut_between_characters)
+{
+	data_event();
+	for (int i = 0; i < 20; i++) {
+		msgpack_pack_map(&pk, 1);
+		key("ééééé");
+	}
+	msgpack_pack_str(&pk, 1);
+	msgpack_pack_str_body(&pk, "\xff", 1);
+	cr_assert_eq(decode(), CH_EBADREQ);
+	cr_assert(ch_utf8_valid(doc.errmsg, strlen(doc.errmsg)), "%s",
+	    doc.errmsg);
+	cr_assert_not_null(strstr(doc.errmsg, "data.ééééé.ééééé"), "%s",
+	    doc.errmsg);
+}
+
 Test(codec, a_300k_field)
 {
 	sized("customer", 300 * 1024);
@@ -443,6 +599,70 @@ Test(codec, pack_error_reads_back)
 	cr_assert_eq(memcmp(err->via.map.ptr[0].val.via.str.ptr, "not_found", 9),
 	    0);
 	msgpack_unpacked_destroy(&up);
+}
+
+Test(codec, packed_strings_are_utf8_whatever_they_quote)
+{
+	ch_pack_error(&pk, CH_ERULE, "rules/x.lua:3: cannot use caf\xe9 \xc3");
+	ch_pack_strn(&pk, "é\0ok", 5);
+	msgpack_unpacked up;
+	size_t           off = 0;
+	msgpack_unpacked_init(&up);
+	cr_assert_eq(msgpack_unpack_next(&up, buf.data, buf.size, &off),
+	    MSGPACK_UNPACK_SUCCESS);
+	const msgpack_object *m = ch_mp_get(ch_mp_get(&up.data, "error",
+	                                        MSGPACK_OBJECT_MAP),
+	    "message", MSGPACK_OBJECT_STR);
+	cr_assert_not_null(m);
+	cr_assert_eq(m->via.str.size, strlen("rules/x.lua:3: cannot use "
+	                                     "caf\\xe9 \\xc3"));
+	cr_assert_eq(memcmp(m->via.str.ptr,
+	                 "rules/x.lua:3: cannot use caf\\xe9 \\xc3",
+	                 m->via.str.size),
+	    0);
+	// valid text goes as it is, NUL included
+	cr_assert_eq(msgpack_unpack_next(&up, buf.data, buf.size, &off),
+	    MSGPACK_UNPACK_SUCCESS);
+	cr_assert_eq(up.data.type, MSGPACK_OBJECT_STR);
+	cr_assert_eq(up.data.via.str.size, 5);
+	cr_assert_eq(memcmp(up.data.via.str.ptr, "é\0ok", 5), 0);
+	msgpack_unpacked_destroy(&up);
+}
+
+Test(codec, a_long_string_is_escaped_in_pieces_alike)
+{
+	// whole characters across the pieces ch_pack_strn escapes at a time
+	char in[1200];
+	size_t n = 0;
+	for (int i = 0; i < 150; i++) {
+		memcpy(in + n, i % 7 == 3 ? "\xff" : "\xe2\x9c\x93", i % 7 == 3 ? 1 : 3);
+		n += i % 7 == 3 ? 1 : 3;
+		in[n++] = (char) ('a' + i % 26);
+	}
+	ch_pack_strn(&pk, in, n);
+	size_t want = ch_utf8_escape(NULL, 0, in, n, false);
+	char  *all  = malloc(want + 1);
+	ch_utf8_escape(all, want + 1, in, n, false);
+	cr_assert_eq(ch_pack_strn_len(in, n), 5 + want);
+	msgpack_unpacked up;
+	msgpack_unpacked_init(&up);
+	cr_assert_eq(msgpack_unpack_next(&up, buf.data, buf.size, NULL),
+	    MSGPACK_UNPACK_SUCCESS);
+	cr_assert_eq(up.data.type, MSGPACK_OBJECT_STR);
+	cr_assert_eq(up.data.via.str.size, want);
+	cr_assert_eq(memcmp(up.data.via.str.ptr, all, want), 0);
+	cr_assert(ch_utf8_valid(up.data.via.str.ptr, want));
+	msgpack_unpacked_destroy(&up);
+	free(all);
+}
+
+Test(codec, an_unknown_op_is_quoted_as_text)
+{
+	msgpack_pack_map(&pk, 1);
+	key("op");
+	msgpack_pack_str(&pk, 4);
+	msgpack_pack_str_body(&pk, "\xff\0\xc3\xa9", 4);
+	REFUSED("unknown op '\\xff\\x00é'");
 }
 
 Test(codec, prescan_agrees_with_the_unpacker)

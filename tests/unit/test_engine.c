@@ -142,6 +142,39 @@ age_entries(void)
 	return (ms.ms_entries);
 }
 
+static size_t
+entries(enum ch_db db)
+{
+	MDB_txn *txn;
+	MDB_stat ms;
+	cr_assert_eq(mdb_txn_begin(ch_store_env(st), NULL, MDB_RDONLY, &txn), 0);
+	cr_assert_eq(mdb_stat(txn, ch_store_dbi(st, db), &ms), 0);
+	mdb_txn_abort(txn);
+	return (ms.ms_entries);
+}
+
+Test(engine, a_timer_key_that_reads_two_ways_is_dropped_not_run)
+{
+	// written before customer ids were refused with a NUL: the timer of
+	// 'victim\0zz' named 'a:x'; read up to the first NUL, it would run
+	// on 'victim' with the name 'zz\0a:x'
+	char     key[CH_TIMER_KEY_MAX];
+	size_t   kl = ch_timer_key(key, sizeof(key), clock_ms - 1, S("shop"),
+	      (ch_str) { "victim\0zz", 9 }, S("a:x"));
+	MDB_txn *txn;
+	cr_assert_eq(ch_store_begin(st, NULL, &txn), CH_OK);
+	const char val[] = "\x81\xa4type\xa1x"; // {type = "x"}
+	cr_assert_eq(ch_store_put(st, txn, CH_DB_TIMERS, key, kl, val,
+	                 sizeof(val) - 1),
+	    CH_OK);
+	cr_assert_eq(ch_store_commit(st, txn), CH_OK);
+	cr_assert_eq(entries(CH_DB_TIMERS), 1);
+	ch_engine_fire_timers(eng);
+	cr_assert_eq(entries(CH_DB_TIMERS), 0, "the record is gone");
+	cr_assert_eq(entries(CH_DB_CUSTOMERS), 0,
+	    "the timer ran as an event of another customer");
+}
+
 Test(engine, an_id_is_a_duplicate_within_the_window_only)
 {
 	cr_assert_not(event("e1"));
@@ -299,4 +332,27 @@ Test(engine, stats_count_the_funnel_scores_and_impressions)
 	cr_assert_eq(num(s, "journeys.buy.stages.look.current"), 0);
 	cr_assert_eq(num(s, "journeys.buy.stages.look.entered"), 2);
 	json_decref(s);
+}
+
+// The time to the goal runs from the journey's first move, however much of
+// the history was trimmed on the way (20 moves are kept).
+Test(engine, the_time_to_the_goal_outlives_the_trimmed_history)
+{
+	for (int i = 0; i < 300; i++) {
+		ev("c1", i % 2 ? "cart" : "look", NULL, NULL);
+		clock_ms += 60000;
+	}
+	ev("c1", "paid", NULL, NULL);
+	json_t *s = request(CH_OP_STATS, NULL, NULL, NULL, NULL, "buy");
+	double p50 = num(s, "journeys.buy.elapsed_ms.p50");
+	cr_assert(p50 > 300 * 60000 / 1.2 && p50 < 300 * 60000 * 1.2, "p50 %f",
+	    p50);
+	cr_assert_eq(num(s, "journeys.buy.stages.look.entered"), 150);
+	cr_assert_eq(num(s, "journeys.buy.stages.cart.entered"), 150);
+	json_decref(s);
+	json_t *g = request(CH_OP_GET, "c1", NULL, NULL, NULL, NULL);
+	cr_assert_eq(num(g, "customer.journeys.buy.moves"), 301);
+	cr_assert_eq(num(g, "customer.journeys.buy.entered.look"), 150);
+	cr_assert_eq(num(g, "customer.journeys.buy.entered.paid"), 1);
+	json_decref(g);
 }

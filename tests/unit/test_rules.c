@@ -283,6 +283,131 @@ Test(rules, advance_records_history_and_names_unknown_stages)
 	    err);
 }
 
+// A journey keeps the newest history.keep moves (20 unless declared), none
+// older than history.max_age; moves, entered and started_at count every move
+// whatever was trimmed.
+Test(rules, the_history_is_capped_and_its_counts_are_exact)
+{
+	write_file("shop", "10.lua",
+	    "journey 'loop' { stages = { 'a', 'b', 'c' }, goal = 'c' }\n"
+	    "journey 'short' { stages = { 'a', 'b' },\n"
+	    "  history = { keep = 5, max_age = '1h' } }\n"
+	    "on('flip', function(c)\n"
+	    "  local s = c:stage('loop') == 'a' and 'b' or 'a'\n"
+	    "  c:advance('loop', s)\n"
+	    "  c:advance('short', s)\n"
+	    "end)\n");
+	load();
+	int64_t start = now;
+	size_t  size_at[2] = { 0, 0 };
+	for (int i = 1; i <= 3000; i++) {
+		ok("shop", (ev) { .type = "flip", .nodecide = true });
+		if (i == 1000 || i == 3000) {
+			size_at[i / 3000] = st_in.size;
+		}
+		now += 60000;
+	}
+	// bounded: 2000 more moves add nothing but a few bytes of counts
+	cr_assert_lt(size_at[1], 1024, "state of %zu bytes", size_at[1]);
+	cr_assert_leq(size_at[1], size_at[0] + 8, "%zu then %zu", size_at[0],
+	    size_at[1]);
+	cr_assert_eq(json_array_size(at(last_state, "journeys.loop.history")),
+	    20);
+	// the newest 20: moves 2981 (an 'a', as every odd one) to 3000
+	cr_assert_str_eq(str_at(last_state, "journeys.loop.history.0.stage"),
+	    "a");
+	cr_assert_eq(num_at(last_state, "journeys.loop.history.0.at"),
+	    (double) (start + 2980 * 60000LL));
+	cr_assert_eq(num_at(last_state, "journeys.loop.history.19.at"),
+	    (double) (start + 2999 * 60000LL));
+	cr_assert_eq(num_at(last_state, "journeys.loop.moves"), 3000);
+	cr_assert_eq(num_at(last_state, "journeys.loop.entered.a"), 1500);
+	cr_assert_eq(num_at(last_state, "journeys.loop.entered.b"), 1500);
+	cr_assert_null(at(last_state, "journeys.loop.entered.c"));
+	cr_assert_eq(num_at(last_state, "journeys.loop.started_at"),
+	    (double) start);
+	// keep = 5; a minute apart, none is older than max_age
+	cr_assert_eq(json_array_size(at(last_state, "journeys.short.history")),
+	    5);
+	cr_assert_eq(num_at(last_state, "journeys.short.moves"), 3000);
+	// two hours later, the move leaves only itself
+	now += 2 * 3600 * 1000;
+	ok("shop", (ev) { .type = "flip", .nodecide = true });
+	cr_assert_eq(json_array_size(at(last_state, "journeys.short.history")),
+	    1);
+	cr_assert_eq(num_at(last_state, "journeys.short.history.0.at"),
+	    (double) now);
+	cr_assert_eq(num_at(last_state, "journeys.short.moves"), 3001);
+	cr_assert_eq(num_at(last_state, "journeys.short.entered.a"), 1501);
+	cr_assert_eq(json_array_size(at(last_state, "journeys.loop.history")),
+	    20);
+}
+
+// A variation may change a journey's history settings like any other.
+Test(rules, a_variation_changes_the_history_kept)
+{
+	write_file("shop", "10.lua",
+	    "journey 'j' { stages = { 'a', 'b' }, history = { keep = 10 } }\n"
+	    "variation { region = 'EU' } { journey 'j' { history = { keep = 3 } } }\n"
+	    "on('flip', function(c)\n"
+	    "  c:advance('j', c:stage('j') == 'a' and 'b' or 'a')\n"
+	    "end)\n");
+	load();
+	for (int i = 0; i < 20; i++) {
+		ok("shop", (ev) { .type = "flip", .nodecide = true });
+		now += 1000;
+	}
+	cr_assert_eq(json_array_size(at(last_state, "journeys.j.history")), 10);
+	ok("shop", (ev) { .type = "flip", .region = "EU", .nodecide = true });
+	cr_assert_eq(json_array_size(at(last_state, "journeys.j.history")), 3);
+	cr_assert_eq(num_at(last_state, "journeys.j.moves"), 21);
+}
+
+// A state stored before the counts were kept: they are made from its
+// history at the next move, before it is trimmed.
+Test(rules, a_long_history_stored_before_the_counts_gets_them)
+{
+	write_file("shop", "10.lua",
+	    "journey 'j' { stages = { 'a', 'b' } }\n"
+	    "on('b', function(c) c:advance('j', 'b') end)\n");
+	load();
+	msgpack_packer pk;
+	msgpack_sbuffer_clear(&st_in);
+	msgpack_packer_init(&pk, &st_in, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 6);
+	msgpack_pack_str_with_body(&pk, "id", 2);
+	msgpack_pack_str_with_body(&pk, "c1", 2);
+	const char *empty[] = { "attrs", "counters", "cases", "actions" };
+	for (int i = 0; i < 4; i++) {
+		msgpack_pack_str_with_body(&pk, empty[i], strlen(empty[i]));
+		msgpack_pack_map(&pk, 0);
+	}
+	msgpack_pack_str_with_body(&pk, "journeys", 8);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str_with_body(&pk, "j", 1);
+	msgpack_pack_map(&pk, 3);
+	msgpack_pack_str_with_body(&pk, "stage", 5);
+	msgpack_pack_str_with_body(&pk, "a", 1);
+	msgpack_pack_str_with_body(&pk, "since", 5);
+	msgpack_pack_int64(&pk, now - 1000);
+	msgpack_pack_str_with_body(&pk, "history", 7);
+	msgpack_pack_array(&pk, 501);
+	for (int i = 0; i < 501; i++) {
+		msgpack_pack_map(&pk, 2);
+		msgpack_pack_str_with_body(&pk, "stage", 5);
+		msgpack_pack_str_with_body(&pk, i % 2 ? "b" : "a", 1);
+		msgpack_pack_str_with_body(&pk, "at", 2);
+		msgpack_pack_int64(&pk, now - 1000 * (501 - i));
+	}
+	ok("shop", (ev) { .type = "b", .nodecide = true });
+	cr_assert_eq(json_array_size(at(last_state, "journeys.j.history")), 20);
+	cr_assert_eq(num_at(last_state, "journeys.j.moves"), 502);
+	cr_assert_eq(num_at(last_state, "journeys.j.entered.a"), 251);
+	cr_assert_eq(num_at(last_state, "journeys.j.entered.b"), 251);
+	cr_assert_eq(num_at(last_state, "journeys.j.started_at"),
+	    (double) (now - 501000));
+}
+
 Test(rules, runtime_errors_carry_file_and_line)
 {
 	write_file("shop", "10.lua", BASE);
@@ -366,6 +491,201 @@ Test(rules, bad_duration)
 {
 	expect_load_error("case 'c' { sla = '2 days' }\n",
 	    "must be a duration", 1);
+}
+
+Test(rules, bad_history_settings)
+{
+	expect_load_error("journey 'j' { stages = { 'a' },\n"
+	                  "  history = { keep = -1 } }\n",
+	    "journey 'j': history.keep must be a whole number from 1 to 1000, got -1",
+	    1);
+	expect_load_error("\njourney 'j' { stages = { 'a' }, history = { keep = 'ten' } }\n",
+	    "journey 'j': history.keep must be a whole number from 1 to 1000, got string",
+	    2);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = { keep = 2.5 } }\n",
+	    "history.keep must be a whole number from 1 to 1000, got 2.5", 1);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = { keep = 0/0 } }\n",
+	    "history.keep must be a whole number from 1 to 1000", 1);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = { max_age = '90 days' } }\n",
+	    "journey 'j': history.max_age must be a duration", 1);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = { max_age = 90 } }\n",
+	    "journey 'j': history.max_age must be a duration", 1);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = { kept = 5 } }\n",
+	    "journey 'j': history: unknown field 'kept' (known fields: keep, max_age)",
+	    1);
+	expect_load_error("journey 'j' { stages = { 'a' }, history = 100 }\n",
+	    "journey 'j': history must be a table such as { keep = 20, max_age = \"180d\" }, got integer",
+	    1);
+	expect_load_error("journey 'j' { stages = { 'a' } }\n"
+	                  "variation { region = 'EU' } {\n"
+	                  "  journey 'j' { history = { keep = 5000 } } }\n",
+	    "journey 'j': history.keep must be a whole number from 1 to 1000, got 5000",
+	    3);
+}
+
+// NaN and the infinities are no value, weight, prior, limit, lever, budget,
+// param or payload number: each is a load error at its line, base or
+// variation.
+Test(rules, numbers_in_declarations_are_finite)
+{
+	expect_load_error("action 'a' { value = 0/0 }\n",
+	    "action 'a': value must be a finite number, got NaN", 1);
+	expect_load_error("\naction 'a' { value = 1, weight = math.huge }\n",
+	    "action 'a': weight must be a finite number, got infinity", 2);
+	expect_load_error("action 'a' { value = -1/0 }\n",
+	    "action 'a': value must be a finite number, got -infinity", 1);
+	expect_load_error("action 'a' { value = 1, prior = 0/0 }\n",
+	    "action 'a': prior must be a number between 0 and 1, got NaN", 1);
+	expect_load_error("action 'a' { value = 1,\n"
+	                  "  limits = { max_impressions = 0/0 } }\n",
+	    "action 'a': limits.max_impressions must be a finite number of 0 or "
+	    "more, got NaN", 1);
+	expect_load_error("action 'a' { value = 1, limits = { per_day = math.huge } }\n",
+	    "action 'a': limits.per_day must be a finite number of 0 or more, "
+	    "got infinity", 1);
+	expect_load_error("action 'a' { value = 1, limits = { stop_after_rejects = -2 } }\n",
+	    "action 'a': limits.stop_after_rejects must be a finite number of 0 "
+	    "or more, got -2", 1);
+	expect_load_error("action 'a' { value = 1,\n"
+	                  "  payload = { title = 'x', price = { eur = 0/0 } } }\n",
+	    "action 'a': payload.price.eur must be a finite number, got NaN", 1);
+	expect_load_error("action 'a' { value = 1 }\nlevers { a = 0/0 }\n",
+	    "levers: 'a' must be a finite number of 0 or more, got NaN", 2);
+	expect_load_error("contact_policy { max_per_day = math.huge }\n",
+	    "max_per_day must be a finite number, got infinity", 1);
+	expect_load_error("contact_policy { per_channel = { sms = 0/0 } }\n",
+	    "per_channel: 'sms' must be a finite number of 0 or more, got NaN", 1);
+	expect_load_error("max_per_group(0/0)\n",
+	    "max_per_group: expected a finite number of at least 1, got NaN", 1);
+	expect_load_error("params { price = 9.99,\n  fee = 0/0 }\n",
+	    "params: 'fee' must be a finite number, got NaN", 1);
+	expect_load_error("params { tiers = { gold = { fee = math.huge } } }\n",
+	    "params: 'tiers.gold.fee' must be a finite number, got infinity", 1);
+	expect_load_error("case 'c' { sla = '99999999999d' }\n",
+	    "case 'c': sla must be a duration of at most 100 years, got \"99999999999d\"",
+	    1);
+	// a variation's overrides and params
+	expect_load_error("action 'a' { value = 1 }\n"
+	                  "variation { region = 'EU' } {\n"
+	                  "  action 'a' { value = 0/0 } }\n",
+	    "action 'a': value must be a finite number, got NaN", 3);
+	expect_load_error("params { v = 1 }\n"
+	                  "action 'a' { value = params.v }\n"
+	                  "variation { region = 'EU' } {\n"
+	                  "  params { v = 1/0 } }\n",
+	    "params: 'v' must be a finite number, got infinity", 4);
+}
+
+// At run time, numbers that reach the analytics must be finite too.
+Test(rules, scores_and_counts_are_finite)
+{
+	write_file("shop", "10.lua",
+	    "journey 'j' { stages = { 'a' } }\n"
+	    "on('x', function(c, e)\n"
+	    "  c:advance('j', 'a')\n"
+	    "  c:score('j', 'csat', e.data.v / e.data.d)\n"
+	    "end)\n"
+	    "on('n', function(c, e)\n"
+	    "  c:count('clicks', e.data.v / e.data.d)\n"
+	    "end)\n");
+	load();
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "x", .nodecide = true,
+	                                .data_json = "{\"v\": 0, \"d\": 0}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:4: c:score('j', 'csat', value): "
+	                               "value must be a finite number, got NaN"),
+	    "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "n", .nodecide = true,
+	                                .data_json = "{\"v\": 1, \"d\": 0}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:7: c:count('clicks', n): n must "
+	                               "be a finite number, got infinity"),
+	    "%s", err);
+}
+
+// Names go into the store's keys and analytics counters joined with NUL
+// bytes, so each must be text: valid UTF-8 without NUL.
+Test(rules, declared_names_must_be_text)
+{
+	const struct {
+		const char *src, *msg;
+		int         line;
+	} cases[] = {
+		{ "journey 'a\\0b' { stages = { 'x' } }\n",
+		    "journey: a name must be valid UTF-8 without NUL bytes, got "
+		    "\"a\\0b\"",
+		    1 },
+		{ "\njourney 'j' { stages = { 'x', 'y\\255' } }\n",
+		    "journey 'j': stages: each must be valid UTF-8 without NUL",
+		    2 },
+		{ "action '\\xff' { value = 1 }\n",
+		    "action: a name must be valid UTF-8", 1 },
+		{ "action 'a' { value = 1,\n channels = { 'web\\0' } }\n",
+		    "action 'a': channels: each must be valid UTF-8", 1 },
+		{ "action 'a' { value = 1, group = 'g\\0' }\n",
+		    "action 'a': group must be valid UTF-8 without NUL", 1 },
+		{ "case 'k\\0' { sla = '1h' }\n", "case: a name must be", 1 },
+		{ "on('x\\0y', function(c) end)\n",
+		    "on: the event type must be valid UTF-8", 1 },
+		{ "variation { region = 'EU\\0' } { }\n",
+		    "variation: region must be valid UTF-8", 1 },
+		{ "variation { channel = '' } { }\n",
+		    "variation: channel must be a string, got \"\"", 1 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		expect_load_error(cases[i].src, cases[i].msg, cases[i].line);
+	}
+}
+
+Test(rules, names_given_at_run_time_must_be_text)
+{
+	write_file("shop", "10.lua", BASE);
+	write_file("shop", "20.lua",
+	    "on('timer', function(c) c:after('1h', 'x\\0y') end)\n"
+	    "on('emit', function(c) c:emit('a\\255', {}) end)\n"
+	    "on('score', function(c)\n"
+	    "  c:advance('onboarding', 'visitor')\n"
+	    "  c:score('onboarding', 'csat\\0', 5)\n"
+	    "end)\n"
+	    "on('count', function(c) c:count('n\\0') end)\n"
+	    "on('cohort', function(c) c:cohort('\\xc3', { a = 1 }) end)\n"
+	    "on('region', function(c, e)\n"
+	    "  c.attrs.region = 'EU\\0x'\n"
+	    "end)\n"
+	    "on('channel', function(c, e) c.attrs.channel = '\\xff' end)\n"
+	    "on('fine', function(c, e)\n"
+	    "  c:count('Zoë ✓')\n"
+	    "  c.attrs.region = 'Ελλάδα'\n"
+	    "end)\n");
+	load();
+	const struct {
+		const char *type, *msg;
+	} cases[] = {
+		{ "timer", "20.lua:1: c:after: the event type must be valid UTF-8 "
+		           "without NUL bytes, got \"x\\0y\"" },
+		{ "emit", "20.lua:2: c:emit: the name must be valid UTF-8" },
+		{ "score", "20.lua:5: c:score: the metric must be valid UTF-8" },
+		{ "count", "20.lua:7: c:count: the counter name must be valid" },
+		{ "cohort", "20.lua:8: c:cohort: the experiment name must be" },
+		{ "region", "20.lua:9: c.attrs.region is the customer's region and "
+		            "must be valid UTF-8 without NUL bytes (left there by "
+		            "this handler for 'region')" },
+		{ "channel", "20.lua:12: c.attrs.channel is the customer's channel" },
+	};
+	char err[600];
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cr_assert_eq(run("shop", (ev) { .type = cases[i].type }, err,
+		                 sizeof(err)),
+		    CH_ERULE, "%s", cases[i].type);
+		cr_assert_not_null(strstr(err, cases[i].msg), "%s: '%s' should say "
+		                                              "'%s'",
+		    cases[i].type, err, cases[i].msg);
+	}
+	ok("shop", (ev) { .type = "fine", .nodecide = true });
+	cr_assert_eq(num_at(last_state, "counters.Zoë ✓"), 1);
 }
 
 Test(rules, nba_filters_and_scores)
@@ -461,6 +781,35 @@ Test(rules, variations_apply_least_to_most_specific_and_merge_fields)
 	cr_assert_eq(num_at(last_reply, "emitted.0.data.q"), 8.99);
 }
 
+// A field that names a param may be overridden by a variation with
+// another param; the contact policy's numbers may name params too.
+Test(rules, params_references_in_overrides_and_the_contact_policy)
+{
+	write_file("shop", "10.lua",
+	    "params { a = 1, b = 2, per_day = 1 }\n"
+	    "contact_policy { max_per_day = params.per_day }\n"
+	    "action 'x' { value = 2, payload = { price = params.a } }\n"
+	    "action 'y' { value = 1 }\n"
+	    "variation { region = 'EU' } {\n"
+	    "  params { per_day = 2 },\n"
+	    "  action 'x' { payload = { price = params.b } } }\n");
+	load();
+	ok("shop", (ev) { .limit = 2 });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 1);
+	cr_assert_eq(num_at(last_reply, "actions.0.payload.price"), 1);
+	ok("shop", (ev) { .limit = 2 });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 0,
+	    "one contact a day");
+	now += 25 * 3600 * 1000;
+	ok("shop", (ev) { .region = "EU", .limit = 2 });
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 2);
+	cr_assert_eq(num_at(last_reply, "actions.0.payload.price"), 2);
+	expect_load_error("params { n = 1 }\n"
+	                  "contact_policy { max_per_day = params.n }\n"
+	                  "variation { region = 'EU' } { params { n = 'lots' } }\n",
+	    "max_per_day must be a number, got string", 3);
+}
+
 Test(rules, the_circumstance_falls_back_to_attrs)
 {
 	write_file("shop", "10.lua", VARIATIONS);
@@ -470,6 +819,63 @@ Test(rules, the_circumstance_falls_back_to_attrs)
 	ok("shop", (ev) { .type = "move", .data_json = "{\"region\":\"EU\"}",
 	                   .channel = "app", .norecord = true });
 	cr_assert_eq(num_at(last_reply, "actions.0.payload.price"), 8.99);
+}
+
+Test(rules, the_handler_that_left_a_value_that_cannot_be_stored_is_named)
+{
+	write_file("shop", "10.lua",
+	    "on('*', function(c, e)\n"
+	    "  if e.data.first then c.attrs.f = print end\n"
+	    "end)\n"
+	    "on('x', function(c, e)\n"
+	    "  if e.data.second then c.attrs.list = { 1, print } end\n"
+	    "end)\n"
+	    "on('y', function(c, e)\n"
+	    "  c.attrs[e.data.key and {} or 'ok'] = 1\n"
+	    "end)\n");
+	load();
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = "x", .data_json = "{\"first\":1}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:1: c.attrs.f: cannot store a "
+	                               "value of type function (left there by "
+	                               "this handler for 'x')"),
+	    "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "x", .data_json = "{\"second\":1}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:4: c.attrs.list[2]: cannot store"),
+	    "%s", err);
+	cr_assert_eq(run("shop", (ev) { .type = "y", .data_json = "{\"key\":1}" },
+	                 err, sizeof(err)),
+	    CH_ERULE);
+	cr_assert_not_null(strstr(err, "10.lua:7: c.attrs: a table key must be"),
+	    "%s", err);
+	// and nothing of it was kept
+	ok("shop", (ev) { .type = "y", .nodecide = true });
+	cr_assert_null(at(last_state, "attrs.f"));
+	cr_assert_eq(num_at(last_state, "attrs.ok"), 1);
+}
+
+static bool has(const char *name);
+
+Test(rules, circumstances_that_join_alike_have_their_own_views)
+{
+	// region 'a' with channel 'b\1', and region 'a\1b' alone, once made
+	// the same key of the views' cache
+	write_file("shop", "10.lua",
+	    "action 'base' { value = 1 }\n"
+	    "variation { region = 'a', channel = 'b\\1' } {\n"
+	    "  action 'only_there' { value = 99 },\n"
+	    "}\n");
+	load();
+	ok("shop", (ev) { .type = "x", .region = "a", .channel = "b\1",
+	                   .norecord = true });
+	cr_assert(has("only_there"));
+	ok("shop", (ev) { .type = "x", .region = "a\1" "b", .norecord = true });
+	cr_assert_not(has("only_there"), "the variation of another "
+	                                 "circumstance applied");
 }
 
 static const char LIMITS[] =
@@ -620,19 +1026,182 @@ Test(rules, levers_max_per_group_and_arbitrate)
 	cr_assert_str_eq(str_at(last_reply, "actions.0.name"), "b");
 }
 
-Test(rules, a_propensity_that_is_not_a_number_names_its_line)
+// A propensity(c) or eligible(c) answering with the wrong kind of value
+// is an error at the line where the analyst wrote the function, whichever
+// way the decision asks it: lazily, with explain, or for arbitrate.
+static const char WRONG[] =
+    "on('set', function(c, e) c.attrs.p = e.data.p; c.attrs.e = e.data.e end)\n"
+    "action 'a' { value = 10,\n"
+    "  propensity = function(c)\n"
+    "    if c.attrs.p == 'nan' then return 0/0 end\n"
+    "    if c.attrs.p == 'inf' then return math.huge end\n"
+    "    if c.attrs.p == 'nil' then return nil end\n"
+    "    return c.attrs.p\n"
+    "  end }\n"
+    "action 'b' { value = 5, eligible = function(c) return c.attrs.e end }\n";
+
+static void
+expect_wrong(const char *data, bool explain, const char *msg)
+{
+	char err[600];
+	ok("shop", (ev) { .type = "set", .nodecide = true, .data_json = data });
+	cr_assert_eq(run("shop", (ev) { .norecord = true, .explain = explain,
+	                                .limit = 2 },
+	                 err, sizeof(err)),
+	    CH_ERULE, "%s: %s", data, err);
+	cr_assert_not_null(strstr(err, msg), "%s: '%s' should say '%s'", data,
+	    err, msg);
+	cr_assert_null(strstr(err, "prelude"), "%s", err);
+	// an event's decision is asked the same way
+	cr_assert_eq(run("shop", (ev) { .type = "x", .explain = explain,
+	                                .limit = 2 },
+	                 err, sizeof(err)),
+	    CH_ERULE, "%s: %s", data, err);
+	cr_assert_not_null(strstr(err, msg), "%s: '%s' should say '%s'", data,
+	    err, msg);
+}
+
+static void
+expect_all_wrong(bool explain)
+{
+	expect_wrong("{\"p\": \"high\", \"e\": true}", explain,
+	    "10.lua:3: propensity of action 'a' returned a string, expected a "
+	    "number between 0 and 1");
+	expect_wrong("{\"p\": \"nan\", \"e\": true}", explain,
+	    "10.lua:3: propensity of action 'a' returned NaN, expected a number "
+	    "between 0 and 1");
+	expect_wrong("{\"p\": \"inf\", \"e\": true}", explain,
+	    "10.lua:3: propensity of action 'a' returned infinity, expected a "
+	    "number between 0 and 1");
+	expect_wrong("{\"p\": \"nil\", \"e\": true}", explain,
+	    "10.lua:3: propensity of action 'a' returned nil, expected a number "
+	    "between 0 and 1");
+	expect_wrong("{\"p\": 0.5, \"e\": 1}", explain,
+	    "10.lua:9: eligible of action 'b' returned a number, expected true "
+	    "or false");
+	expect_wrong("{\"p\": 0.5, \"e\": \"yes\"}", explain,
+	    "10.lua:9: eligible of action 'b' returned a string, expected true "
+	    "or false");
+	// right answers: a propensity is clamped, nil is not eligible
+	ok("shop", (ev) { .type = "set", .nodecide = true,
+	                  .data_json = "{\"p\": 7}" });
+	ok("shop", (ev) { .norecord = true, .explain = explain });
+	cr_assert_eq(num_at(last_reply, "actions.0.propensity"), 1);
+	cr_assert_eq(json_array_size(at(last_reply, "actions")), 1);
+}
+
+Test(rules, a_wrong_answer_of_a_predicate_names_its_line)
+{
+	write_file("shop", "10.lua", WRONG);
+	load();
+	expect_all_wrong(false);
+}
+
+Test(rules, a_wrong_answer_of_a_predicate_names_its_line_with_explain)
+{
+	write_file("shop", "10.lua", WRONG);
+	load();
+	expect_all_wrong(true);
+}
+
+Test(rules, a_wrong_answer_of_a_predicate_names_its_line_with_arbitrate)
+{
+	write_file("shop", "10.lua", WRONG);
+	write_file("shop", "20.lua",
+	    "arbitrate(function(c, cands) return cands end)\n");
+	load();
+	expect_all_wrong(false);
+}
+
+// What the prelude raises on the analyst's behalf names the analyst's
+// line, never the prelude's.
+static void
+expect_rule_error(const char *type, const char *msg)
+{
+	char err[600];
+	cr_assert_eq(run("shop", (ev) { .type = type, .nodecide = true }, err,
+	                 sizeof(err)),
+	    CH_ERULE, "%s: %s", type, err);
+	cr_assert_not_null(strstr(err, msg), "%s: '%s' should say '%s'", type,
+	    err, msg);
+	cr_assert_null(strstr(err, "prelude"), "%s: %s", type, err);
+}
+
+Test(rules, a_method_called_with_a_dot_names_the_line)
 {
 	write_file("shop", "10.lua",
-	    "action 'a' { value = 10,\n"
-	    "  propensity = function(c) return 'high' end }\n");
+	    "journey 'j' { stages = { 'a' } }\n"
+	    "on('advance', function(c) c.advance('j', 'a') end)\n"
+	    "on('stage', function(c) return c.stage('j') end)\n"
+	    "on('count', function(c) c.count('n') end)\n"
+	    "on('after', function(c)\n"
+	    "  c.after('1h', 'x')\n"
+	    "end)\n");
 	load();
-	char err[600];
-	cr_assert_eq(run("shop", (ev) { .norecord = true }, err, sizeof(err)),
-	    CH_ERULE);
-	cr_assert_not_null(strstr(err, "10.lua:2:"), "%s", err);
-	cr_assert_not_null(strstr(err, "action 'a': propensity(c) must return "
-	                                "a number, got string"),
-	    "%s", err);
+	expect_rule_error("advance", "10.lua:2: c.advance(...): call it with a "
+	                             "colon, c:advance(...)");
+	// a tail call: the handler's own frame is gone, its line stands in
+	expect_rule_error("stage", "10.lua:3: c.stage(...): call it with a "
+	                           "colon, c:stage(...)");
+	expect_rule_error("count", "10.lua:4: c.count(...)");
+	expect_rule_error("after", "10.lua:6: c.after(...)");
+}
+
+Test(rules, an_error_in_a_tail_call_names_the_handler)
+{
+	write_file("shop", "10.lua",
+	    "journey 'j' { stages = { 'a' } }\n"
+	    "local function go(c, s) return c:advance('j', s) end\n"
+	    "on('x', function(c)\n"
+	    "  return go(c, 'zz')\n"
+	    "end)\n"
+	    "on('y', function(c) return c:cohort('e', { a = 0/0 }) end)\n");
+	load();
+	expect_rule_error("x", "10.lua:3: journey 'j' has no stage 'zz'");
+	expect_rule_error("y", "10.lua:6: c:cohort('e', shares): every share "
+	                       "must be name = a finite number of 0 or more");
+}
+
+Test(rules, an_error_without_a_sentence_of_its_own_is_at_the_rule_line)
+{
+	// reaching into the state's internals: the prelude's own error, with
+	// the rule's position instead of the prelude's
+	write_file("shop", "10.lua",
+	    "on('x', function(c)\n"
+	    "  c._s.counters.n = 'many'\n"
+	    "  c:count('n')\n"
+	    "end)\n");
+	load();
+	expect_rule_error("x", "10.lua:3: attempt to");
+}
+
+// A view resolved at load for a variation's circumstance names the line
+// of the variation that made it wrong.
+Test(rules, an_error_in_a_resolved_view_names_the_variation)
+{
+	expect_load_error("journey 'j' { stages = { 'a', 'b' } }\n"
+	                  "variation { region = 'EU' } {\n"
+	                  "  journey 'j' { goal = 'c' } }\n",
+	    "journey 'j': goal 'c' is not one of its stages", 2);
+	expect_load_error("params { w = 1 }\n"
+	                  "action 'a' { value = 1, weight = params.w }\n"
+	                  "variation { region = 'EU' } { params { w = 'heavy' } }\n",
+	    "action 'a': weight must be a number, got string", 3);
+	expect_load_error("params { sla = '1h' }\n"
+	                  "case 'k' { sla = params.sla }\n"
+	                  "variation { region = 'EU' } { params { sla = 'soon' } }\n",
+	    "case 'k': sla must be a duration", 3);
+	expect_load_error("action 'a' { value = 1e300, weight = 1e10 }\n",
+	    "action 'a': value × weight × levers is too large to score", 1);
+	expect_load_error("action 'a' { group = 'g', value = 1e300 }\n"
+	                  "\n"
+	                  "variation { channel = 'app' } { levers { g = 1e10 } }\n",
+	    "action 'a': value × weight × levers is too large to score", 3);
+	// a name too long for its timers
+	char text[400];
+	snprintf(text, sizeof(text), "\njourney '%0200d' { stages = { 'a' } }\n",
+	    7);
+	expect_load_error(text, "a journey's name is at most 120 bytes", 2);
 }
 
 Test(rules, arbitrate_may_not_list_a_candidate_twice)
