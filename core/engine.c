@@ -1380,6 +1380,7 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 		bool full = ch_store_faults(e->o.store) & CH_STORE_DISK_FULL;
 		for (int i = 0; i < n; i++) {
 			reply_err(jobs[i], full ? CH_ESTORAGEFULL : CH_EINTERNAL,
+			    "%s",
 			    full           ? "the disk is full; nothing was applied"
 			    : e->batch_why ? e->batch_why
 			                   : "the store failed to commit; nothing "
