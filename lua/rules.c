@@ -1804,6 +1804,12 @@ ch_biz_authorized(const ch_biz *b, ch_str token)
 }
 
 const char *
+ch_biz_token(const ch_biz *b)
+{
+	return (b->token);
+}
+
+const char *
 ch_biz_version(const ch_biz *b)
 {
 	return (b->version);
