@@ -379,7 +379,8 @@ Test(reload, a_bad_token_file_refuses_the_version)
 		{ "", "token:1: the token file is empty" },
 		{ "  \n\t\n", "token:1: the token file is empty" },
 		{ "short\n", "token:1: the token is 5 characters long: it needs at least 8" },
-		{ "\nfile-token-456\nsecond-line\n", "token:2: the token file must hold one token" },
+		{ "\nfile-token-456\nsecond-line\n", "token:3: the token file must hold one token" },
+		{ "file-token-456 second\n", "token:1: the token file must hold one token" },
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		rules_write(rules, "shop", "token", bad[i][0]);
