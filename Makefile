@@ -11,6 +11,8 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 SERVE_FLAGS ?=
 FUZZ_SECONDS ?= 60
+# cmake's generated makefiles run make again: no "Entering directory" lines
+MAKEFLAGS  += --no-print-directory
 
 .PHONY: all deps build run test test-plain test-asan faults-long fuzz clean
 
@@ -23,7 +25,10 @@ build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
-run: build
+# run builds the daemon only (the tests and benchmarks wait for make test)
+run: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target choreo
 	$(BUILD)/choreo serve --rules rules --data data $(SERVE_FLAGS)
 
 test: deps test-plain test-asan

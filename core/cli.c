@@ -164,6 +164,18 @@ one(ch_client *cl, json_t *req, bool pretty)
 	return (status);
 }
 
+
+// json_reason: jansson's parse error, in the user's words where its own
+// name for the rule would mean nothing to them.
+static const char *
+json_reason(const json_error_t *e)
+{
+	if (strstr(e->text, "JSON_ALLOW_NUL") != NULL) {
+		return ("a \\u0000 (a NUL byte) inside a string is not allowed");
+	}
+	return (e->text);
+}
+
 static int
 send_lines(ch_client *cl, bool pretty)
 {
@@ -185,7 +197,7 @@ send_lines(ch_client *cl, bool pretty)
 		if (req == NULL || !json_is_object(req)) {
 			fprintf(stderr, "choreo: line %ld, column %d: %s\n", no,
 			    req == NULL ? err.column : 1,
-			    req == NULL ? err.text : "expected a JSON object");
+			    req == NULL ? json_reason(&err) : "expected a JSON object");
 			json_decref(req);
 			free(line);
 			return (2);
@@ -310,7 +322,7 @@ ch_cli_main(const char *cmd, int argc, char **argv)
 			if (req == NULL || !json_is_object(req)) {
 				fprintf(stderr, "choreo send: column %d: %s\n",
 				    req == NULL ? err.column : 1,
-				    req == NULL ? err.text
+				    req == NULL ? json_reason(&err)
 				                : "expected a JSON object");
 				json_decref(req);
 				return (2);

@@ -252,13 +252,23 @@ reply_give_back(ch_job *j)
 }
 
 void
-ch_job_reply_too_large(ch_job *j, const char *what, size_t size)
+ch_job_reply_too_large(ch_job *j, const char *what, size_t size,
+    bool rolled_back)
 {
-	reply_err(j, CH_EREPLYTOOLARGE,
-	    "%s would be %zu bytes, more than %s may hold (--max-message): "
-	    "nothing was applied",
-	    what, size,
-	    j->reply_budget != NULL ? "the batch's reply" : "a message");
+	const char *after = rolled_back ? ": the event was rolled back, nothing "
+	                                  "applied"
+	                                : "";
+	if (j->reply_budget != NULL) {
+		reply_err(j, CH_EREPLYTOOLARGE,
+		    "%s would be %zu bytes, more than is left of the batch's "
+		    "reply under --max-message%s",
+		    what, size, after);
+	} else {
+		reply_err(j, CH_EREPLYTOOLARGE,
+		    "%s would be %zu bytes, more than --max-message allows "
+		    "(%zu)%s",
+		    what, size, j->reply_limit, after);
+	}
 }
 
 // emits_fit: whether every message the event emits fits --max-message; if
@@ -429,7 +439,7 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 		size_t      size = big > 0 ? big : j->reply.size;
 		ch_rules_model_rollback();
 		ch_store_abort(txn);
-		ch_job_reply_too_large(j, what, size);
+		ch_job_reply_too_large(j, what, size, true);
 		return (CH_OK);
 	}
 	if (e->state.size > 0 &&
@@ -508,8 +518,8 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 	int rc = ch_store_get(e->o.store, parent, CH_DB_CUSTOMERS, key, klen, &v);
 	if (rc == CH_ENOTFOUND) {
 		reply_err(j, CH_ENOTFOUND,
-		    "business '" BIZ_FMT "' has never seen customer '" BIZ_FMT
-		    "'",
+		    "business '" BIZ_FMT "' has no customer '" BIZ_FMT
+		    "' (never seen, or forgotten)",
 		    BIZ_ARG(r->business), BIZ_ARG(r->customer));
 		return (CH_OK);
 	}
@@ -671,8 +681,8 @@ run_forget(ch_engine *e, ch_job *j, MDB_txn *parent)
 	if (rc == CH_ENOTFOUND) {
 		ch_store_abort(txn);
 		reply_err(j, CH_ENOTFOUND,
-		    "business '" BIZ_FMT "' has never seen customer '" BIZ_FMT
-		    "'",
+		    "business '" BIZ_FMT "' has no customer '" BIZ_FMT
+		    "' (never seen, or forgotten)",
 		    BIZ_ARG(r->business), BIZ_ARG(r->customer));
 		return (CH_OK);
 	}
@@ -757,7 +767,7 @@ run_job(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	// replies that changed nothing: read-only ops, errors, duplicates
 	if (rc == CH_OK && (!rules || j->err != CH_OK || j->duplicate) &&
 	    !ch_job_reply_fits(j)) {
-		ch_job_reply_too_large(j, "the reply", j->reply.size);
+		ch_job_reply_too_large(j, "the reply", j->reply.size, false);
 	}
 	return (rc);
 }

@@ -58,9 +58,10 @@ struct ch_job {
 // budget when it has one. Thread-safe across a batch's members.
 bool ch_job_reply_fits(ch_job *j);
 // ch_job_reply_too_large replaces j's reply with reply_too_large: what
-// would not fit, and its size (the message stays within
-// CH_REPLY_RESERVE).
-void ch_job_reply_too_large(ch_job *j, const char *what, size_t size);
+// would not fit, its size, and whether an event was rolled back for it (the
+// message stays within CH_REPLY_RESERVE).
+void ch_job_reply_too_large(ch_job *j, const char *what, size_t size,
+    bool rolled_back);
 
 // ch_job_init/fini manage the job's buffers.
 void ch_job_init(ch_job *j);

@@ -8,9 +8,11 @@
 #include "serve.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -521,6 +523,44 @@ supervise(serve_opts *o, const char *version)
 /* }====================================================== */
 
 
+// claim_data makes this the one `choreo serve` of its data folder: a lock
+// (flock on <data>/serve.lock, with the holder's pid in it) held until the
+// process ends — the supervisor's, and its engine's copy across fork.
+// LMDB would keep one store consistent under two daemons, but two would
+// each run the timers, write the quarantine log and rotate the dedup
+// records; the second is refused instead, saying who holds it.
+static int
+claim_data(const char *data)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/serve.lock", data);
+	int fd = -1;
+	if (ch_store_mkdirs(data) != 0 ||
+	    (fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0) {
+		ch_log_error("serve: cannot use the data folder '%s': %s", data,
+		    strerror(errno));
+		return (-1);
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		char    pid[32] = "";
+		ssize_t n       = read(fd, pid, sizeof(pid) - 1);
+		pid[n > 0 ? n : 0] = '\0';
+		pid[strcspn(pid, "\n")] = '\0';
+		ch_log_error("serve: '%s' is already served by another choreo "
+		             "serve (pid %s): stop it first, or give this one "
+		             "another --data",
+		    data, pid[0] ? pid : "?");
+		close(fd);
+		return (-1);
+	}
+	char pid[32];
+	int  n = snprintf(pid, sizeof(pid), "%d\n", (int) getpid());
+	if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t) n, 0) != n) {
+		ch_log_warn("serve: cannot write %s: %s", path, strerror(errno));
+	}
+	return (fd); // never closed: the lock lasts as long as the process
+}
+
 int
 ch_serve_main(int argc, char **argv, const char *version)
 {
@@ -544,6 +584,9 @@ ch_serve_main(int argc, char **argv, const char *version)
 	int rv = parse(argc, argv, &o);
 	if (rv >= 0) {
 		return (rv);
+	}
+	if (claim_data(o.data) < 0) {
+		return (1);
 	}
 	if (o.supervise) {
 		return (supervise(&o, version));

@@ -291,7 +291,7 @@ fan_out(rep_work *w)
 			    m ? m : "bad request");
 			if (!ch_job_reply_fits(j)) {
 				ch_job_reply_too_large(j, "this member's error",
-				    j->reply.size);
+				    j->reply.size, false);
 			}
 			CH_COUNT(errors[ch_err_index(r->events[i].err)], 1);
 			fan_done(j);

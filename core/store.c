@@ -25,8 +25,8 @@ static const char *const db_names[CH_DB_COUNT] = {
 	"customers", "dedup", "models", "stats", "timers", "meta", "dedup_age",
 };
 
-static int
-mkdirs(const char *dir)
+int
+ch_store_mkdirs(const char *dir)
 {
 	char p[4096];
 	snprintf(p, sizeof(p), "%s", dir);
@@ -57,7 +57,7 @@ ch_store_open(ch_store **out, const char *dir, const ch_store_opts *o,
 		return (CH_EINTERNAL);
 	}
 	s->o = *o;
-	if (mkdirs(dir) != 0) {
+	if (ch_store_mkdirs(dir) != 0) {
 		snprintf(why, whylen, "cannot create %s: %s", dir,
 		    strerror(errno));
 		free(s);

@@ -122,4 +122,8 @@ int ch_store_del(ch_store *s, MDB_txn *txn, enum ch_db db, const void *key,
 // ch_parse_size reads "1048576", "64M", "2G"... Returns 0 when invalid.
 size_t ch_parse_size(const char *s);
 
+// ch_store_mkdirs creates dir and its parents as needed: 0, or -1 with
+// errno set.
+int ch_store_mkdirs(const char *dir);
+
 #endif

@@ -47,6 +47,7 @@ typedef struct {
 	char        dir[64];
 	FILE       *out;
 	char        last_err[600]; // the test's last error reply, if any
+	char        token[257];    // the business's token, "" if none
 } harness;
 
 static const char HKEY = 'h';
@@ -106,6 +107,11 @@ fresh_store(harness *h, char *why, size_t whylen)
 		    h->business);
 		return (-1);
 	}
+	// the tests act as the business's own clients: they carry its token
+	ch_biz *b = ch_rules_find(rules,
+	    (ch_str) { h->business, (uint32_t) strlen(h->business) });
+	const char *tok = b != NULL ? ch_biz_token(b) : NULL;
+	snprintf(h->token, sizeof(h->token), "%s", tok != NULL ? tok : "");
 	ch_engine_opts eo = { .rules_dir = h->rules_dir, .rules = rules,
 		.store = h->store, .clock = test_clock };
 	if (ch_engine_new(&h->engine, &eo) != CH_OK) {
@@ -131,6 +137,17 @@ call(lua_State *L, const char *op)
 	if (lua_getfield(L, 2, "business") == LUA_TNIL) {
 		lua_pushstring(L, h->business);
 		lua_setfield(L, 2, "business");
+	}
+	lua_pop(L, 1);
+	// the business's token unless the test gives one; token = false
+	// sends none (to test that a request without it is refused)
+	int tt = lua_getfield(L, 2, "token");
+	if (tt == LUA_TNIL && h->token[0] != '\0') {
+		lua_pushstring(L, h->token);
+		lua_setfield(L, 2, "token");
+	} else if (tt == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+		lua_pushnil(L);
+		lua_setfield(L, 2, "token");
 	}
 	lua_pop(L, 1);
 	if (lua_getfield(L, 2, "ts") == LUA_TNIL) {

@@ -900,7 +900,7 @@ static void
 biz_log(ch_biz *b)
 {
 	if (b->err.message != NULL) {
-		ch_log_error("rules[%s]: not serving: %s", b->name,
+		ch_log_error("rules[%s]: these files do not load: %s", b->name,
 		    b->err.message);
 		if (b->L != NULL) {
 			lua_close(b->L);
@@ -1050,6 +1050,7 @@ read_token_file(ch_biz *b, const char *path, char **tok)
 	}
 	for (size_t i = lo; i < hi; i++) {
 		unsigned char c = (unsigned char) t[i];
+		line += c == '\n'; // a second line: the error is on it
 		if (c < 0x21 || c == 0x7f) {
 			snprintf(msg, sizeof(msg),
 			    "%s:%zu: the token file must hold one token: no "
@@ -1408,7 +1409,7 @@ ch_rules_fail(ch_rules *r, const char *business, const char *msg)
 		return;
 	}
 	set_error(b, msg, NULL);
-	ch_log_error("rules[%s]: not serving: %s", business, msg);
+	ch_log_error("rules[%s]: refused: %s", business, msg);
 	if (b->L != NULL) {
 		lua_close(b->L);
 		b->L = NULL;
@@ -1876,6 +1877,12 @@ bool
 ch_biz_authorized(const ch_biz *b, ch_str token)
 {
 	return (ch_token_ok(b->token, token));
+}
+
+const char *
+ch_biz_token(const ch_biz *b)
+{
+	return (b->token);
 }
 
 const char *

@@ -106,6 +106,9 @@ bool ch_token_ok(const char *want, ch_str got);
 int ch_biz_stats(ch_biz *b, const void *counters, size_t len, ch_str journey,
     msgpack_sbuffer *reply, char *errmsg, size_t errlen);
 
+// ch_biz_token: the token requests for the business must carry, or NULL.
+const char *ch_biz_token(const ch_biz *b);
+
 // ch_biz_version returns the rule version (a short hash of the files).
 const char *ch_biz_version(const ch_biz *b);
 

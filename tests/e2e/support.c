@@ -34,7 +34,7 @@
 ** =======================================================
 */
 
-static int64_t
+int64_t
 now_ms(void)
 {
 	struct timespec ts;
@@ -42,7 +42,7 @@ now_ms(void)
 	return ((int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
 }
 
-static void
+void
 sleep_ms(int ms)
 {
 	struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000L };

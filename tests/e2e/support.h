@@ -18,6 +18,11 @@
 #define E2E_STOP_MS 15000  // SIGTERM to exit
 #define E2E_REQ_MS 10000   // REQ send and receive timeouts
 
+// now_ms: a monotonic clock in ms; sleep_ms sleeps ms, whatever signals
+// come meanwhile.
+int64_t now_ms(void);
+void    sleep_ms(int ms);
+
 /*
 ** The daemon
 */

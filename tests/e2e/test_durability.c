@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "support.h"
@@ -419,3 +420,45 @@ Test(durability, ids_stay_applied_once_across_kill_9)
 }
 
 /* }====================================================== */
+
+Test(durability, a_second_daemon_on_the_same_data_is_refused)
+{
+	d_start(&d, d_rules(), false);
+	event("{\"business\":\"shop\",\"customer\":\"one\",\"type\":\"page_view\"}");
+	// a second serve on the same folder, on other ports: refused at once,
+	// saying who holds it (it would serve for ever without the lock)
+	int p[4];
+	for (int i = 0; i < 4; i++) {
+		p[i] = d.rep_port + 1000 + i;
+	}
+	char cmd[2048], log[128], out[2048] = "";
+	snprintf(log, sizeof(log), "%s.second", d.log);
+	snprintf(cmd, sizeof(cmd),
+	    "timeout 10 '%s' serve --rules '%s' --data '%s' "
+	    "--rep tcp://127.0.0.1:%d --pull tcp://127.0.0.1:%d "
+	    "--pub tcp://127.0.0.1:%d --http http://127.0.0.1:%d "
+	    ">/dev/null 2>'%s'",
+	    getenv("CHOREO_BIN"), d_rules(), d.data, p[0], p[1], p[2], p[3],
+	    log);
+	int st = system(cmd);
+	FILE *f = fopen(log, "r");
+	if (f != NULL) {
+		size_t n = fread(out, 1, sizeof(out) - 1, f);
+		out[n] = '\0';
+		fclose(f);
+	}
+	unlink(log);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1,
+	    "the second daemon should exit 1 at once, got status %d: %s", st,
+	    out);
+	char want[64];
+	snprintf(want, sizeof(want), "(pid %d)", (int) d.pid);
+	cr_assert_not_null(strstr(out, "is already served by another choreo serve"),
+	    "%s", out);
+	cr_assert_not_null(strstr(out, want), "%s", out);
+	// the first serves on, and once it stops, the folder is free again
+	event("{\"business\":\"shop\",\"customer\":\"one\",\"type\":\"page_view\"}");
+	d_stop(&d);
+	d_restart(&d);
+	cr_assert_eq(events_of("one"), 2);
+}

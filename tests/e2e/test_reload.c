@@ -341,6 +341,27 @@ wait_for_error(const char *business, const char *what)
 	return (error_of(business));
 }
 
+Test(reload, the_analyst_tests_carry_the_business_token)
+{
+	// a token file must not make the business's own tests fail the gate
+	rules_write(rules, "shop", "10.lua", "on('x', function(c) c:count('x') end)\n");
+	rules_write(rules, "shop", "tests/10_test.lua",
+	    "test('an event carries the token', function(t)\n"
+	    "  local r = t:event { customer = 'c1', type = 'x' }\n"
+	    "  t:ok(r.ok, 'accepted')\n"
+	    "  t:eq(t:get('c1').counters.x, 1)\n"
+	    "end)\n"
+	    "test('token = false sends none', function(t)\n"
+	    "  local r = t:event { customer = 'c1', type = 'x', token = false }\n"
+	    "  t:eq(r.error.code, 'unauthorized')\n"
+	    "end)\n");
+	rules_write(rules, "shop", "token", "file-token-456\n");
+	d_start(&d, rules, false);
+	cr_assert_str_eq(error_of("shop"), "");
+	cr_assert_neq(version_of("shop")[0], '\0');
+	send_ok("{\"business\":\"shop\",\"customer\":\"c\",\"type\":\"x\",\"token\":\"file-token-456\"}");
+}
+
 Test(reload, a_bad_token_file_refuses_the_version)
 {
 	// the file wins over the declaration
@@ -358,7 +379,8 @@ Test(reload, a_bad_token_file_refuses_the_version)
 		{ "", "token:1: the token file is empty" },
 		{ "  \n\t\n", "token:1: the token file is empty" },
 		{ "short\n", "token:1: the token is 5 characters long: it needs at least 8" },
-		{ "\nfile-token-456\nsecond-line\n", "token:2: the token file must hold one token" },
+		{ "\nfile-token-456\nsecond-line\n", "token:3: the token file must hold one token" },
+		{ "file-token-456 second\n", "token:1: the token file must hold one token" },
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		rules_write(rules, "shop", "token", bad[i][0]);

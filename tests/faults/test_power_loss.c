@@ -58,14 +58,6 @@ teardown(void)
 
 TestSuite(power_loss, .init = setup, .fini = teardown);
 
-static void
-sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-	}
-}
-
 /*
 ** {======================================================
 ** The clients: raw SP over TCP, so nothing resends behind their back and a
