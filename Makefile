@@ -1,6 +1,7 @@
 # choreo — the two commands of the README, and a few helpers.
 #   make run    install what is missing, build, serve the bundled rules
 #   make test   install, build, run every test; then again under ASan+UBSan
+#   make fuzz   run every libFuzzer target FUZZ_SECONDS CPU seconds (clang)
 #   make faults-long  the long power-loss, I/O error and memory runs
 #               (docs/reliability.md); TRIALS=200 SEED=1
 
@@ -9,10 +10,11 @@ ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 SERVE_FLAGS ?=
+FUZZ_SECONDS ?= 60
 # cmake's generated makefiles run make again: no "Entering directory" lines
 MAKEFLAGS  += --no-print-directory
 
-.PHONY: all deps build run test test-plain test-asan faults-long clean
+.PHONY: all deps build run test test-plain test-asan faults-long fuzz clean
 
 all: build
 
@@ -44,5 +46,11 @@ test-asan: deps
 faults-long: deps
 	@./scripts/faults-long $(or $(TRIALS),200) $(or $(SEED),1)
 
+# the libFuzzer targets, each run on its corpus (tests/fuzz/README.md);
+# FUZZ_TARGETS="fuzz_rules ..." picks some
+fuzz:
+	@./scripts/install-deps fuzz
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) ./scripts/fuzz $(FUZZ_TARGETS)
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include "client.h"
+#include "codec.h"
+#include "err.h"
 #include "json.h"
 
 typedef struct {
@@ -128,10 +130,14 @@ one(ch_client *cl, json_t *req, bool pretty)
 	}
 	msgpack_unpacked up;
 	size_t           off = 0;
+	const char      *why;
 	msgpack_unpacked_init(&up);
 	int status = 2;
-	if (msgpack_unpack_next(&up, reply, rlen, &off) ==
-	    MSGPACK_UNPACK_SUCCESS) {
+	// the pre-scan first: msgpack-c allocates what a reply's header
+	// claims, and the reply comes from whatever --url names
+	if (ch_mp_prescan(reply, rlen, CH_MP_MAX_DEPTH, &why, NULL) == CH_OK &&
+	    msgpack_unpack_next(&up, reply, rlen, &off) ==
+	        MSGPACK_UNPACK_SUCCESS) {
 		// a reply that cannot be printed is an error, never "null"
 		json_t *j = ch_msgpack_to_json(&up.data);
 		char   *s = j == NULL ? NULL

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../lua/conv.h"
 #include "../lua/rules.h"
 #include "../lua/running.h"
 #include "err.h"
@@ -484,6 +485,26 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	return (CH_OK);
 }
 
+// prescan_stored: a value the store holds — which a damaged disk or an old
+// bug may have left in any shape — is whole and sane enough for msgpack-c
+// to unpack (which allocates whatever a header claims).
+static bool
+prescan_stored(const void *p, size_t len)
+{
+	const char *why;
+	return (ch_mp_prescan(p, len, CH_CONV_MAX_DEPTH, &why, NULL) == CH_OK);
+}
+
+// state_ok: the stored state is one map, as the rules write it.
+static bool
+state_ok(const MDB_val *v)
+{
+	const unsigned char *p = v->mv_data;
+	return (v->mv_size > 0 &&
+	    ((p[0] & 0xf0) == 0x80 || p[0] == 0xde || p[0] == 0xdf) &&
+	    prescan_stored(v->mv_data, v->mv_size));
+}
+
 static int
 run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 {
@@ -504,6 +525,16 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 	}
 	if (rc != CH_OK) {
 		return (store_failed(j, NULL, rc));
+	}
+	if (!state_ok(&v)) {
+		// copied into the reply as it is, it would make a malformed one
+		ch_log_error("get: the stored state of " BIZ_FMT "/" BIZ_FMT
+		             " is damaged (%zu bytes)",
+		    BIZ_ARG(r->business), BIZ_ARG(r->customer), v.mv_size);
+		reply_err(j, CH_EINTERNAL,
+		    "the stored state of customer '" BIZ_FMT "' is damaged",
+		    BIZ_ARG(r->customer));
+		return (CH_OK);
 	}
 	j->reply.size = 0;
 	j->err        = CH_OK;
@@ -572,6 +603,10 @@ forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 	msgpack_unpacked_init(&up);
 	int rc = CH_OK;
 	e->ev_stats.size = 0;
+	if (!prescan_stored(st->mv_data, st->mv_size)) {
+		msgpack_unpacked_destroy(&up);
+		return (CH_OK); // a damaged state has no timers we can find
+	}
 	int ur = msgpack_unpack_next(&up, st->mv_data, st->mv_size, NULL);
 	if (ur == MSGPACK_UNPACK_NOMEM_ERROR) {
 		msgpack_unpacked_destroy(&up);
@@ -595,6 +630,11 @@ forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 			if (name->type != MSGPACK_OBJECT_STR ||
 			    (due->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
 			        due->type != MSGPACK_OBJECT_FLOAT64)) {
+				continue;
+			}
+			// a due no timer key can have (NaN, out of range)
+			if (due->type == MSGPACK_OBJECT_FLOAT64 &&
+			    !(due->via.f64 >= 0 && due->via.f64 < 0x1p63)) {
 				continue;
 			}
 			int64_t d = due->type == MSGPACK_OBJECT_FLOAT64
@@ -1043,6 +1083,9 @@ timer_parse(timer_slot *t)
 	t->req.limit    = 3;
 	msgpack_unpacked_destroy(&t->up);
 	msgpack_unpacked_init(&t->up);
+	if (!prescan_stored(t->val.data, t->val.size)) {
+		return (0);
+	}
 	msgpack_unpack_return u = msgpack_unpack_next(&t->up, t->val.data,
 	    t->val.size, NULL);
 	if (u == MSGPACK_UNPACK_NOMEM_ERROR) {
@@ -1347,6 +1390,7 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 		bool full = ch_store_faults(e->o.store) & CH_STORE_DISK_FULL;
 		for (int i = 0; i < n; i++) {
 			reply_err(jobs[i], full ? CH_ESTORAGEFULL : CH_EINTERNAL,
+			    "%s",
 			    full           ? "the disk is full; nothing was applied"
 			    : e->batch_why ? e->batch_why
 			                   : "the store failed to commit; nothing "

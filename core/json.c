@@ -75,6 +75,9 @@ ch_json_to_msgpack(json_t *j, msgpack_packer *pk)
 static json_t *
 text(const char *p, size_t n)
 {
+	if (p == NULL) {
+		p = ""; // msgpack-c's empty str, bin or ext (jansson fails on NULL)
+	}
 	if (ch_utf8_valid(p, n)) {
 		return (json_stringn_nocheck(p, n));
 	}

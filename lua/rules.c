@@ -616,6 +616,27 @@ l_log(lua_State *L)
 ** =======================================================
 */
 
+// full_path: Lua shortens a chunk name longer than LUA_IDSIZE to "..." and
+// its end in syntax errors; the error's file is then the rule file that
+// ends so.
+static void
+full_path(ch_biz *b)
+{
+	const char *f = b->err.file;
+	if (f == NULL || strncmp(f, "...", 3) != 0) {
+		return;
+	}
+	size_t n = strlen(f + 3);
+	for (int i = 0; i < b->nfiles; i++) {
+		size_t fl = b->files[i] != NULL ? strlen(b->files[i]) : 0;
+		if (fl >= n && strcmp(b->files[i] + fl - n, f + 3) == 0) {
+			free(b->err.file);
+			b->err.file = strdup(b->files[i]);
+			return;
+		}
+	}
+}
+
 static void
 set_error(ch_biz *b, const char *msg, const char *file)
 {
@@ -641,6 +662,7 @@ set_error(ch_biz *b, const char *msg, const char *file)
 			free(b->err.file);
 			b->err.file = strndup(start, (size_t) (m - start));
 			b->err.line = atoi(m + 1);
+			full_path(b);
 			break;
 		}
 		m++;
@@ -937,6 +959,56 @@ biz_load(const char *rules_dir, const char *name, const ch_rules_opts *o)
 	return (b);
 }
 
+typedef struct {
+	const char *p, *end;
+	int         line; // of the last line handed out
+} line_reader;
+
+static const char *
+read_line(lua_State *L, void *ud, size_t *size)
+{
+	line_reader *r = ud;
+	(void) L;
+	if (r->p >= r->end) {
+		return (NULL);
+	}
+	const char *s  = r->p;
+	const char *nl = memchr(s, '\n', (size_t) (r->end - s));
+	r->p           = nl != NULL ? nl + 1 : r->end;
+	r->line++;
+	*size = (size_t) (r->p - s);
+	return (s);
+}
+
+// unplaced_load_error gives a position to the load error of file i when
+// Lua named none: it refuses a binary chunk, and a text nested deeper than
+// the C stack allows ("C stack overflow"), without one. Parsing it again a
+// line at a time tells the line the parser had reached.
+static void
+unplaced_load_error(ch_biz *b, int i)
+{
+	lua_State  *L = b->L;
+	line_reader r = { b->srcs[i], b->srcs[i] + b->srclens[i], 0 };
+	char        chunk[4100], m[4800];
+	snprintf(chunk, sizeof(chunk), "@%s", b->files[i]);
+	if (lua_load(L, read_line, &r, chunk, "t") == LUA_OK) {
+		r.line = 0; // it loads now (memory): no line to tell
+	}
+	lua_pop(L, 1);
+	if (r.line == 0) {
+		return;
+	}
+	if (b->srclens[i] > 0 && b->srcs[i][0] == LUA_SIGNATURE[0]) {
+		snprintf(m, sizeof(m), "%s:1: a rule file is Lua text; this is "
+		                       "a precompiled (binary) chunk",
+		    b->files[i]);
+	} else {
+		snprintf(m, sizeof(m), "%s:%d: %s", b->files[i], r.line,
+		    b->err.message);
+	}
+	set_error(b, m, b->files[i]);
+}
+
 // read_token_file reads rules/<b>/token: *tok is the token, or NULL when
 // there is no such file. A file that is there but unreadable, empty, only
 // whitespace, shorter than a declared token may be (8), or more than one
@@ -1044,6 +1116,9 @@ biz_compile(ch_biz *b, const char *dir)
 		    "t");
 		if (st != LUA_OK) {
 			set_error(b, lua_tostring(L, -1), b->files[i]);
+			if (b->err.line == 0) {
+				unplaced_load_error(b, i);
+			}
 			lua_settop(L, 0);
 			mark(b, NULL, 0);
 			return;
