@@ -487,22 +487,24 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 
 // prescan_stored: a value the store holds — which a damaged disk or an old
 // bug may have left in any shape — is whole and sane enough for msgpack-c
-// to unpack (which allocates whatever a header claims).
+// to unpack (which allocates whatever a header claims, and reads at most
+// CH_MP_MAX_DEPTH levels: what nests deeper is damaged to it).
 static bool
-prescan_stored(const void *p, size_t len)
+prescan_stored(const void *p, size_t len, int depth)
 {
 	const char *why;
-	return (ch_mp_prescan(p, len, CH_CONV_MAX_DEPTH, &why, NULL) == CH_OK);
+	return (ch_mp_prescan(p, len, depth, &why, NULL) == CH_OK);
 }
 
-// state_ok: the stored state is one map, as the rules write it.
+// state_ok: the stored state is one map, as the rules write it, that a
+// client's msgpack-c can read inside the get reply's map.
 static bool
 state_ok(const MDB_val *v)
 {
 	const unsigned char *p = v->mv_data;
 	return (v->mv_size > 0 &&
 	    ((p[0] & 0xf0) == 0x80 || p[0] == 0xde || p[0] == 0xdf) &&
-	    prescan_stored(v->mv_data, v->mv_size));
+	    prescan_stored(v->mv_data, v->mv_size, CH_MP_MAX_DEPTH - 1));
 }
 
 static int
@@ -603,7 +605,7 @@ forget_timers(ch_engine *e, MDB_txn *txn, const ch_req *r, const MDB_val *st)
 	msgpack_unpacked_init(&up);
 	int rc = CH_OK;
 	e->ev_stats.size = 0;
-	if (!prescan_stored(st->mv_data, st->mv_size)) {
+	if (!prescan_stored(st->mv_data, st->mv_size, CH_MP_MAX_DEPTH)) {
 		msgpack_unpacked_destroy(&up);
 		return (CH_OK); // a damaged state has no timers we can find
 	}
@@ -1083,7 +1085,7 @@ timer_parse(timer_slot *t)
 	t->req.limit    = 3;
 	msgpack_unpacked_destroy(&t->up);
 	msgpack_unpacked_init(&t->up);
-	if (!prescan_stored(t->val.data, t->val.size)) {
+	if (!prescan_stored(t->val.data, t->val.size, CH_MP_MAX_DEPTH)) {
 		return (0);
 	}
 	msgpack_unpack_return u = msgpack_unpack_next(&t->up, t->val.data,

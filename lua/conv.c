@@ -599,7 +599,7 @@ static void
 sb_table(lua_State *L, int idx, msgpack_sbuffer *sb, packctx *pc, int depth)
 {
 	lua_Integer n;
-	if (depth >= CH_CONV_MAX_DEPTH) {
+	if (depth >= CH_CONV_PACK_DEPTH) {
 		pack_fail(L, pc, depth, TOO_DEEP);
 	}
 	luaL_checkstack(L, 6, "tables nested too deeply");
@@ -721,7 +721,7 @@ check_value(lua_State *L, int idx, packctx *pc, int depth, int *at)
 		}
 		break;
 	case LUA_TTABLE:
-		if (depth >= CH_CONV_MAX_DEPTH) {
+		if (depth >= CH_CONV_PACK_DEPTH) {
 			*at = depth;
 			return (TOO_DEEP);
 		}

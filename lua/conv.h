@@ -14,6 +14,12 @@
 
 // Nesting deeper than this is refused both ways (it also stops cycles).
 #define CH_CONV_MAX_DEPTH 64
+// What choreo packs — a state, a reply, an emit, a timer's data — nests at
+// most this deep, so that with the map a reply or a pub message wraps it
+// in (one level, two for a batch's result) msgpack-c, which reads 32
+// levels, still reads it: the CLI, the engine's own forget and timers,
+// and C clients.
+#define CH_CONV_PACK_DEPTH 29
 
 // ch_conv_init registers the array metatable in L's registry. Call once.
 void ch_conv_init(lua_State *L);

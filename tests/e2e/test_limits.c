@@ -31,7 +31,10 @@ static const char RULES[] =
     "on('shout', function(c) c:count('shouts')\n"
     "  c:emit('loud', { blob = ('e'):rep(70000) }) end)\n"
     "on('grow', function(c, e) local n = c:count('grows')\n"
-    "  c.attrs['k' .. n] = e.data.blob end)\n";
+    "  c.attrs['k' .. n] = e.data.blob end)\n"
+    "on('nest', function(c, e) local t = {} local top = t\n"
+    "  for i = 1, e.data.levels do t.x = {} t = t.x end\n"
+    "  c.attrs.deep = top end)\n";
 
 static void
 setup(void)
@@ -413,4 +416,31 @@ Test(memory, a_subscriber_that_never_reads_holds_at_most_pub_queue_bytes)
 	    "the engine's RSS stayed at %ld KiB (from %ld) after the slow "
 	    "subscribers left",
 	    after, before);
+}
+
+Test(limits, what_is_stored_nests_no_deeper_than_msgpack_c_reads)
+{
+	// msgpack-c reads 32 levels: a state nested deeper could be written
+	// but not read back by the CLI, C clients, or the engine's own forget
+	reply_t r;
+	call_json(&d, "{\"business\":\"big\",\"customer\":\"n1\",\"type\":\"nest\","
+	              "\"decide\":false,\"data\":{\"levels\":40}}", &r);
+	assert_code(&r, "rule_error");
+	cr_assert_not_null(strstr(str_at(&r, "error.message"), "nested too deeply"),
+	    "%s", str_at(&r, "error.message"));
+	reply_free(&r);
+	// as deep as may be stored: get reads it, and forget forgets it
+	call_json(&d, "{\"business\":\"big\",\"customer\":\"n1\",\"type\":\"nest\","
+	              "\"decide\":false,\"data\":{\"levels\":26}}", &r);
+	assert_ok(&r);
+	reply_free(&r);
+	char out[16384];
+	char args[256];
+	snprintf(args, sizeof(args), "get --url %s --business big --customer n1",
+	    d.rep);
+	cr_assert_eq(run_cli(args, out, sizeof(out)), 0, "%s", out);
+	cr_assert_not_null(strstr(out, "\"deep\""), "%s", out);
+	call_json(&d, "{\"op\":\"forget\",\"business\":\"big\",\"customer\":\"n1\"}", &r);
+	assert_ok(&r);
+	reply_free(&r);
 }

@@ -207,10 +207,10 @@ check_map(msgpack_unpacked *up, const void *buf, size_t len, int depth)
 	return (true);
 }
 
-// A state is at most CH_CONV_MAX_DEPTH deep; a reply or an emit may hold
-// one a level down.
-#define STATE_DEPTH CH_CONV_MAX_DEPTH
-#define REPLY_DEPTH (CH_CONV_MAX_DEPTH + 1)
+// A state the engine writes is at most CH_CONV_PACK_DEPTH deep; a reply
+// or an emit, whatever the state it was given, is one msgpack-c reads.
+#define STATE_DEPTH CH_CONV_PACK_DEPTH
+#define REPLY_DEPTH CH_MP_MAX_DEPTH
 
 static void
 check_reply(const ch_job *j)

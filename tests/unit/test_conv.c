@@ -176,7 +176,7 @@ Test(conv, a_function_in_a_map_is_an_error_not_left_out)
 	    "customer state.[true].x[2.5]: cannot store a value of type "
 	    "function");
 	char cycle[512] = "customer state";
-	for (int i = 0; i < CH_CONV_MAX_DEPTH; i++) {
+	for (int i = 0; i < CH_CONV_PACK_DEPTH; i++) {
 		strcat(cycle, ".self");
 	}
 	strcat(cycle, ": tables nested too deeply (or a cycle)");
