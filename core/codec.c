@@ -683,6 +683,25 @@ ch_doc_fini(ch_doc *doc)
 ** =======================================================
 */
 
+int
+ch_sbuffer_room(msgpack_sbuffer *b, size_t n)
+{
+	if (b->alloc - b->size >= n) {
+		return (0);
+	}
+	size_t want = b->size + n;
+	if (want < b->alloc * 2) {
+		want = b->alloc * 2;
+	}
+	char *p = realloc(b->data, want);
+	if (p == NULL) {
+		return (-1);
+	}
+	b->data  = p;
+	b->alloc = want;
+	return (0);
+}
+
 void
 ch_sbuffer_trim(msgpack_sbuffer *b, size_t keep)
 {

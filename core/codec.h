@@ -96,6 +96,11 @@ void ch_pack_kv_str(msgpack_packer *pk, const char *k, const char *v);
 // ch_pack_error writes {ok=false, error={code, message}}.
 void ch_pack_error(msgpack_packer *pk, int err, const char *msg);
 
+// ch_sbuffer_room makes room in b for n more bytes, growing it at least
+// twofold: 0, or -1 when there is no memory (b is then as it was). After
+// it, msgpack-c's writes of up to n bytes cannot fail half-way.
+int ch_sbuffer_room(msgpack_sbuffer *b, size_t n);
+
 // ch_sbuffer_trim shrinks b to 4 KiB when more than keep bytes are
 // allocated (b is left empty; what is left still holds an error reply, so
 // that one needs no allocation): buffers reused for every request keep what

@@ -110,30 +110,13 @@ static const char oom_reply[] = "\x82\xa2ok\xc2\xa5" "error\x82\xa4" "code"
                                 "\xa8internal\xa7message\xad" "out of memory";
 #define REPLY_ROOM 64
 
-// sb_room makes room for n more bytes in sb: 0, or -1 out of memory.
-static int
-sb_room(msgpack_sbuffer *sb, size_t n)
-{
-	if (sb->alloc - sb->size >= n) {
-		return (0);
-	}
-	size_t want = sb->size + n;
-	char  *p    = realloc(sb->data, want);
-	if (p == NULL) {
-		return (-1);
-	}
-	sb->data  = p;
-	sb->alloc = want;
-	return (0);
-}
-
 void
 ch_job_init(ch_job *j)
 {
 	memset(j, 0, sizeof(*j));
 	msgpack_sbuffer_init(&j->reply);
 	msgpack_sbuffer_init(&j->emits);
-	sb_room(&j->reply, REPLY_ROOM); // reply_err tries again if need be
+	ch_sbuffer_room(&j->reply, REPLY_ROOM); // reply_err tries again if need be
 }
 
 void
@@ -192,9 +175,9 @@ reply_err(ch_job *j, int err, const char *fmt, ...)
 	// the map, its keys and the code take less than 64 bytes: with room
 	// for them and the message (escaped where it is not UTF-8), packing
 	// cannot fail half-way
-	if (sb_room(&j->reply, 64 + ch_pack_strn_len(msg, strlen(msg))) != 0) {
+	if (ch_sbuffer_room(&j->reply, 64 + ch_pack_strn_len(msg, strlen(msg))) != 0) {
 		// no memory for it: the fixed reply, in the room set aside
-		if (sb_room(&j->reply, sizeof(oom_reply)) == 0) {
+		if (ch_sbuffer_room(&j->reply, sizeof(oom_reply)) == 0) {
 			memcpy(j->reply.data, oom_reply, sizeof(oom_reply) - 1);
 			j->reply.size = sizeof(oom_reply) - 1;
 		}
@@ -449,7 +432,7 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	}
 	if (dklen > 0) {
 		e->tmp.size = 0;
-		if (sb_room(&e->tmp, 8 + j->reply.size) != 0) {
+		if (ch_sbuffer_room(&e->tmp, 8 + j->reply.size) != 0) {
 			// no room to copy the reply into the dedup record: the
 			// event is refused rather than stored with half of it
 			ch_rules_model_rollback();
@@ -542,7 +525,7 @@ run_get(ch_engine *e, ch_job *j, MDB_txn *parent)
 	j->err        = CH_OK;
 	// the map's head takes 16 bytes: with the room made first, no write
 	// below can fail half-way
-	if (sb_room(&j->reply, 16 + v.mv_size) != 0) {
+	if (ch_sbuffer_room(&j->reply, 16 + v.mv_size) != 0) {
 		reply_err(j, CH_EINTERNAL, "the server ran out of memory");
 		return (CH_OK);
 	}
@@ -1157,7 +1140,7 @@ ch_engine_fire_timers(ch_engine *e)
 			continue;
 		}
 		t->val.size = 0;
-		if (sb_room(&t->val, v.mv_size) != 0) {
+		if (ch_sbuffer_room(&t->val, v.mv_size) != 0) {
 			break; // out of memory: this one and the rest wait
 		}
 		memcpy(t->key, k.mv_data, k.mv_size);

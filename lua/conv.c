@@ -4,6 +4,7 @@
 #include <lauxlib.h>
 #include <string.h>
 
+#include "../core/codec.h"
 #include "../core/utf8.h"
 
 static const char ARRAY_MT_KEY = 'a'; // its address keys the registry
@@ -460,19 +461,9 @@ is_array(lua_State *L, int idx, lua_Integer *n)
 static void
 sb_need(lua_State *L, msgpack_sbuffer *sb, size_t n)
 {
-	if (sb->alloc - sb->size >= n) {
-		return;
-	}
-	size_t want = sb->alloc ? sb->alloc * 2 : 1024;
-	while (want - sb->size < n) {
-		want *= 2;
-	}
-	char *p = realloc(sb->data, want);
-	if (p == NULL) {
+	if (ch_sbuffer_room(sb, n) != 0) {
 		luaL_error(L, "out of memory");
 	}
-	sb->data  = p;
-	sb->alloc = want;
 }
 
 static void

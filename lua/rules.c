@@ -2024,16 +2024,10 @@ typedef struct {
 static void
 room(lua_State *L, call_args *a, msgpack_sbuffer *sb, size_t n)
 {
-	if (sb->alloc - sb->size >= n) {
-		return;
-	}
-	char *p = realloc(sb->data, sb->size + n);
-	if (p == NULL) {
+	if (ch_sbuffer_room(sb, n) != 0) {
 		a->oom = true;
 		luaL_error(L, "out of memory");
 	}
-	sb->data  = p;
-	sb->alloc = sb->size + n;
 }
 
 // pack_emits turns the reply's emitted list into pub messages.
