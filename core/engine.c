@@ -109,6 +109,8 @@ mono_us(void)
 static const char oom_reply[] = "\x82\xa2ok\xc2\xa5" "error\x82\xa4" "code"
                                 "\xa8internal\xa7message\xad" "out of memory";
 #define REPLY_ROOM 64
+static const char OOM_WHY[] = "the server ran out of memory; nothing was "
+                              "applied";
 
 void
 ch_job_init(ch_job *j)
@@ -437,8 +439,7 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 			// event is refused rather than stored with half of it
 			ch_rules_model_rollback();
 			ch_store_abort(txn);
-			reply_err(j, CH_EINTERNAL, "the server ran out of memory; "
-			                           "nothing was applied");
+			reply_err(j, CH_EINTERNAL, "%s", OOM_WHY);
 			return (CH_OK);
 		}
 		msgpack_sbuffer_write(&e->tmp, (const char *) &now, 8);
@@ -462,7 +463,7 @@ run_rules(ch_engine *e, ch_job *j, MDB_txn *parent, int64_t now)
 	// only now: the event is in the batch. Without its counts the batch
 	// would commit it half: the batch fails whole instead.
 	if (!stat_merge(e, r->business)) {
-		e->batch_why = "the server ran out of memory; nothing was applied";
+		e->batch_why = OOM_WHY;
 		return (CH_EINTERNAL);
 	}
 	return (CH_OK);
@@ -679,7 +680,7 @@ run_forget(ch_engine *e, ch_job *j, MDB_txn *parent)
 	}
 	// as for an event: without its counts the batch would commit it half
 	if (!stat_merge(e, r->business)) {
-		e->batch_why = "the server ran out of memory; nothing was applied";
+		e->batch_why = OOM_WHY;
 		return (CH_EINTERNAL);
 	}
 	reply_ok(j);
@@ -796,6 +797,15 @@ finish(ch_engine *e, ch_job **jobs, int n)
 	}
 }
 
+// full_why: what a job is told when the store had no room for it.
+static const char *
+full_why(ch_engine *e)
+{
+	return ((ch_store_faults(e->o.store) & CH_STORE_DISK_FULL)
+	        ? "the disk is full; nothing was applied"
+	        : "the store is full (--max-size); nothing was applied");
+}
+
 // run_alone runs each job in its own transaction: the path once the map
 // cannot grow any further, so that what still fits is applied.
 static void
@@ -817,11 +827,7 @@ run_alone(ch_engine *e, ch_job **jobs, int n, int64_t now)
 			}
 		}
 		if (rc == CH_ESTORAGEFULL) {
-			reply_err(jobs[i], CH_ESTORAGEFULL,
-			    (ch_store_faults(e->o.store) & CH_STORE_DISK_FULL)
-			        ? "the disk is full; nothing was applied"
-			        : "the store is full (--max-size); nothing was "
-			          "applied");
+			reply_err(jobs[i], CH_ESTORAGEFULL, "%s", full_why(e));
 		} else if (rc != CH_OK) {
 			reply_err(jobs[i], CH_EINTERNAL,
 			    "the store failed; see the server log");
@@ -1376,7 +1382,7 @@ run_batch(ch_engine *e, ch_job **jobs, int n)
 		for (int i = 0; i < n; i++) {
 			reply_err(jobs[i], full ? CH_ESTORAGEFULL : CH_EINTERNAL,
 			    "%s",
-			    full           ? "the disk is full; nothing was applied"
+			    full           ? full_why(e)
 			    : e->batch_why ? e->batch_why
 			                   : "the store failed to commit; nothing "
 			                     "was applied");

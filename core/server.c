@@ -655,9 +655,10 @@ pub_fit(ch_server *s, size_t len)
 	if (s->pub_count >= s->pub_win) {
 		s->pub_sum -= ring[(s->pub_count - s->pub_win) % PUB_RING];
 	}
-	ring[s->pub_count % PUB_RING] = (uint32_t) (len > UINT32_MAX ? UINT32_MAX : len);
+	uint32_t sz = (uint32_t) (len > UINT32_MAX ? UINT32_MAX : len);
+	ring[s->pub_count % PUB_RING] = sz;
 	s->pub_count++;
-	s->pub_sum += len;
+	s->pub_sum += sz; // what leaves the window later is what came in
 	if (s->pub_sum > s->o.pub_queue) {
 		while (want > 1 && s->pub_sum > s->o.pub_queue / 4 * 3) {
 			size_t oldest = (size_t) (s->pub_count - want) % PUB_RING;
