@@ -581,6 +581,14 @@ rules_dir(char *out, size_t len)
 }
 
 void
+rules_remove(const char *dir)
+{
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	cr_assert_eq(system(cmd), 0, "cannot remove %s", dir);
+}
+
+void
 rules_write(const char *dir, const char *business, const char *file,
     const char *text)
 {

@@ -81,6 +81,8 @@ bool port_is_free(int port);
 void rules_dir(char *out, size_t len);
 void rules_write(const char *dir, const char *business, const char *file,
     const char *text);
+// rules_remove removes a folder rules_dir made, with all it holds.
+void rules_remove(const char *dir);
 
 /*
 ** Requests, built with msgpack_packer

@@ -51,9 +51,7 @@ teardown(void)
 {
 	d_stop(&d);
 	d_cleanup(&d);
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", rules);
-	cr_assert_eq(system(cmd), 0);
+	rules_remove(rules);
 }
 
 TestSuite(limits, .init = setup, .fini = teardown);
@@ -242,9 +240,7 @@ big_teardown(void)
 {
 	d_stop(&big);
 	d_cleanup(&big);
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", big_rules);
-	cr_assert_eq(system(cmd), 0);
+	rules_remove(big_rules);
 }
 
 TestSuite(memory, .init = big_setup, .fini = big_teardown);

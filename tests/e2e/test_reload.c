@@ -28,9 +28,7 @@ teardown(void)
 {
 	d_stop(&d);
 	d_cleanup(&d);
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", rules);
-	cr_assert_eq(system(cmd), 0);
+	rules_remove(rules);
 }
 
 TestSuite(reload, .init = setup, .fini = teardown);

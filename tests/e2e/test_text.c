@@ -292,9 +292,7 @@ static void
 stop_text(void)
 {
 	d_stop(&d);
-	char cmd[300];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", text_dir);
-	cr_assert_eq(system(cmd), 0);
+	rules_remove(text_dir);
 }
 
 // raw_event: an event of the text business whose data.raw is bin bytes.
